@@ -1,0 +1,244 @@
+"""Pictures for the tutorials: image grids, loss curves and t-SNE plots.
+
+Images follow facelib's convention: float ``[B, 3, H, W]`` (or one ``[3, H, W]``) in
+``[-1, 1]``. Pass ``value_range=(0, 1)`` for images already in ``[0, 1]``, such as the
+output of :func:`facelib.warp.flow_to_rgb` (the flow colour wheel lives there, next to
+the flow convention it draws).
+
+matplotlib is imported inside the plotting functions, so ``import facelib.viz`` stays
+cheap and never chooses a backend on its own.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+#: Columns of a loss log that are bookkeeping, not losses; ``plot_losses`` skips them by default.
+NOT_LOSSES = frozenset({"step", "epoch", "time", "wall_time", "lr", "rank"})
+
+
+def _as_array(values, name: str) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().float().numpy()
+    if isinstance(values, np.ndarray):
+        return values
+    raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(values).__name__}")
+
+
+def to_numpy_image(image, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """Channels-first image(s) -> channels-last float32 array in ``[0, 1]``, ready for ``imshow``.
+
+    ``image``: ``[C, H, W]`` or ``[B, C, H, W]`` with C = 1 or 3, values in ``value_range``.
+    Returns ``[H, W, 3]`` or ``[B, H, W, 3]``; one channel is repeated to grey RGB and
+    values outside ``value_range`` are clipped.
+    """
+    array = _as_array(image, "image").astype(np.float32, copy=False)
+    if array.ndim not in (3, 4) or array.shape[-3] not in (1, 3):
+        raise ValueError(
+            f"image must have shape [C, H, W] or [B, C, H, W] with C = 1 or 3, got {tuple(array.shape)}"
+        )
+    low, high = value_range
+    if not high > low:
+        raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
+    array = np.clip((array - low) / (high - low), 0.0, 1.0)
+    if array.shape[-3] == 1:
+        array = np.repeat(array, 3, axis=-3)
+    return np.moveaxis(array, -3, -1)  # [..., H, W, 3]
+
+
+def image_grid(
+    images,
+    nrow: int = 8,
+    padding: int = 2,
+    pad_value: float = 1.0,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+) -> np.ndarray:
+    """Tile ``images`` ``[B, C, H, W]`` into one ``[rows*(H+p)+p, nrow*(W+p)+p, 3]`` array in ``[0, 1]``.
+
+    ``nrow`` images per row (fewer when B < nrow), ``padding`` pixels of ``pad_value``
+    (in ``[0, 1]``; 1 = white) around every tile. Row-major order: image ``i`` sits in
+    row ``i // nrow``, column ``i % nrow``.
+    """
+    tiles = to_numpy_image(images, value_range)
+    if tiles.ndim != 4:
+        raise ValueError("images must be a batch [B, C, H, W], got one image [C, H, W]; add a batch dimension")
+    if nrow < 1 or padding < 0:
+        raise ValueError(f"nrow must be >= 1 and padding >= 0, got nrow={nrow}, padding={padding}")
+    count, height, width, _ = tiles.shape
+    columns = min(nrow, count)
+    rows = math.ceil(count / columns)
+    grid = np.full(
+        (rows * (height + padding) + padding, columns * (width + padding) + padding, 3),
+        pad_value,
+        dtype=np.float32,
+    )
+    for index, tile in enumerate(tiles):
+        top = padding + (index // columns) * (height + padding)
+        left = padding + (index % columns) * (width + padding)
+        grid[top : top + height, left : left + width] = tile
+    return grid
+
+
+def show_images(
+    images,
+    titles: Sequence[str] | None = None,
+    nrow: int = 8,
+    ax=None,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+    padding: int = 2,
+):
+    """Draw ``images`` ``[B, C, H, W]`` (or one ``[C, H, W]``) as a grid on ``ax``; return the Axes.
+
+    ``titles``: one short label per image, written above its tile. A new figure is made
+    when ``ax`` is None, sized so 64x64 faces stay legible.
+    """
+    import matplotlib.pyplot as plt
+
+    batch = images.unsqueeze(0) if isinstance(images, torch.Tensor) and images.ndim == 3 else images
+    if isinstance(batch, np.ndarray) and batch.ndim == 3:
+        batch = batch[None]
+    grid = image_grid(batch, nrow=nrow, padding=padding, value_range=value_range)
+    count, _, height, width = batch.shape
+    if titles is not None and len(titles) != count:
+        raise ValueError(f"titles must give one label per image: got {len(titles)} titles for {count} images")
+    columns = min(nrow, count)
+    rows = math.ceil(count / columns)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.4 * columns + 0.4, 1.4 * rows + (0.3 * rows if titles else 0) + 0.2))
+    ax.imshow(grid, interpolation="nearest")
+    ax.set_axis_off()
+    for index, title in enumerate(titles or ()):
+        x = padding + (index % columns) * (width + padding) + width / 2
+        y = padding + (index // columns) * (height + padding)
+        ax.text(x, y - 1, str(title), ha="center", va="bottom", fontsize=8)
+    return ax
+
+
+def _read_loss_log(log):
+    import pandas as pd
+
+    if isinstance(log, pd.DataFrame):
+        return log
+    if isinstance(log, (str, os.PathLike)):
+        path = Path(log)
+        if not path.is_file():
+            raise FileNotFoundError(f"loss log {path} does not exist (expected a JSONL file, one JSON object per line)")
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return pd.DataFrame(rows)
+    if isinstance(log, Sequence) and all(isinstance(row, dict) for row in log):
+        return pd.DataFrame(list(log))
+    raise TypeError(
+        f"log must be a path to a JSONL file, a pandas.DataFrame or a list of dicts, got {type(log).__name__}"
+    )
+
+
+def plot_losses(
+    log,
+    keys: Sequence[str] | None = None,
+    ax=None,
+    smooth: int = 1,
+    logy: bool = False,
+    title: str | None = None,
+):
+    """Plot loss curves from a training log (JSONL path, DataFrame or list of dicts); return the Axes.
+
+    Each row holds ``step`` plus one number per loss (rows may omit losses, e.g. an
+    evaluation logged every 100 steps). ``keys`` picks the losses; by default every
+    numeric column except bookkeeping (:data:`NOT_LOSSES`). ``smooth`` > 1 draws a
+    centred moving average over that many logged points.
+    """
+    import matplotlib.pyplot as plt
+
+    frame = _read_loss_log(log)
+    if frame.empty:
+        raise ValueError("the loss log is empty: nothing to plot")
+    if keys is None:
+        keys = [
+            column for column in frame.columns
+            if column not in NOT_LOSSES and np.issubdtype(frame[column].dtype, np.number)
+        ]
+    missing = [key for key in keys if key not in frame.columns]
+    if missing:
+        raise ValueError(f"loss log has no column(s) {missing}; available: {list(frame.columns)}")
+    if not keys:
+        raise ValueError(f"loss log has no numeric loss columns; columns: {list(frame.columns)}")
+    if smooth < 1:
+        raise ValueError(f"smooth must be a window of >= 1 logged points, got {smooth}")
+    steps = frame["step"] if "step" in frame.columns else frame.index.to_series()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.5))
+    for key in keys:
+        series = frame[key].set_axis(steps.to_numpy()).dropna()
+        if smooth > 1:
+            series = series.rolling(smooth, center=True, min_periods=1).mean()
+        ax.plot(series.index, series.to_numpy(), label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def embed_tsne(features, perplexity: float = 30.0, seed: int = 0) -> np.ndarray:
+    """2-D t-SNE embedding ``[N, 2]`` of ``features`` ``[N, D]`` (scikit-learn, PCA init, fixed seed).
+
+    The perplexity is lowered to ``(N - 1) / 3`` when there are too few points for it.
+    """
+    from sklearn.manifold import TSNE
+
+    array = _as_array(features, "features").astype(np.float32, copy=False)
+    if array.ndim != 2 or array.shape[0] < 4:
+        raise ValueError(f"features must have shape [N, D] with N >= 4, got {tuple(array.shape)}")
+    if not np.isfinite(array).all():
+        raise ValueError("features contain NaN or inf; t-SNE needs finite values")
+    perplexity = min(perplexity, (array.shape[0] - 1) / 3)
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+    return tsne.fit_transform(array)
+
+
+def plot_tsne(
+    features,
+    labels,
+    label_names: Sequence[str] | None = None,
+    ax=None,
+    perplexity: float = 30.0,
+    seed: int = 0,
+    title: str | None = None,
+):
+    """Scatter a t-SNE of ``features`` ``[N, D]``, one colour per integer label; return the Axes.
+
+    ``labels``: ``[N]`` integers; ``label_names[label]`` names each class in the legend
+    (e.g. ``facelib.EXPRESSIONS`` for expression labels).
+    """
+    import matplotlib.pyplot as plt
+
+    label_array = _as_array(labels, "labels").reshape(-1)
+    embedding = embed_tsne(features, perplexity=perplexity, seed=seed)
+    if label_array.shape[0] != embedding.shape[0]:
+        raise ValueError(f"labels has {label_array.shape[0]} entries for {embedding.shape[0]} feature rows")
+    classes = np.unique(label_array).astype(int)
+    if label_names is not None and (classes.min() < 0 or classes.max() >= len(label_names)):
+        raise ValueError(f"labels run over {classes.tolist()} but label_names has {len(label_names)} names")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 4.5))
+    colours = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    for position, label in enumerate(classes):
+        chosen = label_array == label
+        name = label_names[label] if label_names is not None else str(label)
+        ax.scatter(embedding[chosen, 0], embedding[chosen, 1], s=10, color=colours(position % colours.N), label=name)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=7, markerscale=1.5, loc="best")
+    return ax

@@ -1,0 +1,135 @@
+"""facelib.viz: grids put each image where it belongs, plots draw what the data says."""
+from __future__ import annotations
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from facelib.viz import embed_tsne, image_grid, plot_losses, plot_tsne, show_images, to_numpy_image  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def test_to_numpy_image_maps_range_and_moves_channels():
+    image = torch.zeros(3, 2, 4)
+    image[0] = -1.0  # red channel at the bottom of [-1, 1] -> 0
+    image[1] = 1.0  # green at the top -> 1
+    image[2, 0, 0] = 3.0  # out of range -> clipped to 1
+    array = to_numpy_image(image)
+    assert array.shape == (2, 4, 3) and array.dtype == np.float32
+    assert np.all(array[..., 0] == 0.0) and np.all(array[..., 1] == 1.0)
+    assert array[0, 0, 2] == 1.0 and array[1, 1, 2] == 0.5
+
+
+def test_to_numpy_image_greyscale_and_unit_range():
+    grey = np.full((2, 1, 3, 3), 0.25, dtype=np.float32)
+    array = to_numpy_image(grey, value_range=(0.0, 1.0))
+    assert array.shape == (2, 3, 3, 3)
+    assert np.allclose(array, 0.25)
+
+
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        (torch.zeros(2, 3), ValueError),
+        (torch.zeros(4, 8, 8), ValueError),
+        ([[0.0]], TypeError),
+    ],
+)
+def test_to_numpy_image_rejects_bad_input(bad, error):
+    with pytest.raises(error, match="image"):
+        to_numpy_image(bad)
+
+
+def test_image_grid_places_each_image_row_major():
+    batch, size, padding = 5, 4, 1
+    # image i is a flat grey level, so every tile is identifiable in the grid
+    levels = torch.linspace(-1, 1, batch)
+    images = levels.view(batch, 1, 1, 1).expand(batch, 3, size, size)
+    grid = image_grid(images, nrow=3, padding=padding, pad_value=1.0)
+    assert grid.shape == (2 * (size + padding) + padding, 3 * (size + padding) + padding, 3)
+    for index in range(batch):
+        top = padding + (index // 3) * (size + padding)
+        left = padding + (index % 3) * (size + padding)
+        tile = grid[top : top + size, left : left + size]
+        assert np.allclose(tile, (levels[index].item() + 1) / 2)
+    # the unused sixth slot and the padding stay at pad_value
+    assert np.all(grid[size + 2 * padding :, 2 * (size + padding) + padding :] == 1.0)
+    assert np.all(grid[0] == 1.0)
+
+
+def test_image_grid_needs_a_batch():
+    with pytest.raises(ValueError, match="batch"):
+        image_grid(torch.zeros(3, 4, 4))
+
+
+def test_show_images_draws_grid_and_titles():
+    images = torch.rand(3, 3, 8, 8) * 2 - 1
+    ax = show_images(images, titles=["a", "b", "c"], nrow=2)
+    assert [text.get_text() for text in ax.texts] == ["a", "b", "c"]
+    drawn = ax.get_images()[0].get_array()
+    assert np.allclose(drawn, image_grid(images, nrow=2))
+    with pytest.raises(ValueError, match="titles"):
+        show_images(images, titles=["only one"])
+
+
+def test_plot_losses_reads_jsonl_and_skips_bookkeeping(tmp_path):
+    log = tmp_path / "losses.jsonl"
+    rows = [{"step": step, "lr": 1e-3, "total": 10.0 / (step + 1), "kl": 0.5} for step in range(0, 50, 10)]
+    rows.append({"step": 50, "val_psnr": 20.0})  # an evaluation row without the training losses
+    log.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    ax = plot_losses(log)
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"total", "kl", "val_psnr"}
+    assert list(lines["total"].get_xdata()) == [0, 10, 20, 30, 40]
+    assert np.allclose(lines["total"].get_ydata(), [10.0 / (s + 1) for s in range(0, 50, 10)])
+    assert list(lines["val_psnr"].get_xdata()) == [50]
+
+
+def test_plot_losses_smoothing_and_errors():
+    frame = pd.DataFrame({"step": range(5), "loss": [0.0, 3.0, 0.0, 3.0, 0.0]})
+    ax = plot_losses(frame, keys=["loss"], smooth=3)
+    assert np.allclose(ax.get_lines()[0].get_ydata(), [1.5, 1.0, 2.0, 1.0, 1.5])
+    with pytest.raises(ValueError, match="no column"):
+        plot_losses(frame, keys=["missing"])
+    with pytest.raises(TypeError, match="JSONL"):
+        plot_losses(42)
+    with pytest.raises(FileNotFoundError):
+        plot_losses("no_such_log.jsonl")
+
+
+def test_tsne_is_seeded_and_separates_clusters():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[8.0] * 6, [-8.0] * 6])
+    labels = torch.arange(2).repeat_interleave(20)
+    features = centres[labels] + torch.randn(40, 6, generator=generator)
+    first = embed_tsne(features, perplexity=10, seed=0)
+    assert first.shape == (40, 2)
+    assert np.array_equal(first, embed_tsne(features, perplexity=10, seed=0))
+    # each point's nearest neighbour in the embedding has its label
+    distances = np.linalg.norm(first[:, None] - first[None], axis=-1) + np.eye(40) * 1e9
+    assert np.all(labels.numpy()[distances.argmin(1)] == labels.numpy())
+
+
+def test_plot_tsne_legend_uses_label_names():
+    features = np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32)
+    labels = np.array([0, 2] * 6)
+    ax = plot_tsne(features, labels, label_names=["neutral", "angry", "happy"])
+    assert [text.get_text() for text in ax.get_legend().get_texts()] == ["neutral", "happy"]
+    assert sum(len(collection.get_offsets()) for collection in ax.collections) == 12
+    with pytest.raises(ValueError, match="label_names"):
+        plot_tsne(features, labels, label_names=["neutral"])
+    with pytest.raises(ValueError, match="entries"):
+        plot_tsne(features, labels[:5])
