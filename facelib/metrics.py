@@ -1,0 +1,824 @@
+"""Measuring instruments: every number in the five papers' tables, plus what SynthFaces' ground truth allows.
+
+Images are float ``[B, 3, H, W]`` in ``[-1, 1]`` (data range 2), as everywhere in facelib.
+
+=====================================  ===============================================
+paper table                            function here
+=====================================  ===============================================
+FVAE Table 1 (PSNR)                    :func:`psnr`
+LEED Table 1 (SSIM; FID)               :func:`ssim`; :func:`frechet_distance` in facelib
+                                       expression-classifier features (called "FD
+                                       (facelib expression features)", never "FID")
+EGGAN MS-SSIM loss / quality           :func:`ms_ssim`
+EGGAN Table 1 (AU MSE / PCC)           :func:`au_mse_pcc`
+EGGAN Table 2 (identity preservation)  :func:`verification_accuracy` with the facelib
+                                       identity embedder (not LightCNN)
+LEED Table 2 (R / G / R+G accuracy)    :func:`expression_accuracy`
+beyond the papers                      :func:`flow_epe`, :func:`mask_iou`, :func:`sharpness`,
+                                       :func:`latency`, :func:`count_parameters`
+all of them at once                    :func:`evaluate`
+=====================================  ===============================================
+
+Scalar metrics return Python floats (the mean over the batch); ``per_image=True`` returns
+the per-image values as a tensor ``[B]`` instead.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from pytorch_msssim import ssim as _library_ssim
+from pytorch_msssim.ssim import _fspecial_gauss_1d, _ssim
+from scipy import linalg
+from tqdm.auto import tqdm
+
+from .conventions import AU_CODES, AU_MAX, NUM_AUS
+from .utils import get_device
+
+#: How far outside the accepted value range an image may stray (rounding, bilinear overshoot).
+RANGE_TOLERANCE = 1e-2
+#: Wang et al. 2003's MS-SSIM weights, finest scale first (pytorch_msssim's default).
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+#: SSIM's Gaussian window (Wang et al. 2004): 11 taps, sigma 1.5, "valid" positions only.
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+
+#: Names the evaluation tables use; they say what the instruments are.
+FD_NAME = "FD (facelib expression features)"
+VERIFICATION_NAME = "identity verification (facelib embedder)"
+
+
+# ----------------------------------------------------------------------------------------
+# input checks
+# ----------------------------------------------------------------------------------------
+def _check_tensor(x, name: str, *, ndim: int | None = None, shape_hint: str = "") -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor {shape_hint}, got {type(x).__name__}")
+    if ndim is not None and x.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions {shape_hint}, got shape {tuple(x.shape)}")
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} contains {bad} NaN/inf values; only finite values are accepted")
+    return x
+
+
+def _accepted_range(data_range: float) -> tuple[float, float]:
+    """facelib images live in [-1, 1] (data range 2); any other data range means [0, data_range]."""
+    if data_range <= 0:
+        raise ValueError(f"data_range must be positive, got {data_range}")
+    return (-1.0, 1.0) if data_range == 2.0 else (0.0, float(data_range))
+
+
+def _check_images(x, name: str, data_range: float = 2.0, *, channels: Sequence[int] = (3,)) -> torch.Tensor:
+    """``x`` must be a finite float ``[B, C, H, W]`` batch inside the accepted value range."""
+    hint = f"[B, C, H, W] with C in {tuple(channels)}"
+    _check_tensor(x, name, ndim=4, shape_hint=hint)
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor with values in {_accepted_range(data_range)}, got {x.dtype}")
+    if x.shape[1] not in channels:
+        raise ValueError(f"{name} must be {hint}, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch; at least one image is needed")
+    low, high = _accepted_range(data_range)
+    x_min, x_max = float(x.min()), float(x.max())
+    if x_min < low - RANGE_TOLERANCE or x_max > high + RANGE_TOLERANCE:
+        raise ValueError(
+            f"{name} has values in [{x_min:.3g}, {x_max:.3g}], outside the accepted range [{low:g}, {high:g}] "
+            f"for data_range={data_range:g} (facelib images are in [-1, 1] with data_range=2; "
+            f"images in [0, R] need data_range=R)"
+        )
+    return x
+
+
+def _check_image_pair(pred, target, data_range: float, names=("pred", "target")) -> None:
+    _check_images(pred, names[0], data_range, channels=(1, 3))
+    _check_images(target, names[1], data_range, channels=(1, 3))
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"{names[0]} and {names[1]} must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
+
+
+def _check_mask(mask, like: torch.Tensor, name: str = "mask") -> torch.Tensor:
+    """A mask is ``[B, 1, H, W]`` (or ``[B, C, H, W]``) with weights in [0, 1]."""
+    batch, channels, height, width = like.shape
+    hint = f"[{batch}, 1, {height}, {width}] or [{batch}, {channels}, {height}, {width}] with values in [0, 1]"
+    _check_tensor(mask, name, ndim=4, shape_hint=hint)
+    if mask.shape[0] != batch or mask.shape[1] not in (1, channels) or mask.shape[2:] != like.shape[2:]:
+        raise ValueError(f"{name} must be {hint}, got shape {tuple(mask.shape)}")
+    mask = mask.to(like.dtype)
+    if float(mask.min()) < 0 or float(mask.max()) > 1:
+        raise ValueError(f"{name} must hold weights in [0, 1], got [{float(mask.min()):.3g}, {float(mask.max()):.3g}]")
+    return mask
+
+
+def _reduce(values: torch.Tensor, per_image: bool):
+    return values if per_image else float(values.mean())
+
+
+# ----------------------------------------------------------------------------------------
+# pixel fidelity: PSNR, SSIM, MS-SSIM
+# ----------------------------------------------------------------------------------------
+def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+         data_range: float = 2.0, per_image: bool = False):
+    """Peak signal-to-noise ratio in dB, ``10 log10(data_range^2 / MSE)`` (FVAE Table 1).
+
+    Computed per image and averaged over the batch. With ``mask`` ``[B, 1, H, W]`` the MSE
+    averages only over the masked pixels (weights in [0, 1]); every image needs a non-empty
+    mask. Identical images give ``inf`` (and so does a batch mean that contains one).
+    """
+    _check_image_pair(pred, target, data_range)
+    squared_error = (pred.double() - target.double()) ** 2  # [B, C, H, W]
+    if mask is None:
+        mse = squared_error.flatten(1).mean(1)  # [B]
+    else:
+        weights = _check_mask(mask, pred).double().expand_as(squared_error)
+        mass = weights.flatten(1).sum(1)  # [B]
+        if (mass == 0).any():
+            empty = torch.nonzero(mass == 0).flatten().tolist()
+            raise ValueError(f"mask is empty for images {empty}; every image needs at least one masked pixel")
+        mse = (weights * squared_error).flatten(1).sum(1) / mass
+    values = 10.0 * torch.log10(data_range**2 / mse)  # mse == 0 -> inf
+    return _reduce(values.float(), per_image)
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 2.0, per_image: bool = False):
+    """Structural similarity (Wang et al. 2004), via ``pytorch_msssim``.
+
+    11x11 Gaussian window with sigma 1.5, constants K = (0.01, 0.03), averaged over the
+    positions where the window fits ("valid") and over channels. This equals
+    ``skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=data_range, channel_axis=...)``; the tests check it.
+    Images must be at least 11 px on each side.
+    """
+    _check_image_pair(pred, target, data_range)
+    if min(pred.shape[-2:]) < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} px, got {tuple(pred.shape[-2:])}")
+    values = _library_ssim(pred.double(), target.double(), data_range=data_range, size_average=False,
+                           win_size=SSIM_WINDOW, win_sigma=SSIM_SIGMA)  # [B]
+    return _reduce(values.float(), per_image)
+
+
+def ms_ssim_scales(size: int) -> int:
+    """How many MS-SSIM scales fit an image whose smaller side is ``size`` px.
+
+    Like ``pytorch_msssim``: after ``L - 1`` halvings the window must still fit, i.e.
+    ``size > (11 - 1) * 2**(L - 1)``. 161 px or more gives the standard 5 scales;
+    facelib's 64 px gives 3, 128 px gives 4.
+    """
+    scales = 1
+    while scales < len(MS_SSIM_WEIGHTS) and size > (SSIM_WINDOW - 1) * 2**scales:
+        scales += 1
+    return scales
+
+
+def ms_ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 2.0, scales: int | None = None,
+            per_image: bool = False):
+    """Multi-scale SSIM (Wang et al. 2003; EGGAN's MS-SSIM), built on ``pytorch_msssim``'s SSIM kernel.
+
+    The standard 5 scales need images of at least 161 px. Small images (facelib's default
+    64x64) use fewer scales instead of upsampling, which would invent detail: the
+    ``ms_ssim_scales(size)`` finest scales, with their standard weights renormalised to sum
+    to 1 (64 px: 3 scales, weights 0.0448, 0.2856, 0.3001 / 0.6305). With 5 scales the
+    result is exactly ``pytorch_msssim.ms_ssim``; numbers from different scale counts are
+    not comparable, so report the scale count with the number.
+    """
+    _check_image_pair(pred, target, data_range)
+    size = min(pred.shape[-2:])
+    possible = ms_ssim_scales(size)
+    scales = possible if scales is None else scales
+    if not 1 <= scales <= possible:
+        raise ValueError(f"scales must be in [1, {possible}] for {size} px images (each halving must keep "
+                         f"the {SSIM_WINDOW} px window inside), got {scales}")
+    if size < SSIM_WINDOW:
+        raise ValueError(f"MS-SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} px, got {tuple(pred.shape[-2:])}")
+    weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], dtype=torch.float64)
+    weights = weights / weights.sum() if scales < len(MS_SSIM_WEIGHTS) else weights
+    window = _fspecial_gauss_1d(SSIM_WINDOW, SSIM_SIGMA).repeat(pred.shape[1], 1, 1, 1)
+    x, y = pred.double(), target.double()
+    factors = []
+    for scale in range(scales):
+        ssim_per_channel, contrast_structure = _ssim(x, y, data_range=data_range, win=window)  # [B, C]
+        if scale < scales - 1:
+            factors.append(torch.relu(contrast_structure))
+            padding = [s % 2 for s in x.shape[2:]]
+            x = F.avg_pool2d(x, kernel_size=2, padding=padding)
+            y = F.avg_pool2d(y, kernel_size=2, padding=padding)
+    factors.append(torch.relu(ssim_per_channel))
+    values = torch.prod(torch.stack(factors) ** weights.view(-1, 1, 1), dim=0).mean(1)  # [B]
+    return _reduce(values.float(), per_image)
+
+
+# ----------------------------------------------------------------------------------------
+# distributions: Fréchet distance
+# ----------------------------------------------------------------------------------------
+def frechet_distance_gaussians(mu_a, cov_a, mu_b, cov_b, eps: float = 1e-6) -> float:
+    """Fréchet (2-Wasserstein) distance between N(mu_a, cov_a) and N(mu_b, cov_b).
+
+    ``|mu_a - mu_b|^2 + Tr(cov_a + cov_b - 2 (cov_a cov_b)^(1/2))`` (Dowson & Landau 1982).
+    When the product is near-singular the square root is taken of the covariances plus
+    ``eps * I``, as pytorch-fid does.
+    """
+    mu_a, mu_b = np.atleast_1d(np.asarray(mu_a, np.float64)), np.atleast_1d(np.asarray(mu_b, np.float64))
+    cov_a, cov_b = np.atleast_2d(np.asarray(cov_a, np.float64)), np.atleast_2d(np.asarray(cov_b, np.float64))
+    dim = mu_a.shape[0]
+    if mu_b.shape != (dim,) or cov_a.shape != (dim, dim) or cov_b.shape != (dim, dim):
+        raise ValueError(f"means must be [D] and covariances [D, D] with one D; got {mu_a.shape}, {cov_a.shape}, "
+                         f"{mu_b.shape}, {cov_b.shape}")
+    root = linalg.sqrtm(cov_a @ cov_b)
+    if not np.isfinite(root).all():
+        offset = eps * np.eye(dim)
+        root = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    if np.iscomplexobj(root):
+        if not np.allclose(root.imag, 0, atol=1e-3 * max(1.0, np.abs(root).max())):
+            raise ValueError(f"matrix square root has a large imaginary part ({np.abs(root.imag).max():.3g}); "
+                             "the covariances are not positive semi-definite")
+        root = root.real
+    diff = mu_a - mu_b
+    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(root))
+
+
+def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets ``[N, D]`` and ``[M, D]``.
+
+    The statistic behind FID, but in whatever features you pass: facelib uses its expression
+    classifier's penultimate features and calls the result "FD (facelib expression features)".
+    Sample covariances use ``N - 1``. The estimate is biased upwards for small N (and its
+    covariance is singular when N <= D): compare numbers computed with the same N only.
+    """
+    for name, feats in (("feats_a", feats_a), ("feats_b", feats_b)):
+        _check_tensor(feats, name, ndim=2, shape_hint="[N, D] (one feature vector per row)")
+        if feats.shape[0] < 2:
+            raise ValueError(f"{name} needs at least 2 rows to estimate a covariance, got {feats.shape[0]}")
+    if feats_a.shape[1] != feats_b.shape[1]:
+        raise ValueError(f"feats_a and feats_b must have the same feature size D, got {feats_a.shape[1]} and "
+                         f"{feats_b.shape[1]}")
+    a = feats_a.detach().double().cpu().numpy()
+    b = feats_b.detach().double().cpu().numpy()
+    return frechet_distance_gaussians(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+
+
+# ----------------------------------------------------------------------------------------
+# expression: AU MSE / PCC (EGGAN Table 1), classification accuracy (LEED Table 2)
+# ----------------------------------------------------------------------------------------
+def _check_aus(x, name: str) -> torch.Tensor:
+    _check_tensor(x, name, ndim=2, shape_hint=f"[N, {NUM_AUS}] (AUs {list(AU_CODES)}, intensities in [0, {AU_MAX:g}])")
+    if x.shape[1] != NUM_AUS:
+        raise ValueError(f"{name} must be [N, {NUM_AUS}] (one column per AU {list(AU_CODES)}), got {tuple(x.shape)}")
+    low, high = float(x.min()), float(x.max())
+    if low < -0.05 or high > AU_MAX + 0.05:
+        raise ValueError(f"{name} has AU intensities in [{low:.3g}, {high:.3g}]; accepted is [0, {AU_MAX:g}] "
+                         f"(undo any normalisation to [0, 1] or [-1, 1] first)")
+    return x
+
+
+def au_mse_pcc(pred: torch.Tensor, true: torch.Tensor) -> pd.DataFrame:
+    """MSE and Pearson correlation per AU and their average, laid out as EGGAN's Table 1.
+
+    ``pred`` and ``true`` are ``[N, 17]`` intensities on the 0-5 scale (AU order of
+    ``facelib.AU_CODES``). Rows ``AU1 ... AU45`` then ``Avg``; columns ``MSE`` and ``PCC``.
+    An AU whose predicted or true intensities are constant has no correlation: its PCC is
+    NaN and the average is over the AUs that have one.
+    """
+    _check_aus(pred, "pred")
+    _check_aus(true, "true")
+    if pred.shape != true.shape:
+        raise ValueError(f"pred and true must have the same shape [N, {NUM_AUS}], got {tuple(pred.shape)} and "
+                         f"{tuple(true.shape)}")
+    if pred.shape[0] < 2:
+        raise ValueError(f"a correlation needs at least 2 samples, got N={pred.shape[0]}")
+    p = pred.detach().double().cpu().numpy()
+    t = true.detach().double().cpu().numpy()
+    mse = ((p - t) ** 2).mean(0)  # [17]
+    p_centred, t_centred = p - p.mean(0), t - t.mean(0)
+    denominator = np.sqrt((p_centred**2).sum(0) * (t_centred**2).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pcc = np.where(denominator > 0, (p_centred * t_centred).sum(0) / denominator, np.nan)  # [17]
+    table = pd.DataFrame({"MSE": mse, "PCC": pcc}, index=[f"AU{code}" for code in AU_CODES])
+    table.loc["Avg"] = [mse.mean(), np.nanmean(pcc) if np.isfinite(pcc).any() else np.nan]
+    table.index.name = "AU"
+    return table
+
+
+def _check_labels(labels, name: str, count: int) -> torch.Tensor:
+    _check_tensor(labels, name, ndim=1, shape_hint=f"[{count}] (integer class indices)")
+    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise TypeError(f"{name} must hold integer class indices (indices into facelib.EXPRESSIONS), got {labels.dtype}")
+    if labels.shape[0] != count:
+        raise ValueError(f"{name} has {labels.shape[0]} labels for {count} images; one label per image is needed")
+    if labels.numel() and int(labels.min()) < 0:
+        raise ValueError(f"{name} has negative class indices; accepted are indices into facelib.EXPRESSIONS")
+    return labels.long()
+
+
+@torch.no_grad()
+def _batched(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int,
+             device: torch.device) -> torch.Tensor:
+    """Apply ``fn`` to ``images`` in batches on ``device``; results come back on the CPU."""
+    return torch.cat([fn(images[i:i + batch_size].to(device)).float().cpu()
+                      for i in range(0, images.shape[0], batch_size)])
+
+
+class _EvalMode:
+    """Put a module in eval mode for a block and restore its previous mode afterwards."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module, self.was_training = module, module.training
+
+    def __enter__(self):
+        self.module.eval()
+        return self.module
+
+    def __exit__(self, *exc):
+        self.module.train(self.was_training)
+
+
+def classification_accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                            batch_size: int = 256, device: str | torch.device = "cpu") -> float:
+    """Fraction of ``images`` whose arg-max logit is the label (model in eval mode, no gradients)."""
+    _check_images(images, "images")
+    labels = _check_labels(labels, "labels", images.shape[0])
+    device = get_device(device)
+    with _EvalMode(model.to(device)):
+        logits = _batched(model, images, batch_size, device)  # [N, classes]
+    if logits.dim() != 2 or logits.shape[0] != images.shape[0]:
+        raise ValueError(f"the classifier must return logits [N, classes], got {tuple(logits.shape)}")
+    if int(labels.max()) >= logits.shape[1]:
+        raise ValueError(f"labels go up to {int(labels.max())} but the classifier has only {logits.shape[1]} classes")
+    return float((logits.argmax(1) == labels).double().mean())
+
+
+def train_classifier(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, steps: int = 300,
+                     batch_size: int = 64, lr: float = 1e-3, seed: int = 0, device: str | torch.device = "cpu",
+                     desc: str = "classifier") -> torch.nn.Module:
+    """Train ``model`` (logits) with cross-entropy and Adam on random mini-batches; returns it."""
+    device = get_device(device)
+    model.to(device).train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in tqdm(range(steps), desc=f"training {desc}", leave=False):
+        index = torch.randint(images.shape[0], (min(batch_size, images.shape[0]),), generator=generator)
+        loss = F.cross_entropy(model(images[index].to(device)), labels[index].to(device))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    return model.eval()
+
+
+def expression_accuracy(classifier: Callable[[], torch.nn.Module], real: torch.Tensor, generated: torch.Tensor,
+                        real_labels: torch.Tensor, generated_labels: torch.Tensor, *, test: torch.Tensor,
+                        test_labels: torch.Tensor, train_fn: Callable[..., torch.nn.Module] | None = None,
+                        seed: int = 0, device: str | torch.device = "cpu", **train_kwargs) -> dict[str, float]:
+    """LEED Table 2: expression classification accuracy in three settings, R / G / R+G.
+
+    LEED Sec. 4.3, exactly:
+
+    - **R**: a classifier trained on the real training images ``real`` is evaluated on the
+      real held-out images ``test``;
+    - **G**: *the same* R classifier is applied to the edited images ``generated``, scored
+      against the expression they were asked to show (``generated_labels``): do the edits lie
+      on the manifold of natural expressions?
+    - **R+G**: a fresh classifier trained on ``real`` and ``generated`` together is evaluated
+      on ``test`` (the same images as R): do the edits help train a better classifier?
+
+    ``classifier`` is a factory: a zero-argument callable returning a new, untrained module
+    that maps images to logits over ``facelib.EXPRESSIONS`` (e.g. a lambda that builds
+    ``facelib.models.evaluators.ExpressionClassifier``). Both trainings start from the same
+    seed. ``train_fn(model, images, labels, seed=..., device=..., desc=..., **train_kwargs)``
+    replaces the default :func:`train_classifier` (Adam, cross-entropy; ``steps``,
+    ``batch_size`` and ``lr`` go through ``train_kwargs``). Returns ``{"R", "G", "R+G"}``
+    accuracies in [0, 1]; LEED prints them in percent.
+    """
+    if not callable(classifier) or isinstance(classifier, torch.nn.Module):
+        raise TypeError("classifier must be a zero-argument factory returning a fresh torch.nn.Module "
+                        "(e.g. lambda: ExpressionClassifier(config)), not a module instance")
+    _check_images(real, "real")
+    _check_images(generated, "generated")
+    _check_images(test, "test")
+    for name, images in (("generated", generated), ("test", test)):
+        if images.shape[1:] != real.shape[1:]:
+            raise ValueError(f"{name} images must have the same [C, H, W] as real, got {tuple(images.shape[1:])} "
+                             f"and {tuple(real.shape[1:])}")
+    real_labels = _check_labels(real_labels, "real_labels", real.shape[0])
+    generated_labels = _check_labels(generated_labels, "generated_labels", generated.shape[0])
+    test_labels = _check_labels(test_labels, "test_labels", test.shape[0])
+    train_fn = train_fn or train_classifier
+
+    def fresh_model() -> torch.nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return classifier()
+
+    model_r = train_fn(fresh_model(), real, real_labels, seed=seed, device=device, desc="R classifier",
+                       **train_kwargs)
+    mixed_images = torch.cat([real, generated])
+    mixed_labels = torch.cat([real_labels, generated_labels])
+    model_rg = train_fn(fresh_model(), mixed_images, mixed_labels, seed=seed, device=device,
+                        desc="R+G classifier", **train_kwargs)
+    return {
+        "R": classification_accuracy(model_r, test, test_labels, device=device),
+        "G": classification_accuracy(model_r, generated, generated_labels, device=device),
+        "R+G": classification_accuracy(model_rg, test, test_labels, device=device),
+    }
+
+
+# ----------------------------------------------------------------------------------------
+# identity: face verification (EGGAN Table 2)
+# ----------------------------------------------------------------------------------------
+def _pair_scores(embeddings_a, embeddings_b, same) -> tuple[np.ndarray, np.ndarray]:
+    _check_tensor(embeddings_a, "embeddings_a", ndim=2, shape_hint="[N, D]")
+    _check_tensor(embeddings_b, "embeddings_b", ndim=2, shape_hint="[N, D]")
+    if embeddings_a.shape != embeddings_b.shape:
+        raise ValueError(f"embeddings_a and embeddings_b must both be [N, D] with the same N and D, got "
+                         f"{tuple(embeddings_a.shape)} and {tuple(embeddings_b.shape)}")
+    _check_tensor(same, "same", ndim=1, shape_hint=f"[{embeddings_a.shape[0]}] bool (True: same identity)")
+    if same.dtype != torch.bool:
+        raise TypeError(f"same must be a BoolTensor (True where a pair shows one identity), got {same.dtype}")
+    if same.shape[0] != embeddings_a.shape[0]:
+        raise ValueError(f"same has {same.shape[0]} entries for {embeddings_a.shape[0]} pairs; one per pair is needed")
+    # cosine similarity: the embedder's output is L2-normalised, normalising again is harmless
+    scores = F.cosine_similarity(embeddings_a.detach().double(), embeddings_b.detach().double(), dim=1)  # [N]
+    return scores.cpu().numpy(), same.cpu().numpy()
+
+
+def _best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
+    """Threshold on cosine similarity ("same" when score > threshold) with the highest accuracy."""
+    order = np.argsort(scores, kind="stable")
+    sorted_scores, sorted_same = scores[order], same[order]
+    # predicting "different" for the k lowest scores: correct = negatives among them + positives above
+    negatives_below = np.concatenate([[0], np.cumsum(~sorted_same)])
+    positives_above = sorted_same.sum() - np.concatenate([[0], np.cumsum(sorted_same)])
+    correct = negatives_below + positives_above  # [N + 1], index k
+    cut_allowed = np.ones_like(correct, dtype=bool)  # a cut cannot separate tied scores
+    cut_allowed[1:-1] = sorted_scores[1:] > sorted_scores[:-1]
+    k = int(np.argmax(np.where(cut_allowed, correct, -1)))
+    if k == 0:
+        return float(sorted_scores[0] - 1.0)
+    if k == len(scores):
+        return float(sorted_scores[-1])
+    return float((sorted_scores[k - 1] + sorted_scores[k]) / 2)
+
+
+def best_verification_threshold(embeddings_a: torch.Tensor, embeddings_b: torch.Tensor, same: torch.Tensor) -> float:
+    """The cosine-similarity threshold that best separates same from different pairs."""
+    scores, labels = _pair_scores(embeddings_a, embeddings_b, same)
+    return _best_threshold(scores, labels)
+
+
+def verification_accuracy(embeddings_a: torch.Tensor, embeddings_b: torch.Tensor, same: torch.Tensor,
+                          threshold: float | None = None, folds: int = 10, seed: int = 0) -> float:
+    """Face-verification accuracy of pairs ``(embeddings_a[i], embeddings_b[i])`` (EGGAN Table 2).
+
+    A pair is declared "same identity" when the cosine similarity exceeds a threshold.
+
+    - ``threshold`` given (e.g. chosen with :func:`best_verification_threshold` on a
+      separate set of pairs): the accuracy at that threshold.
+    - ``threshold=None``: the LFW protocol, ``folds``-fold cross-validation: the pairs are
+      shuffled once (``seed``) and cut into folds; each fold is scored at the threshold
+      that is best on the other folds. The result is the held-out accuracy over all pairs,
+      so a threshold never sees the pairs it is scored on.
+    """
+    scores, labels = _pair_scores(embeddings_a, embeddings_b, same)
+    if threshold is not None:
+        return float(((scores > threshold) == labels).mean())
+    if folds < 2 or len(scores) < folds:
+        raise ValueError(f"cross-validation needs folds >= 2 and at least one pair per fold; got folds={folds} "
+                         f"for {len(scores)} pairs (pass a threshold to score few pairs)")
+    order = np.random.default_rng(seed).permutation(len(scores))
+    correct = 0
+    for held_out in np.array_split(order, folds):
+        fitting = np.setdiff1d(order, held_out)
+        fold_threshold = _best_threshold(scores[fitting], labels[fitting])
+        correct += int(((scores[held_out] > fold_threshold) == labels[held_out]).sum())
+    return correct / len(scores)
+
+
+# ----------------------------------------------------------------------------------------
+# beyond the papers: flow, masks, blur, speed, size
+# ----------------------------------------------------------------------------------------
+def flow_epe(flow: torch.Tensor, gt_flow: torch.Tensor, mask: torch.Tensor | None = None,
+             per_image: bool = False):
+    """End-point error in pixels: the mean Euclidean length of ``flow - gt_flow`` (both ``[B, 2, H, W]``).
+
+    With ``mask`` ``[B, 1, H, W]`` (SynthFaces' ``visible``: where the true flow explains the
+    target) the mean runs over the masked pixels only.
+    """
+    hint = "[B, 2, H, W] (backward flow in pixels, channel 0 = dx, 1 = dy)"
+    _check_tensor(flow, "flow", ndim=4, shape_hint=hint)
+    _check_tensor(gt_flow, "gt_flow", ndim=4, shape_hint=hint)
+    if flow.shape[1] != 2 or flow.shape != gt_flow.shape:
+        raise ValueError(f"flow and gt_flow must both be {hint} with the same shape, got {tuple(flow.shape)} and "
+                         f"{tuple(gt_flow.shape)}")
+    error = (flow.double() - gt_flow.double()).norm(dim=1, keepdim=True)  # [B, 1, H, W]
+    if mask is None:
+        values = error.flatten(1).mean(1)
+    else:
+        weights = _check_mask(mask, error).double()
+        mass = weights.flatten(1).sum(1)
+        if (mass == 0).any():
+            raise ValueError(f"mask is empty for images {torch.nonzero(mass == 0).flatten().tolist()}; every "
+                             "image needs at least one masked pixel")
+        values = (weights * error).flatten(1).sum(1) / mass
+    return _reduce(values.float(), per_image)
+
+
+def mask_iou(pred: torch.Tensor, target: torch.Tensor, threshold: float = 0.5, per_image: bool = False):
+    """Intersection over union of ``pred > threshold`` and ``target > threshold`` (``[B, 1, H, W]``, values in [0, 1]).
+
+    An image where both masks are empty scores 1 (they agree perfectly).
+    """
+    hint = "[B, 1, H, W] with values in [0, 1]"
+    _check_tensor(pred, "pred", ndim=4, shape_hint=hint)
+    _check_tensor(target, "target", ndim=4, shape_hint=hint)
+    if pred.shape != target.shape or pred.shape[1] != 1:
+        raise ValueError(f"pred and target must both be {hint} with the same shape, got {tuple(pred.shape)} and "
+                         f"{tuple(target.shape)}")
+    for name, m in (("pred", pred), ("target", target)):
+        if float(m.min()) < 0 or float(m.max()) > 1:
+            raise ValueError(f"{name} must hold values in [0, 1] (probabilities or a binary mask), got "
+                             f"[{float(m.min()):.3g}, {float(m.max()):.3g}]; apply a sigmoid to logits first")
+    a, b = (pred > threshold).flatten(1), (target > threshold).flatten(1)
+    intersection = (a & b).sum(1).double()
+    union = (a | b).sum(1).double()
+    values = torch.where(union > 0, intersection / union.clamp_min(1), torch.ones_like(union))
+    return _reduce(values.float(), per_image)
+
+
+_LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+_LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R BT.601
+
+
+def sharpness(images: torch.Tensor, per_image: bool = False):
+    """Variance of the Laplacian of the grey image: a standard no-reference blur measure (Pech-Pacheco et al. 2000).
+
+    Images ``[B, 3, H, W]`` (or ``[B, 1, H, W]``) in [-1, 1]; RGB is turned into luminance
+    (BT.601), filtered with the 3x3 Laplacian where it fits, and the variance of the response
+    is taken per image. Blurring lowers it; so does an over-smooth pixel VAE (FVAE's argument).
+    Noise raises it, so compare like with like, e.g. edited against real target images.
+    """
+    _check_images(images, "images", channels=(1, 3))
+    grey = images.double()
+    if grey.shape[1] == 3:
+        grey = (grey * _LUMA.double().view(1, 3, 1, 1)).sum(1, keepdim=True)  # [B, 1, H, W]
+    response = F.conv2d(grey, _LAPLACIAN.double().view(1, 1, 3, 3))  # [B, 1, H-2, W-2]
+    values = response.flatten(1).var(1, unbiased=False)
+    return _reduce(values.float(), per_image)
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+@torch.no_grad()
+def latency(fn: Callable, inputs, warmup: int = 3, repeats: int = 20) -> float:
+    """Median wall-clock milliseconds per image of ``fn(inputs)`` (``fn(*inputs)`` for a tuple).
+
+    The batch size is the first dimension of ``inputs`` (of its first tensor for a tuple).
+    ``warmup`` untimed calls come first; then ``repeats`` timed calls, each followed by a
+    device synchronisation on CUDA/MPS. Runs without gradients. Timings depend on the
+    machine and its load: compare methods measured in the same run.
+    """
+    args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    if not args or not isinstance(args[0], torch.Tensor) or args[0].dim() == 0:
+        raise TypeError("inputs must be a batched tensor [B, ...] or a tuple whose first element is one")
+    if warmup < 0 or repeats < 1:
+        raise ValueError(f"warmup must be >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
+    batch = args[0].shape[0]
+    if batch == 0:
+        raise ValueError("inputs is an empty batch; at least one image is needed")
+    device = args[0].device
+    for _ in range(warmup):
+        fn(*args)
+    _synchronise(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(*args)
+        _synchronise(device)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times) / batch
+
+
+def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``module`` (shared tensors counted once)."""
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+# ----------------------------------------------------------------------------------------
+# the one entry point
+# ----------------------------------------------------------------------------------------
+#: Evaluators :func:`evaluate` uses, by their ``facelib.load_pretrained`` names.
+EVALUATOR_NAMES = ("expression_classifier", "au_regressor", "identity_embedder")
+
+
+def _resolve_evaluators(evaluators: Mapping[str, torch.nn.Module | None] | None) -> tuple[dict, dict]:
+    """Evaluators given explicitly win (``None`` skips one); the rest come from ``load_pretrained`` if shipped."""
+    evaluators = dict(evaluators or {})
+    unknown = set(evaluators) - set(EVALUATOR_NAMES)
+    if unknown:
+        raise ValueError(f"unknown evaluators {sorted(unknown)}; accepted names are {list(EVALUATOR_NAMES)}")
+    resolved, missing = {}, {}
+    for name in EVALUATOR_NAMES:
+        if name in evaluators:
+            if evaluators[name] is None:
+                missing[name] = f"skipped: evaluators[{name!r}] is None"
+            elif not isinstance(evaluators[name], torch.nn.Module):
+                raise TypeError(f"evaluators[{name!r}] must be a torch.nn.Module or None, got "
+                                f"{type(evaluators[name]).__name__}")
+            else:
+                resolved[name] = evaluators[name]
+            continue
+        try:
+            from . import load_pretrained
+
+            resolved[name] = load_pretrained(name)
+        except (ImportError, OSError, KeyError, ValueError, RuntimeError) as err:
+            missing[name] = f"skipped: no shipped {name!r} ({type(err).__name__}: {err})"
+    return resolved, missing
+
+
+def _different_identity_partner(identity: torch.Tensor, seed: int) -> torch.Tensor:
+    """For each item, the index of an item with another identity (-1 where none exists)."""
+    count = identity.shape[0]
+    generator = torch.Generator().manual_seed(seed)
+    partner = torch.full((count,), -1, dtype=torch.long)
+    for i in range(count):
+        candidates = torch.nonzero(identity != identity[i]).flatten()
+        if candidates.numel():
+            partner[i] = candidates[torch.randint(candidates.numel(), (1,), generator=generator)]
+    return partner
+
+
+def _row(metric: str, value: float, n: int, note: str) -> dict:
+    return {"metric": metric, "value": value, "n": n, "note": note}
+
+
+def evaluate(edit_fn: Callable[[torch.Tensor, dict], torch.Tensor], split: str = "test", preset: str = "multipie",
+             size: int = 64, n: int = 256, evaluators: Mapping[str, torch.nn.Module | None] | None = None, *,
+             batch_size: int = 32, dataset=None, seed: int = 0, device: str | torch.device = "auto",
+             progress: bool = True) -> pd.DataFrame:
+    """Every applicable metric of an expression-editing method, on held-out SynthFaces identities.
+
+    ``edit_fn(source, target_spec) -> edited`` receives ``source`` ``[B, 3, S, S]`` in [-1, 1]
+    on ``device`` and a dict with ``target_aus`` ``[B, 17]``, ``target_emotion`` ``[B]`` (index
+    into ``facelib.EXPRESSIONS``), ``target_image`` ``[B, 3, S, S]`` (the ground-truth target;
+    methods that need it, e.g. FVAE with the true latent as in its Table 1, may use it), and
+    for convenience ``source_aus`` and ``source_emotion``. It returns ``edited`` ``[B, 3, S, S]``
+    in [-1, 1]. It runs under ``torch.no_grad()``.
+
+    The pairs are the first ``n`` items of ``SynthFaces(preset, split, size, pairs=True,
+    seed=seed)`` (or of ``dataset`` when given; it must yield the same pair items). Returns a
+    tidy DataFrame, one row per metric with columns ``metric, value, n, note``:
+
+    - PSNR over the whole image and over ``visible`` (where the true flow explains the
+      target), SSIM, MS-SSIM, all against the ground-truth target;
+    - sharpness (variance of the Laplacian) of the edited and, for reference, the real targets;
+    - with the expression classifier: accuracy of the edited images on the target emotion
+      (and of the real targets, the ceiling), and "FD (facelib expression features)" between
+      edited and real target images;
+    - with the AU regressor: mean AU MSE and PCC (EGGAN Table 1's Avg) of regressor(edited)
+      against the true target AUs;
+    - with the identity embedder: "identity verification (facelib embedder)", EGGAN Table 2:
+      balanced pairs (source_i, edited_i) as same and (source_i, edited_j), j of another
+      identity, as different, at the threshold that is best on the corresponding real pairs
+      (source, real target); the real pairs' own 10-fold accuracy is the "Real" row.
+
+    ``evaluators`` maps ``"expression_classifier"``, ``"au_regressor"``,
+    ``"identity_embedder"`` to modules; a missing key loads ``facelib.load_pretrained(name)``
+    when it is shipped, and ``None`` (or nothing shipped) skips those metrics with a row
+    whose value is NaN and whose note says why. Numbers are never made up.
+    """
+    if not callable(edit_fn):
+        raise TypeError(f"edit_fn must be callable as edit_fn(source, target_spec) -> edited, got {type(edit_fn).__name__}")
+    if n < 2:
+        raise ValueError(f"n must be at least 2 (correlations, covariances and verification pairs need it), got {n}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = get_device(device)
+    if dataset is None:
+        from .data import SynthFaces
+
+        dataset = SynthFaces(preset=preset, split=split, size=size, pairs=True, seed=seed)
+        source_name = f"SynthFaces({preset!r}, {split!r}, size={size})"
+    else:
+        source_name = f"{type(dataset).__name__} (given)"
+    count = min(n, len(dataset))
+    if count < 2:
+        raise ValueError(f"the dataset has {len(dataset)} items; at least 2 are needed")
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(count)), batch_size=batch_size,
+                                         shuffle=False, num_workers=0)
+    models, missing = _resolve_evaluators(evaluators)
+    for model in models.values():
+        model.to(device)
+
+    keys = ("source", "target", "visible", "edited", "identity", "target_emotion", "target_aus")
+    collected: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
+            source = batch["source"].to(device)
+            spec = {
+                "target_aus": batch["target_aus"].to(device),
+                "target_emotion": batch["target_emotion"].to(device),
+                "target_image": batch["target"].to(device),
+                "source_aus": batch["source_aus"].to(device),
+                "source_emotion": batch["source_emotion"].to(device),
+            }
+            edited = edit_fn(source, spec)
+            if not isinstance(edited, torch.Tensor) or edited.shape != source.shape:
+                shape = tuple(edited.shape) if isinstance(edited, torch.Tensor) else type(edited).__name__
+                raise ValueError(f"edit_fn must return edited images shaped like the source {tuple(source.shape)}, "
+                                 f"got {shape}")
+            _check_images(edited, "edit_fn output")
+            collected["edited"].append(edited.detach().float().cpu())
+            for key in ("source", "target", "visible", "identity", "target_emotion", "target_aus"):
+                collected[key].append(batch[key].cpu())
+    data = {k: torch.cat(v) for k, v in collected.items()}
+    edited, target, source = data["edited"], data["target"].float(), data["source"].float()
+
+    rows = [
+        _row("PSNR (whole image, dB)", psnr(edited, target), count, f"vs ground-truth target; {source_name}"),
+        _row("PSNR (visible mask, dB)", psnr(edited, target, mask=data["visible"].float()), count,
+             "over pixels the true flow explains"),
+        _row("SSIM", ssim(edited, target), count, "11x11 Gaussian window, sigma 1.5"),
+        _row("MS-SSIM", ms_ssim(edited, target), count,
+             f"{ms_ssim_scales(min(edited.shape[-2:]))} scales at {edited.shape[-1]} px (5 need >= 161 px)"),
+        _row("sharpness (edited)", sharpness(edited), count, "variance of the Laplacian of luminance"),
+        _row("sharpness (real targets)", sharpness(target), count, "reference for the row above"),
+    ]
+
+    def skipped(metrics: Sequence[str], name: str) -> None:
+        rows.extend(_row(metric, math.nan, 0, missing[name]) for metric in metrics)
+
+    classifier = models.get("expression_classifier")
+    if classifier is None:
+        skipped(["expression accuracy (facelib classifier)", "expression accuracy on real targets (facelib classifier)",
+                 FD_NAME], "expression_classifier")
+    else:
+        with _EvalMode(classifier):
+            labels = data["target_emotion"].long()
+            rows.append(_row("expression accuracy (facelib classifier)",
+                             classification_accuracy(classifier, edited, labels, batch_size, device), count,
+                             "edited images vs the target emotion"))
+            rows.append(_row("expression accuracy on real targets (facelib classifier)",
+                             classification_accuracy(classifier, target, labels, batch_size, device), count,
+                             "ceiling: the classifier on the true target images"))
+            if hasattr(classifier, "features"):
+                feats_edited = _batched(classifier.features, edited, batch_size, device)
+                feats_target = _batched(classifier.features, target, batch_size, device)
+                rows.append(_row(FD_NAME, frechet_distance(feats_edited, feats_target), count,
+                                 f"edited vs real targets, {feats_edited.shape[1]}-d penultimate features; "
+                                 "not FID; biased upwards at small n"))
+            else:
+                rows.append(_row(FD_NAME, math.nan, 0, "skipped: the expression classifier has no .features(x)"))
+
+    regressor = models.get("au_regressor")
+    if regressor is None:
+        skipped(["AU MSE (facelib AU regressor)", "AU PCC (facelib AU regressor)"], "au_regressor")
+    else:
+        with _EvalMode(regressor):
+            predicted = _batched(regressor, edited, batch_size, device).clamp(0, AU_MAX)
+        table = au_mse_pcc(predicted, data["target_aus"].float())
+        note = "Avg over 17 AUs (EGGAN Table 1): regressor(edited) vs true target AUs, 0-5 scale"
+        rows.append(_row("AU MSE (facelib AU regressor)", float(table.loc["Avg", "MSE"]), count, note))
+        rows.append(_row("AU PCC (facelib AU regressor)", float(table.loc["Avg", "PCC"]), count,
+                         note + f"; {int(table['PCC'].iloc[:-1].isna().sum())} AUs without variance left out"))
+
+    embedder = models.get("identity_embedder")
+    if embedder is None:
+        skipped([VERIFICATION_NAME, VERIFICATION_NAME.replace("verification", "verification, real pairs")],
+                "identity_embedder")
+    else:
+        with _EvalMode(embedder):
+            emb_source = _batched(embedder, source, batch_size, device)
+            emb_target = _batched(embedder, target, batch_size, device)
+            emb_edited = _batched(embedder, edited, batch_size, device)
+        partner = _different_identity_partner(data["identity"].long(), seed)
+        has_partner = partner >= 0
+        if not has_partner.any():
+            rows.append(_row(VERIFICATION_NAME, math.nan, 0, "skipped: all pairs show one identity"))
+        else:
+            anchors = torch.cat([torch.arange(count), torch.nonzero(has_partner).flatten()])
+            others = torch.cat([torch.arange(count), partner[has_partner]])
+            same = torch.cat([torch.ones(count, dtype=torch.bool), torch.zeros(int(has_partner.sum()), dtype=torch.bool)])
+            real_threshold = best_verification_threshold(emb_source[anchors], emb_target[others], same)
+            pairs = f"{count} same + {int(has_partner.sum())} different pairs"
+            rows.append(_row(VERIFICATION_NAME,
+                             verification_accuracy(emb_source[anchors], emb_edited[others], same, real_threshold),
+                             len(same), f"source vs edited, {pairs}, threshold {real_threshold:.3f} from real pairs"))
+            folds = min(10, len(same))
+            rows.append(_row(VERIFICATION_NAME.replace("verification", "verification, real pairs"),
+                             verification_accuracy(emb_source[anchors], emb_target[others], same, folds=folds),
+                             len(same), f"source vs real target, {pairs}, {folds}-fold cross-validated threshold"))
+
+    return pd.DataFrame(rows, columns=["metric", "value", "n", "note"])
