@@ -1,0 +1,611 @@
+"""Evaluator networks: facelib's own measuring instruments, trained on SynthFaces.
+
+The papers measure with networks nobody can download here (VGG-Face and LightCNN
+for identity, a ResNet trained on RAF-DB for expression features, OpenFace for AU
+intensities, VGG/Inception for perceptual and Fréchet features). facelib trains
+small CNNs on SynthFaces instead and names them for what they are:
+
+- :class:`ExpressionClassifier`: logits over :data:`facelib.EXPRESSIONS`; its
+  penultimate features (:meth:`ExpressionClassifier.features`) are LEED's
+  expression features (the paper's Psi) and the features of facelib's Fréchet
+  distance ("FD (facelib expression features)", never "FID").
+- :class:`AURegressor`: the 17 AU intensities in ``[0, 5]`` (stands in for OpenFace).
+- :class:`IdentityEmbedder`: an L2-normalised embedding for face verification
+  (stands in for VGG-Face / LightCNN), with its verification threshold in its config.
+- :class:`PerceptualFeatures`: feature maps at several depths of a trained
+  evaluator, the pluggable ``features`` callable of :mod:`facelib.losses`.
+
+All three share one trunk (:class:`ConvTrunk`): a stride-1 stem and four
+residual stages that halve the resolution, then global average pooling.
+Inputs are ``[B, 3, H, W]`` in ``[-1, 1]``; the networks are trained at
+``config.image_size`` (64). Another size is resized (bilinear, antialiased) to
+``image_size`` with a warning, because the features are scale-dependent: a
+128x128 face must look to the network like the 64x64 faces it learned on.
+
+Training (:func:`train_evaluators`, run by ``python -m facelib train evaluators``)
+renders a fresh batch every step (infinite data), mixing every preset's
+conditions: yaw, light, backgrounds, sensor noise, emotion prototypes with
+per-identity idiosyncrasy and random AU combinations, on identities of the
+training split only. The held-out figures come from :func:`evaluate_evaluators`
+on test-split identities.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..conventions import AU_MAX, EXPRESSIONS, NUM_AUS
+from ..train import TrainingTask
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def check_images(x: Tensor, image_size: int, who: str) -> Tensor:
+    """Validate ``[B, 3, H, W]`` float images and resize them to ``image_size`` if needed."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{who} expects a torch.Tensor of images [B, 3, H, W] in [-1, 1], got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{who} expects floating-point images in [-1, 1], got dtype {x.dtype}")
+    if x.ndim != 4:
+        raise ValueError(f"{who} expects a batch of images [B, 3, H, W], got a tensor of shape {tuple(x.shape)}")
+    if x.shape[1] != 3:
+        raise ValueError(
+            f"{who} expects RGB images with 3 channels [B, 3, H, W], got {x.shape[1]} channels (shape {tuple(x.shape)})"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{who} got an empty batch (shape {tuple(x.shape)}); pass at least one image")
+    if x.shape[-2:] != (image_size, image_size):
+        warnings.warn(
+            f"{who} was trained on {image_size}x{image_size} images; resizing {x.shape[-2]}x{x.shape[-1]} input "
+            f"to {image_size}x{image_size}",
+            stacklevel=3,
+        )
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
+# --------------------------------------------------------------------------- shared trunk
+
+
+class ResidualStage(nn.Module):
+    """Halve the resolution with a stride-2 conv, then one residual 3x3 conv."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.down = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+        self.conv = nn.Sequential(
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.down(x)  # [B, C_out, H/2, W/2]
+        return F.relu(x + self.conv(x))
+
+
+class ConvTrunk(nn.Module):
+    """Stem at full resolution plus one :class:`ResidualStage` per entry of ``channels[1:]``."""
+
+    def __init__(self, channels: tuple[int, ...]):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, channels[0], 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels[0]),
+            nn.ReLU(inplace=True),
+        )
+        self.stages = nn.ModuleList(
+            ResidualStage(c_in, c_out) for c_in, c_out in zip(channels[:-1], channels[1:])
+        )
+
+    def feature_maps(self, x: Tensor) -> list[Tensor]:
+        """Feature maps after the stem and after every stage: ``[B, C_i, H / 2**i, W / 2**i]``."""
+        maps = [self.stem(x)]
+        for stage in self.stages:
+            maps.append(stage(maps[-1]))
+        return maps
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.stem(x)
+        for stage in self.stages:
+            h = stage(h)
+        return h.mean(dim=(2, 3))  # [B, C_last], global average pooling
+
+
+class Evaluator(nn.Module):
+    """What the three evaluators share: config, trunk, input checks, feature maps."""
+
+    config: "ExpressionClassifierConfig | AURegressorConfig | IdentityEmbedderConfig"
+
+    def __init__(self, config):
+        super().__init__()
+        config.channels = tuple(int(c) for c in config.channels)  # JSON gives lists back
+        self.config = config
+        self.trunk = ConvTrunk(config.channels)
+
+    def _pooled(self, x: Tensor) -> Tensor:
+        return self.trunk(check_images(x, self.config.image_size, type(self).__name__))
+
+    def feature_maps(self, x: Tensor) -> list[Tensor]:
+        """Trunk feature maps at every depth (see :class:`PerceptualFeatures`)."""
+        return self.trunk.feature_maps(check_images(x, self.config.image_size, type(self).__name__))
+
+
+# --------------------------------------------------------------------------- the three evaluators
+
+
+@dataclass
+class ExpressionClassifierConfig:
+    image_size: int = 64
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    expressions: tuple[str, ...] = EXPRESSIONS
+
+
+class ExpressionClassifier(Evaluator):
+    """Logits over ``config.expressions`` (default :data:`facelib.EXPRESSIONS`)."""
+
+    def __init__(self, config: ExpressionClassifierConfig | None = None):
+        config = config or ExpressionClassifierConfig()
+        config.expressions = tuple(config.expressions)
+        super().__init__(config)
+        self.head = nn.Linear(config.channels[-1], len(config.expressions))
+
+    def features(self, x: Tensor) -> Tensor:
+        """Penultimate features ``[B, D]`` (LEED's Psi; the Fréchet-distance features)."""
+        return self._pooled(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))  # [B, len(expressions)]
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        """Index into ``config.expressions`` of the most likely expression, ``[B]``."""
+        return self(x).argmax(dim=1)
+
+
+@dataclass
+class AURegressorConfig:
+    image_size: int = 64
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    num_aus: int = NUM_AUS
+    au_max: float = AU_MAX
+
+
+class AURegressor(Evaluator):
+    """The 17 AU intensities (order :data:`facelib.AU_CODES`) in ``[0, au_max]``."""
+
+    def __init__(self, config: AURegressorConfig | None = None):
+        super().__init__(config or AURegressorConfig())
+        self.head = nn.Linear(self.config.channels[-1], self.config.num_aus)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # A sigmoid keeps every prediction inside the FACS range without dead gradients.
+        return self.config.au_max * torch.sigmoid(self.head(self._pooled(x)))  # [B, 17]
+
+
+@dataclass
+class IdentityEmbedderConfig:
+    image_size: int = 64
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    embedding_dim: int = 128
+    #: Two faces are "the same person" when the cosine of their embeddings exceeds
+    #: this; chosen on validation identities after training.
+    verification_threshold: float = 0.5
+
+
+class IdentityEmbedder(Evaluator):
+    """L2-normalised identity embedding ``[B, embedding_dim]`` for face verification."""
+
+    def __init__(self, config: IdentityEmbedderConfig | None = None):
+        super().__init__(config or IdentityEmbedderConfig())
+        self.head = nn.Linear(self.config.channels[-1], self.config.embedding_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.head(self._pooled(x)), dim=1)  # [B, D], unit length
+
+    @torch.no_grad()
+    def similarity(self, a: Tensor, b: Tensor) -> Tensor:
+        """Cosine similarity of the embeddings of paired images ``a[i]``, ``b[i]``: ``[B]``."""
+        if a.shape[0] != b.shape[0]:
+            raise ValueError(f"similarity needs as many images in a as in b, got {a.shape[0]} and {b.shape[0]}")
+        return (self(a) * self(b)).sum(dim=1)
+
+    @torch.no_grad()
+    def verify(self, a: Tensor, b: Tensor) -> Tensor:
+        """True where ``a[i]`` and ``b[i]`` show the same person: ``[B]`` bool."""
+        return self.similarity(a, b) > self.config.verification_threshold
+
+
+# --------------------------------------------------------------------------- perceptual features
+
+
+class PerceptualFeatures(nn.Module):
+    """Frozen feature maps at several depths of a trained evaluator.
+
+    A callable ``images [B, 3, H, W] in [-1, 1] -> list[Tensor]``: the feature
+    network that :mod:`facelib.losses`' perceptual and identity losses accept
+    (ExprGAN Eq. 7, LEED Eq. 14-15, EGGAN Eq. 5). Gradients flow to the input,
+    never to the evaluator, which stays in eval mode even inside a model put in
+    training mode.
+
+    ``network``: an :class:`ExpressionClassifier`, :class:`AURegressor` or
+    :class:`IdentityEmbedder`, or the name of a shipped one (loaded with
+    :func:`facelib.load_pretrained`). ``depths``: which trunk maps to return
+    (0 = stem at full resolution, 1.. = after each stage); default all.
+    """
+
+    def __init__(self, network: Evaluator | str = "identity_embedder", depths: tuple[int, ...] | None = None):
+        super().__init__()
+        if isinstance(network, str):
+            from ..checkpoint import load_pretrained
+
+            network = load_pretrained(network)
+        if not isinstance(network, Evaluator):
+            raise TypeError(
+                "PerceptualFeatures wraps an ExpressionClassifier, AURegressor or IdentityEmbedder "
+                f"(or the name of a shipped one), got {type(network).__name__}"
+            )
+        n_maps = len(network.config.channels)
+        depths = tuple(range(n_maps)) if depths is None else tuple(int(d) for d in depths)
+        if not depths or any(d < 0 or d >= n_maps for d in depths):
+            raise ValueError(f"depths must be a non-empty subset of {list(range(n_maps))}, got {list(depths)}")
+        self.network = network.eval().requires_grad_(False)
+        self.depths = depths
+
+    def train(self, mode: bool = True) -> "PerceptualFeatures":
+        super().train(mode)
+        self.network.eval()  # batch-norm statistics stay those the evaluator was trained with
+        return self
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        maps = self.network.feature_maps(x)
+        return [maps[d] for d in self.depths]
+
+
+# --------------------------------------------------------------------------- training and held-out data
+
+
+class FaceSampler:
+    """Fresh SynthFaces renders of a pool of identities under mixed conditions.
+
+    Every batch mixes what the presets vary: yaw (frontal as in Multi-PIE or
+    anywhere in +-45 degrees), light, background and sensor noise; expressions are
+    emotion prototypes with per-identity idiosyncrasy (RaFD, Multi-PIE, Oulu) or
+    random AU combinations (EmotioNet). Training samples the identities of the
+    training split; :func:`evaluate_evaluators` those of the test split.
+    """
+
+    def __init__(self, identities: Tensor, size: int = 64, generator: torch.Generator | None = None):
+        self.identities = identities.long()
+        self.size = size
+        self.generator = generator
+
+    def _rand(self, *shape: int) -> Tensor:
+        return torch.rand(*shape, generator=self.generator)
+
+    def _randint(self, high: int, n: int) -> Tensor:
+        return torch.randint(high, (n,), generator=self.generator)
+
+    def pick_identities(self, n: int, distinct: bool = False) -> Tensor:
+        if distinct:
+            return self.identities[torch.randperm(len(self.identities), generator=self.generator)[:n]]
+        return self.identities[self._randint(len(self.identities), n)]
+
+    def random_aus(self, n: int, p_active: float = 0.3) -> Tensor:
+        """EmotioNet-style random AU combinations: each AU on with ``p_active``, intensity U(0, 5)."""
+        active = self._rand(n, NUM_AUS) < p_active
+        return active * AU_MAX * self._rand(n, NUM_AUS)  # [N, 17]
+
+    def emotions(self, n: int, identity: Tensor, min_intensity: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+        """Random emotion prototypes: ``(emotion [N], intensity [N], aus [N, 17])``."""
+        from ..data.synth import emotion_aus
+
+        emotion = self._randint(len(EXPRESSIONS), n)
+        intensity = min_intensity + (AU_MAX - min_intensity) * self._rand(n)
+        return emotion, intensity, emotion_aus(emotion, intensity, identity=identity)
+
+    def render(self, identity: Tensor, aus: Tensor) -> Tensor:
+        """Images ``[N, 3, S, S]`` in ``[-1, 1]`` under random conditions."""
+        from ..data.synth import render
+
+        n = len(identity)
+        # Multi-PIE is frontal; RaFD and EmotioNet turn the head (SynthFaces keeps |yaw| <= 45).
+        yaw = torch.where(self._rand(n) < 0.3, torch.zeros(n), 90.0 * self._rand(n) - 45.0)
+        noise = torch.where(self._rand(n) < 0.5, torch.zeros(n), 0.03 * self._rand(n))
+        out = render(identity, aus, yaw, self.size, light=self.light(n), background=self.background(n),
+                     noise=noise, generator=self.generator)
+        return out["image"]
+
+    def expression_batch(self, n: int, min_intensity: float = 0.5) -> dict[str, Tensor]:
+        identity = self.pick_identities(n)
+        emotion, intensity, aus = self.emotions(n, identity, min_intensity)
+        return {"image": self.render(identity, aus), "emotion": emotion, "intensity": intensity}
+
+    def au_batch(self, n: int) -> dict[str, Tensor]:
+        identity = self.pick_identities(n)
+        _, _, aus = self.emotions(n, identity)
+        use_random = self._rand(n, 1) < 0.5
+        aus = torch.where(use_random, self.random_aus(n), aus)
+        return {"image": self.render(identity, aus), "aus": aus}
+
+    def any_expression(self, identity: Tensor) -> Tensor:
+        """AUs of an emotion prototype or (30%) a random AU combination, for each identity."""
+        n = len(identity)
+        _, _, aus = self.emotions(n, identity)
+        return torch.where(self._rand(n, 1) < 0.3, self.random_aus(n), aus)
+
+    def identity_batch(self, num_identities: int, views: int) -> dict[str, Tensor]:
+        """``views`` renders of each of ``num_identities`` distinct identities, grouped by identity."""
+        identity = self.pick_identities(num_identities, distinct=True).repeat_interleave(views)
+        return {"image": self.render(identity, self.any_expression(identity)), "identity": identity}
+
+    def verification_pairs(self, n: int) -> dict[str, Tensor]:
+        """``n`` image pairs, half of one person and half of two, each side under its own conditions."""
+        first = self.pick_identities(n)
+        second = self.pick_identities(n)
+        same = torch.arange(n) % 2 == 0
+        # A "different" pair must really show two people.
+        clash = ~same & (second == first)
+        while clash.any():
+            second[clash] = self.pick_identities(int(clash.sum()))
+            clash = ~same & (second == first)
+        second = torch.where(same, first, second)
+        return {
+            "a": self.render(first, self.any_expression(first)),
+            "b": self.render(second, self.any_expression(second)),
+            "same": same,
+        }
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def centroid_margin_softmax(embeddings: Tensor, views: int, scale: float = 16.0, margin: float = 0.25) -> Tensor:
+    """CosFace-style margin softmax over in-batch identity centroids (a GE2E loss with a margin).
+
+    ``embeddings`` ``[P * views, D]`` (unit length) hold ``views`` consecutive renders of
+    each of ``P`` identities. Each embedding is scored by cosine against every identity's
+    centroid (its own centroid leaves it out, so it cannot match itself) and must beat the
+    others by ``margin``. Departs from CosFace's learned class weights on purpose: the
+    centroids of fresh identities every step train on unlimited identities without a
+    classifier over all of them.
+    """
+    num_identities = embeddings.shape[0] // views
+    e = embeddings.view(num_identities, views, -1)  # [P, V, D]
+    total = e.sum(dim=1, keepdim=True)  # [P, 1, D]
+    centroids = F.normalize(total.squeeze(1) / views, dim=-1)  # [P, D]
+    own_centroids = F.normalize((total - e) / (views - 1), dim=-1)  # [P, V, D], leave-one-out
+    cosine = embeddings @ centroids.T  # [P*V, P]
+    labels = torch.arange(num_identities, device=embeddings.device).repeat_interleave(views)
+    own = (e * own_centroids).sum(dim=-1).reshape(-1)  # [P*V]
+    cosine = cosine.scatter(1, labels[:, None], (own - margin)[:, None])
+    return F.cross_entropy(scale * cosine, labels)
+
+
+# --------------------------------------------------------------------------- held-out evaluation
+
+
+def _batched(fn, n: int, batch_size: int) -> list:
+    return [fn(min(batch_size, n - start)) for start in range(0, n, batch_size)]
+
+
+@torch.no_grad()
+def evaluate_expression(model: ExpressionClassifier, sampler: FaceSampler, n: int = 1000,
+                        min_intensity: float = 2.0, batch_size: int = 250) -> dict[str, float]:
+    """Accuracy over all expressions at intensity >= ``min_intensity`` (neutral included)."""
+    device = next(model.parameters()).device
+    correct = 0
+    for batch in _batched(lambda k: sampler.expression_batch(k, min_intensity), n, batch_size):
+        correct += int((model(batch["image"].to(device)).argmax(1).cpu() == batch["emotion"]).sum())
+    return {"accuracy": correct / n}
+
+
+@torch.no_grad()
+def evaluate_au(model: AURegressor, sampler: FaceSampler, n: int = 1000, batch_size: int = 250) -> dict[str, float]:
+    """Mean absolute error (0-5 scale) and mean Pearson correlation over the 17 AUs."""
+    from ..metrics import au_mse_pcc
+
+    device = next(model.parameters()).device
+    preds, targets = [], []
+    for batch in _batched(sampler.au_batch, n, batch_size):
+        preds.append(model(batch["image"].to(device)).cpu())
+        targets.append(batch["aus"])
+    pred, target = torch.cat(preds), torch.cat(targets)
+    table = au_mse_pcc(pred, target)  # rows AU1 ... AU45, Avg
+    per_au_mae = (pred - target).abs().mean(0)  # [17]
+    return {
+        "mae": float(per_au_mae.mean()),
+        "worst_au_mae": float(per_au_mae.max()),
+        "mean_pcc": float(table.loc["Avg", "PCC"]),
+        "worst_au_pcc": float(table["PCC"].iloc[:-1].min()),
+    }
+
+
+@torch.no_grad()
+def pair_embeddings(model: IdentityEmbedder, sampler: FaceSampler, n: int, batch_size: int = 250):
+    """Embeddings of ``n`` balanced verification pairs: ``(a [n, D], b [n, D], same [n])``."""
+    device = next(model.parameters()).device
+    a, b, same = [], [], []
+    for batch in _batched(sampler.verification_pairs, n, batch_size):
+        a.append(model(batch["a"].to(device)).cpu())
+        b.append(model(batch["b"].to(device)).cpu())
+        same.append(batch["same"])
+    return torch.cat(a), torch.cat(b), torch.cat(same)
+
+
+def evaluate_identity(model: IdentityEmbedder, sampler: FaceSampler, n: int = 1000,
+                      batch_size: int = 250) -> dict[str, float]:
+    """Verification accuracy at ``model.config.verification_threshold`` on balanced pairs."""
+    from ..metrics import verification_accuracy
+
+    a, b, same = pair_embeddings(model, sampler, n, batch_size)
+    return {"verification_accuracy": verification_accuracy(a, b, same, threshold=model.config.verification_threshold)}
+
+
+def split_identities(split: str) -> Tensor:
+    """Every identity of ``split`` ("train", "val" or "test") over all SynthFaces presets."""
+    raise NotImplementedError
+
+
+def held_out_sampler(split: str = "test", seed: int = 0, size: int = 64) -> FaceSampler:
+    """A deterministic sampler of fresh renders of ``split`` identities."""
+    return FaceSampler(split_identities(split), size, torch.Generator().manual_seed(seed))
+
+
+def evaluate_evaluators(expression: ExpressionClassifier | None = None, au: AURegressor | None = None,
+                        identity: IdentityEmbedder | None = None, *, split: str = "test", n: int = 1000,
+                        seed: int = 0) -> dict[str, dict[str, float]]:
+    """Held-out figures of the given evaluators on ``n`` fresh renders (pairs) of ``split`` identities."""
+    results = {}
+    if expression is not None:
+        results["expression_classifier"] = evaluate_expression(expression.eval(), held_out_sampler(split, seed), n)
+    if au is not None:
+        results["au_regressor"] = evaluate_au(au.eval(), held_out_sampler(split, seed + 1), n)
+    if identity is not None:
+        results["identity_embedder"] = evaluate_identity(identity.eval(), held_out_sampler(split, seed + 2), n)
+    return results
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainingPlan:
+    """How one evaluator trains: fresh renders every step, AdamW with a one-cycle schedule."""
+
+    steps: int
+    batch_size: int
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+
+
+#: What ``python -m facelib train evaluators`` ships (steps per evaluator).
+PLANS: dict[str, TrainingPlan] = {
+    "expression_classifier": TrainingPlan(steps=600, batch_size=64),
+    "au_regressor": TrainingPlan(steps=1200, batch_size=64),
+    "identity_embedder": TrainingPlan(steps=1200, batch_size=96),
+}
+
+
+class EvaluatorTask(TrainingTask):
+    """Trains one evaluator; ``training_step`` renders its own batch (no dataset: data is unlimited)."""
+
+    dataset = None
+    model_class: type[Evaluator]
+
+    def __init__(self, plan: TrainingPlan, identities: Tensor, size: int = 64):
+        self.plan = plan
+        self.sampler = FaceSampler(identities, size)  # global RNG: seeded and checkpointed by the Trainer
+
+    def build(self, device):
+        model = self.model_class().to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.plan.lr, weight_decay=self.plan.weight_decay)
+        self.schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.plan.lr,
+                                                            total_steps=self.plan.steps, pct_start=0.15)
+        return {"model": model}, {"adamw": optimizer}
+
+    def stateful(self):
+        return {"schedule": self.schedule}
+
+    def training_step(self, batch, step):
+        batch = {k: v.to(self.device) for k, v in self.sample().items()}
+        loss, logs = self.loss(self.modules["model"], batch)
+        optimizer = self.optimizers["adamw"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        self.schedule.step()
+        return {"loss": loss.detach(), **logs}
+
+
+class ExpressionTask(EvaluatorTask):
+    model_class = ExpressionClassifier
+
+    def sample(self):
+        return self.sampler.expression_batch(self.plan.batch_size)
+
+    def loss(self, model, batch):
+        logits = model(batch["image"])
+        accuracy = (logits.argmax(1) == batch["emotion"]).float().mean()
+        return F.cross_entropy(logits, batch["emotion"]), {"accuracy": accuracy}
+
+
+class AUTask(EvaluatorTask):
+    model_class = AURegressor
+
+    def sample(self):
+        return self.sampler.au_batch(self.plan.batch_size)
+
+    def loss(self, model, batch):
+        pred = model(batch["image"])
+        # Smooth L1 with a small beta: close to the reported mean absolute error, smooth near 0.
+        return F.smooth_l1_loss(pred, batch["aus"], beta=0.1), {"mae": (pred - batch["aus"]).abs().mean().detach()}
+
+
+class IdentityTask(EvaluatorTask):
+    model_class = IdentityEmbedder
+    views = 4
+
+    def sample(self):
+        return self.sampler.identity_batch(self.plan.batch_size // self.views, self.views)
+
+    def loss(self, model, batch):
+        return centroid_margin_softmax(model(batch["image"]), self.views), {}
+
+
+TASKS: dict[str, type[EvaluatorTask]] = {
+    "expression_classifier": ExpressionTask,
+    "au_regressor": AUTask,
+    "identity_embedder": IdentityTask,
+}
+
+
+def train_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: bool) -> dict:
+    """``python -m facelib train evaluators``: train, calibrate and measure all three evaluators.
+
+    ``steps`` overrides every evaluator's step count. The identity embedder's
+    verification threshold is chosen on validation identities; every figure in
+    ``metrics`` is measured on fresh renders of test identities.
+    """
+    from pathlib import Path
+
+    from ..checkpoint import save_model
+    from ..metrics import best_verification_threshold
+    from ..train import Trainer
+
+    out_dir = Path(out_dir)
+    eval_n = 64 if smoke else 2000
+    train_ids = split_identities("train")
+    checkpoints, metrics, steps_run = {}, {}, {}
+    for name, task_class in TASKS.items():
+        plan = PLANS[name]
+        n_steps = 3 if smoke else (steps or plan.steps)
+        plan = TrainingPlan(steps=n_steps, batch_size=16 if smoke else plan.batch_size, lr=plan.lr,
+                            weight_decay=plan.weight_decay)
+        task = task_class(plan, train_ids)
+        result = Trainer(task, steps=n_steps, batch_size=plan.batch_size, seed=seed, out_dir=out_dir / name,
+                         device=device, progress=True).fit()
+        model = task.unwrap("model").eval()
+        if name == "identity_embedder":
+            model.config.verification_threshold = best_verification_threshold(
+                *pair_embeddings(model, held_out_sampler("val", seed), eval_n))
+        measured = evaluate_evaluators(**{_ARG[name]: model}, n=eval_n, seed=seed)[name]
+        measured["train_seconds"] = result.seconds
+        if name == "identity_embedder":
+            measured["verification_threshold"] = model.config.verification_threshold
+        metrics[name] = measured
+        checkpoints[name] = save_model(model, out_dir / name / name)
+        steps_run[name] = n_steps
+    return {"checkpoints": checkpoints, "metrics": metrics, "preset": "all presets (mixed conditions)",
+            "steps": max(steps_run.values())}
+
+
+_ARG = {"expression_classifier": "expression", "au_regressor": "au", "identity_embedder": "identity"}
