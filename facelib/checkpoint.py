@@ -35,9 +35,9 @@ Resumable training state (what ``facelib.train.Trainer`` writes; also no pickle)
   non-tensor state go to ``<stem>.json``. ``rng_state`` defaults to ``capture_rng_state()``.
   ``stateful`` holds anything else with ``state_dict()``/``load_state_dict()`` (LR schedulers,
   GradScaler) whose state is tensors and JSON values.
-- ``load_training_state(path, modules, optimizers, stateful=None, restore_rng=True,
-  map_location="cpu") -> dict``: loads everything back in place (strictly: the same module and
-  optimiser names must be present) and returns ``{"step": int, "extra": dict, "rng_state": dict}``.
+- ``load_training_state(path, modules, optimizers, stateful=None, restore_rng=True) -> dict``:
+  loads everything back in place, onto the devices the modules and optimisers already live on
+  (strictly: the same module and optimiser names must be present) and returns ``{"step": int, "extra": dict, "rng_state": dict}``.
 - ``capture_rng_state() -> dict[str, Tensor]`` / ``restore_rng_state(state)``: Python ``random``,
   NumPy, torch CPU and every CUDA/MPS generator, all as tensors.
 - ``save_rng_state(path, state)`` / ``load_rng_state(path) -> dict``: one safetensors file
@@ -47,11 +47,10 @@ Shipped weights (``facelib/weights/``, packaged with facelib):
 
 - ``load_pretrained(name, device="cpu", weights_dir=None) -> nn.Module``: looks ``name`` up in
   ``MANIFEST.json``, verifies the sha256 of the weights (a mismatch raises ``CheckpointError``),
-  and loads it in eval mode. An unknown name raises ``KeyError``-like ``CheckpointError``
-  listing the available names (or saying none are shipped yet).
+  and loads it in eval mode. An unknown name raises ``CheckpointError`` listing the available names (or saying none are shipped yet).
 - ``pretrained_info(name, weights_dir=None) -> dict``: the manifest entry.
 - ``available_pretrained(weights_dir=None) -> list[str]``.
-- ``read_manifest(weights_dir=None) -> dict`` / ``weights_dir() -> Path``.
+- ``read_manifest(weights_dir=None) -> dict`` / ``shipped_weights_dir() -> Path``.
 - ``manifest_entry(file, *, command, preset, steps, seed, wall_time_s, metrics,
   weights_dir=None, **extra) -> dict``: builds the entry for a file already inside the weights
   folder (sha256 of weights and JSON, class and config from the JSON, versions).
@@ -64,3 +63,676 @@ in ``.pt``/``.pth``/``.pkl``/``.pickle``/``.ckpt``/``.bin``, or a file starting 
 or zip magic bytes (what ``torch.save`` writes), raises ``CheckpointError`` telling you to
 convert it to safetensors.
 """
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+import random
+import re
+import struct
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load as _safetensors_load
+from safetensors.torch import save as _safetensors_save
+from torch import nn
+
+from .utils import atomic_write_bytes, atomic_write_text, get_device
+
+MODEL_FORMAT = "facelib.model/1"
+TRAINING_STATE_FORMAT = "facelib.training_state/1"
+MANIFEST_NAME = "MANIFEST.json"
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
+_PACKAGE = "facelib"
+_IDENTIFIER_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be written or loaded safely; the message says what and why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths, hashes and the never-unpickle guard
+
+
+def _stem(path: str | Path) -> Path:
+    """``x``, ``x.safetensors`` and ``x.json`` all name the checkpoint ``x``."""
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise CheckpointError(
+            f"{path.name}: '{path.suffix}' files are pickles, which facelib never loads (unpickling runs "
+            "arbitrary code). Convert the weights once with torch.load + facelib.checkpoint.save_model "
+            "and load the .safetensors/.json pair instead."
+        )
+    if path.suffix in (".safetensors", ".json"):
+        return path.with_suffix("")
+    return path
+
+
+def _with_suffix(stem: Path, suffix: str) -> Path:
+    return stem.with_name(stem.name + suffix)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """Refuse anything but a safetensors file (pickles and torch.save zips get their own message)."""
+    if not path.exists():
+        raise CheckpointError(f"checkpoint weights not found: {path}")
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if len(head) == 9:
+        (header_length,) = struct.unpack("<Q", head[:8])
+        if head[8:9] == b"{" and 8 + header_length <= path.stat().st_size:
+            return
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        kind = "a pickle"
+    elif head[:4] == b"PK\x03\x04":
+        kind = "a zip archive (what torch.save writes, with a pickle inside)"
+    else:
+        kind = "not a safetensors file"
+    raise CheckpointError(
+        f"{path} is {kind}; facelib only loads safetensors (nothing is ever unpickled). "
+        "Save weights with facelib.checkpoint.save_model (or safetensors.torch.save_file)."
+    )
+
+
+def _read_safetensors_bytes(path: Path) -> bytes:
+    """The bytes of a safetensors file, after checking it is one (and not a pickle/zip)."""
+    _check_safetensors_header(path)
+    return path.read_bytes()
+
+
+def _read_json(path: Path) -> dict:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint metadata not found: {path} (a checkpoint is a .safetensors + .json pair)")
+    raw = path.read_bytes()
+    if raw[:1] == b"\x80" or raw[:4] == b"PK\x03\x04":
+        raise CheckpointError(f"{path} is a pickle/zip file, not JSON; facelib never unpickles")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from err
+
+
+def _json_dumps(obj: Any, what: str) -> str:
+    try:
+        return json.dumps(obj, indent=2, sort_keys=True)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{what} is not JSON-serialisable ({err}); use numbers, strings, lists, dicts") from err
+
+
+def _versions() -> dict[str, str]:
+    from . import __version__
+
+    return {"facelib": __version__, "torch": torch.__version__}
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving classes (only inside facelib) and rebuilding Config dataclasses
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _resolve_facelib_class(path: str) -> type:
+    """Import ``facelib.x.y.Name``; refuse anything outside the facelib package."""
+    if not isinstance(path, str) or not _IDENTIFIER_PATH.match(path) or not path.startswith(_PACKAGE + "."):
+        raise CheckpointError(
+            f"refusing to build class {path!r}: checkpoints may only name classes inside the "
+            f"'{_PACKAGE}' package; pass cls=YourModel to load_model to use another class"
+        )
+    module_name, _, class_name = path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise CheckpointError(f"cannot import {module_name!r} for checkpoint class {path!r}: {err}") from err
+    cls = getattr(module, class_name, None)
+    if not isinstance(cls, type):
+        raise CheckpointError(f"{module_name} has no class {class_name!r} (named by the checkpoint)")
+    return cls
+
+
+def _config_class_of(model_cls: type, stored_path: str | None) -> type:
+    """The Config dataclass a model class takes: ``config_class`` attribute or ``__init__``'s annotation."""
+    declared = getattr(model_cls, "config_class", None)
+    if declared is None:
+        try:
+            hint = typing.get_type_hints(model_cls.__init__).get("config")
+        except Exception:  # unresolvable annotations: fall back to the stored class path
+            hint = None
+        if hint is not None:
+            candidates = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+            declared = candidates[0]
+    if declared is None and stored_path is not None:
+        declared = _resolve_facelib_class(stored_path)
+    if not (isinstance(declared, type) and dataclasses.is_dataclass(declared)):
+        raise CheckpointError(
+            f"cannot tell which Config dataclass {model_cls.__name__} takes: annotate __init__(self, config: "
+            "SomeConfig) or set the class attribute config_class = SomeConfig"
+        )
+    return declared
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    """Turn a JSON value back into what the dataclass field ``hint`` says, or name the field."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arm in args:
+            try:
+                return _coerce(arm, value, where)
+            except CheckpointError:
+                continue
+        raise CheckpointError(f"config field {where}: {value!r} matches none of {hint}")
+    if hint is type(None):
+        if value is None:
+            return None
+    elif origin is typing.Literal:
+        if value in args:
+            return value
+    elif isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if isinstance(value, dict):
+            return _config_from_dict(hint, value, where)
+    elif origin in (tuple, list) or hint in (tuple, list):
+        if isinstance(value, (list, tuple)):
+            container = tuple if (origin or hint) is tuple else list
+            if not args:
+                return container(value)
+            if container is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+                if len(args) != len(value):
+                    raise CheckpointError(f"config field {where}: expected {len(args)} values, got {value!r}")
+                return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+            return container(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    elif origin is dict or hint is dict:
+        if isinstance(value, dict):
+            if len(args) == 2:
+                return {k: _coerce(args[1], v, f"{where}[{k!r}]") for k, v in value.items()}
+            return dict(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(hint, type):
+        if isinstance(value, hint):
+            return value
+    else:
+        return value  # an annotation we cannot check (a TypeVar, a string): trust the JSON
+    raise CheckpointError(f"config field {where}: stored value {value!r} is not a {hint}")
+
+
+def _config_from_dict(config_cls: type, data: dict, where: str = "config") -> Any:
+    """Rebuild ``config_cls`` from a dict; unknown, missing or ill-typed fields are named."""
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{where}: expected a dict of {config_cls.__name__} fields, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(config_cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise CheckpointError(
+            f"config mismatch: field(s) {', '.join(f'{where}.{u}' for u in unknown)} are in the checkpoint but not "
+            f"in {config_cls.__name__} (its fields: {', '.join(fields)})"
+        )
+    missing = [
+        name for name, f in fields.items()
+        if name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise CheckpointError(
+            f"config mismatch: {config_cls.__name__} requires field(s) {', '.join(f'{where}.{m}' for m in missing)} "
+            "that the checkpoint does not store"
+        )
+    hints = typing.get_type_hints(config_cls)
+    kwargs = {name: _coerce(hints.get(name, Any), value, f"{where}.{name}") for name, value in data.items()}
+    return config_cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The plain module inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            module = module.module
+        elif hasattr(module, "_orig_mod") and isinstance(module._orig_mod, nn.Module):
+            module = module._orig_mod
+        else:
+            return module
+
+
+def _tensors_for_saving(state: dict[str, Any], what: str) -> dict[str, torch.Tensor]:
+    """CPU, contiguous, unshared copies (safetensors refuses tensors that share memory)."""
+    tensors = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{what}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        tensors[key] = value.detach().to("cpu").contiguous().clone()
+    return tensors
+
+
+def save_model(model: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
+    """Write ``<stem>.safetensors`` (weights) and ``<stem>.json`` (class, config, versions, extra).
+
+    Both writes are atomic (temporary file, then rename); the JSON, written last, records the
+    sha256 of the weights so a mismatched pair is detected at load time. Returns the stem.
+    """
+    model = _unwrap(model)
+    stem = _stem(path)
+    config = getattr(model, "config", None)
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        raise CheckpointError(
+            f"{type(model).__name__} has no dataclass `config` attribute; facelib models are built as "
+            "Model(config) and keep self.config (a dataclass instance)"
+        )
+    metadata = {
+        "format": MODEL_FORMAT,
+        "class": _class_path(type(model)),
+        "config_class": _class_path(type(config)),
+        "config": dataclasses.asdict(config),
+        "versions": _versions(),
+        "extra": extra or {},
+    }
+    _json_dumps(metadata, f"config/extra of {type(model).__name__}")  # fail before writing anything
+    weights = _safetensors_save(
+        _tensors_for_saving(model.state_dict(), type(model).__name__), metadata={"format": MODEL_FORMAT}
+    )
+    metadata["weights_sha256"] = hashlib.sha256(weights).hexdigest()
+    text = _json_dumps(metadata, "checkpoint metadata")
+    atomic_write_bytes(_with_suffix(stem, ".safetensors"), weights)
+    atomic_write_text(_with_suffix(stem, ".json"), text + "\n")
+    return stem
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The JSON half of a checkpoint (class, config, versions, extra, weights_sha256)."""
+    stem = _stem(path)
+    weights_path = _with_suffix(stem, ".safetensors")
+    if weights_path.exists():
+        _check_safetensors_header(weights_path)
+    return _read_json(_with_suffix(stem, ".json"))
+
+
+def _load_tensors(stem: Path, metadata: dict, map_location: str | torch.device) -> dict[str, torch.Tensor]:
+    weights_path = _with_suffix(stem, ".safetensors")
+    data = _read_safetensors_bytes(weights_path)
+    expected = metadata.get("weights_sha256")
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise CheckpointError(
+            f"{weights_path.name} does not match {stem.name}.json (sha256 differs): the two files were not "
+            "saved together; re-save the checkpoint"
+        )
+    tensors = _safetensors_load(data)
+    device = get_device(map_location)
+    return {key: value.to(device) for key, value in tensors.items()}
+
+
+def _check_state_dict(module: nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Raise a CheckpointError naming every missing, unexpected or mis-shaped tensor."""
+    expected = {key: tuple(value.shape) for key, value in module.state_dict().items()}
+    found = {key: tuple(value.shape) for key, value in tensors.items()}
+    problems = []
+    missing = [key for key in expected if key not in found]
+    unexpected = [key for key in found if key not in expected]
+    mismatched = [key for key in expected if key in found and expected[key] != found[key]]
+    limit = 10
+    if missing:
+        problems.append("missing tensors: " + ", ".join(f"{k} {list(expected[k])}" for k in missing[:limit]))
+    if unexpected:
+        problems.append("unexpected tensors: " + ", ".join(f"{k} {list(found[k])}" for k in unexpected[:limit]))
+    if mismatched:
+        problems.append(
+            "shape mismatch: "
+            + ", ".join(f"{k} is {list(found[k])} in the checkpoint but {list(expected[k])} in the model"
+                        for k in mismatched[:limit])
+        )
+    if problems:
+        more = max(len(missing), len(unexpected), len(mismatched)) > limit
+        raise CheckpointError(f"{what}: " + "; ".join(problems) + (" (and more)" if more else ""))
+
+
+def load_model(path: str | Path, cls: type | None = None, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model saved by :func:`save_model` and load its weights strictly; returns it in eval mode."""
+    stem = _stem(path)
+    metadata = read_metadata(stem)
+    if metadata.get("format") != MODEL_FORMAT:
+        raise CheckpointError(
+            f"{stem}.json has format {metadata.get('format')!r}, expected {MODEL_FORMAT!r} "
+            "(a training-state checkpoint is read with load_training_state)"
+        )
+    stored_class = metadata.get("class")
+    if cls is None:
+        cls = _resolve_facelib_class(stored_class)
+    elif stored_class is not None and stored_class.rpartition(".")[2] != cls.__qualname__.rpartition(".")[2]:
+        raise CheckpointError(f"{stem.name} holds a {stored_class}, not a {_class_path(cls)}")
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise CheckpointError(f"{stored_class!r} is not a torch.nn.Module subclass")
+    config_cls = _config_class_of(cls, metadata.get("config_class"))
+    config = _config_from_dict(config_cls, metadata.get("config", {}))
+    model = cls(config)
+    tensors = _load_tensors(stem, metadata, map_location)
+    _check_state_dict(model, tensors, f"loading {stem.name} into {cls.__name__}")
+    model.to(get_device(map_location))
+    model.load_state_dict(tensors, strict=True)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Random number generator states, as tensors
+
+
+def capture_rng_state() -> dict[str, torch.Tensor]:
+    """Python ``random``, NumPy, torch CPU and every CUDA/MPS generator state, as tensors."""
+    version, python_internal, python_gauss = random.getstate()
+    _, numpy_keys, numpy_pos, numpy_has_gauss, numpy_gauss = np.random.get_state(legacy=True)
+    state = {
+        "torch": torch.get_rng_state(),
+        "python_state": torch.tensor([version, *python_internal], dtype=torch.int64),
+        "python_gauss": torch.tensor(
+            [0.0 if python_gauss is None else 1.0, 0.0 if python_gauss is None else python_gauss], dtype=torch.float64
+        ),
+        "numpy_keys": torch.from_numpy(numpy_keys.astype(np.int64)),
+        "numpy_pos": torch.tensor([numpy_pos, numpy_has_gauss], dtype=torch.int64),
+        "numpy_gauss": torch.tensor([numpy_gauss], dtype=torch.float64),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    mps = getattr(torch, "mps", None)
+    if mps is not None and torch.backends.mps.is_available():
+        state["mps"] = mps.get_rng_state()
+    return state
+
+
+def restore_rng_state(state: dict[str, torch.Tensor]) -> None:
+    """Inverse of :func:`capture_rng_state`; generators of devices this machine lacks are skipped."""
+    needed = {"torch", "python_state", "python_gauss", "numpy_keys", "numpy_pos", "numpy_gauss"}
+    missing = sorted(needed - set(state))
+    if missing:
+        raise CheckpointError(f"RNG state lacks {', '.join(missing)} (expected the keys of capture_rng_state())")
+    torch.set_rng_state(state["torch"].to("cpu", torch.uint8))
+    python_state = [int(v) for v in state["python_state"].tolist()]
+    has_gauss, gauss = state["python_gauss"].tolist()
+    random.setstate((python_state[0], tuple(python_state[1:]), gauss if has_gauss else None))
+    numpy_pos, numpy_has_gauss = (int(v) for v in state["numpy_pos"].tolist())
+    np.random.set_state(
+        ("MT19937", state["numpy_keys"].numpy().astype(np.uint32), numpy_pos, numpy_has_gauss,
+         float(state["numpy_gauss"][0]))
+    )
+    if "cuda" in state and torch.cuda.is_available():
+        saved = list(state["cuda"].to("cpu", torch.uint8))
+        for index in range(min(len(saved), torch.cuda.device_count())):
+            torch.cuda.set_rng_state(saved[index], index)
+    if "mps" in state and getattr(torch, "mps", None) is not None and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(state["mps"].to("cpu", torch.uint8))
+
+
+def save_rng_state(path: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write an RNG state (default: the current one) to one safetensors file, atomically."""
+    path = Path(path)
+    state = capture_rng_state() if state is None else state
+    atomic_write_bytes(path, _safetensors_save(_tensors_for_saving(state, "RNG state"), metadata={"format": "facelib.rng/1"}))
+    return path
+
+
+def load_rng_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read an RNG state written by :func:`save_rng_state` (pass it to :func:`restore_rng_state`)."""
+    return _safetensors_load(_read_safetensors_bytes(_with_suffix(_stem(path), ".safetensors")))
+
+
+# ---------------------------------------------------------------------------------------------
+# Resumable training state: tensors to safetensors, everything else to JSON (tagged)
+
+
+def _encode(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """JSON-able form of ``obj``: tensors go to ``tensors`` under ``path``; tuples and int keys are tagged."""
+    if isinstance(obj, torch.Tensor):
+        if path in tensors:
+            raise CheckpointError(f"two tensors would be stored under the name {path!r}")
+        tensors[path] = obj.detach().to("cpu").contiguous().clone()
+        return {"__tensor__": path}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: _encode(v, f"{path}/{k}", tensors) for k, v in obj.items()}
+        for k in obj:
+            if not isinstance(k, (str, int)) or isinstance(k, bool):
+                raise CheckpointError(f"{path}: dict key {k!r} is neither str nor int")
+        return {"__items__": [[k, _encode(v, f"{path}/{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, f"{path}/{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, f"{path}/{i}", tensors) for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise CheckpointError(
+        f"{path}: cannot store a {type(obj).__name__} without pickle (accepted: tensors, numbers, strings, "
+        "None, lists, tuples, dicts)"
+    )
+
+
+def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            key = obj["__tensor__"]
+            if key not in tensors:
+                raise CheckpointError(f"training state refers to tensor {key!r}, which the .safetensors lacks")
+            return tensors[key]
+        if set(obj) == {"__items__"}:
+            return {k: _decode(v, tensors) for k, v in obj["__items__"]}
+        if set(obj) == {"__tuple__"}:
+            return tuple(_decode(v, tensors) for v in obj["__tuple__"])
+        return {k: _decode(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    return obj
+
+
+def _check_names(kind: str, given: dict, stored: dict, stem: Path) -> None:
+    if set(given) != set(stored):
+        raise CheckpointError(
+            f"{stem.name}: {kind} names differ: the checkpoint has {sorted(stored)}, the caller passed {sorted(given)}"
+        )
+
+
+def save_training_state(
+    path: str | Path,
+    modules: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    step: int,
+    rng_state: dict[str, torch.Tensor] | None = None,
+    stateful: dict[str, Any] | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write a resumable checkpoint (weights, optimiser state, RNG, step) as safetensors + JSON."""
+    stem = _stem(path)
+    stateful = stateful or {}
+    tensors: dict[str, torch.Tensor] = {}
+    for name, module in modules.items():
+        state = _tensors_for_saving(_unwrap(module).state_dict(), f"module {name!r}")
+        tensors.update({f"module/{name}/{key}": value for key, value in state.items()})
+    rng_state = capture_rng_state() if rng_state is None else rng_state
+    tensors.update({f"rng/{key}": value.detach().to("cpu").contiguous().clone() for key, value in rng_state.items()})
+    metadata = {
+        "format": TRAINING_STATE_FORMAT,
+        "step": int(step),
+        "modules": {name: _class_path(type(_unwrap(m))) for name, m in modules.items()},
+        "optimizers": {name: _encode(opt.state_dict(), f"optim/{name}", tensors) for name, opt in optimizers.items()},
+        "stateful": {name: _encode(obj.state_dict(), f"stateful/{name}", tensors) for name, obj in stateful.items()},
+        "rng": sorted(rng_state),
+        "versions": _versions(),
+        "extra": extra or {},
+    }
+    _json_dumps(metadata, "training state")  # fail before writing anything
+    weights = _safetensors_save(tensors, metadata={"format": TRAINING_STATE_FORMAT})
+    metadata["weights_sha256"] = hashlib.sha256(weights).hexdigest()
+    atomic_write_bytes(_with_suffix(stem, ".safetensors"), weights)
+    atomic_write_text(_with_suffix(stem, ".json"), _json_dumps(metadata, "training state") + "\n")
+    return stem
+
+
+def load_training_state(
+    path: str | Path,
+    modules: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    stateful: dict[str, Any] | None = None,
+    restore_rng: bool = True,
+) -> dict:
+    """Load a :func:`save_training_state` checkpoint in place; returns ``{"step", "extra", "rng_state"}``."""
+    stem = _stem(path)
+    metadata = read_metadata(stem)
+    if metadata.get("format") != TRAINING_STATE_FORMAT:
+        raise CheckpointError(
+            f"{stem}.json has format {metadata.get('format')!r}, expected {TRAINING_STATE_FORMAT!r} "
+            "(a model checkpoint is read with load_model)"
+        )
+    stateful = stateful or {}
+    _check_names("module", modules, metadata["modules"], stem)
+    _check_names("optimizer", optimizers, metadata["optimizers"], stem)
+    _check_names("stateful object", stateful, metadata.get("stateful", {}), stem)
+    tensors = _load_tensors(stem, metadata, "cpu")
+    for name, module in modules.items():
+        module = _unwrap(module)
+        prefix = f"module/{name}/"
+        state = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
+        _check_state_dict(module, state, f"loading module {name!r} from {stem.name}")
+        module.load_state_dict(state, strict=True)
+    # Optimizer.load_state_dict moves its state onto each parameter's device itself.
+    for name, optimizer in optimizers.items():
+        optimizer.load_state_dict(_decode(metadata["optimizers"][name], tensors))
+    for name, obj in stateful.items():
+        obj.load_state_dict(_decode(metadata["stateful"][name], tensors))
+    rng_state = {key: tensors[f"rng/{key}"] for key in metadata.get("rng", [])}
+    if restore_rng and rng_state:
+        restore_rng_state(rng_state)
+    return {"step": int(metadata["step"]), "extra": metadata.get("extra", {}), "rng_state": rng_state}
+
+
+# ---------------------------------------------------------------------------------------------
+# Shipped weights and their manifest
+
+
+def shipped_weights_dir() -> Path:
+    """The ``facelib/weights`` folder installed with the package."""
+    return Path(__file__).resolve().parent / "weights"
+
+
+def read_manifest(weights_dir: str | Path | None = None) -> dict:
+    """``MANIFEST.json`` of a weights folder (default: the shipped one) as a dict."""
+    folder = Path(weights_dir) if weights_dir is not None else shipped_weights_dir()
+    path = folder / MANIFEST_NAME
+    if not path.exists():
+        return {}
+    manifest = _read_json(path)
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path} must hold a JSON object {{name: entry}}")
+    return manifest
+
+
+def available_pretrained(weights_dir: str | Path | None = None) -> list[str]:
+    """Names ``load_pretrained`` accepts."""
+    return sorted(read_manifest(weights_dir))
+
+
+def pretrained_info(name: str, weights_dir: str | Path | None = None) -> dict:
+    """The manifest entry of a shipped checkpoint (command, preset, steps, seed, metrics, ...)."""
+    manifest = read_manifest(weights_dir)
+    if name not in manifest:
+        available = ", ".join(sorted(manifest)) if manifest else "none are shipped yet"
+        raise CheckpointError(f"no pretrained checkpoint named {name!r}; available: {available}")
+    return manifest[name]
+
+
+def load_pretrained(name: str, device: str | torch.device = "cpu", weights_dir: str | Path | None = None) -> nn.Module:
+    """Load a shipped checkpoint by manifest name after verifying its sha256; returns it in eval mode."""
+    folder = Path(weights_dir) if weights_dir is not None else shipped_weights_dir()
+    entry = pretrained_info(name, folder)
+    weights_path = folder / entry["file"]
+    if not weights_path.exists():
+        raise CheckpointError(f"manifest entry {name!r} names {entry['file']}, which is not in {folder}")
+    for path, key in ((weights_path, "sha256"), (_with_suffix(_stem(weights_path), ".json"), "config_sha256")):
+        if key in entry and sha256_file(path) != entry[key]:
+            raise CheckpointError(
+                f"sha256 mismatch for {path.name} (pretrained {name!r}): the file differs from the one recorded in "
+                f"{MANIFEST_NAME}; it is corrupted or was replaced without re-recording it"
+            )
+    return load_model(weights_path, map_location=device)
+
+
+def manifest_entry(
+    file: str | Path,
+    *,
+    command: str,
+    preset: str,
+    steps: int,
+    seed: int,
+    wall_time_s: float,
+    metrics: dict,
+    weights_dir: str | Path | None = None,
+    **extra: Any,
+) -> dict:
+    """The manifest record of a checkpoint already copied into the weights folder."""
+    folder = Path(weights_dir) if weights_dir is not None else shipped_weights_dir()
+    stem = _stem(folder / Path(file).name)
+    weights_path = _with_suffix(stem, ".safetensors")
+    json_path = _with_suffix(stem, ".json")
+    metadata = read_metadata(stem)
+    _read_safetensors_bytes(weights_path)
+    entry = {
+        "file": weights_path.name,
+        "class": metadata.get("class"),
+        "config": metadata.get("config"),
+        "command": command,
+        "preset": preset,
+        "steps": int(steps),
+        "seed": int(seed),
+        "wall_time_s": round(float(wall_time_s), 1),
+        "sha256": sha256_file(weights_path),
+        "config_sha256": sha256_file(json_path),
+        "metrics": metrics,
+        "versions": metadata.get("versions", _versions()),
+        **extra,
+    }
+    _json_dumps(entry, f"manifest entry for {weights_path.name}")
+    return entry
+
+
+def record_in_manifest(
+    name: str,
+    file: str | Path,
+    *,
+    command: str,
+    preset: str,
+    steps: int,
+    seed: int,
+    wall_time_s: float,
+    metrics: dict,
+    weights_dir: str | Path | None = None,
+    **extra: Any,
+) -> dict:
+    """Add or replace ``name`` in MANIFEST.json (written atomically); returns the entry."""
+    folder = Path(weights_dir) if weights_dir is not None else shipped_weights_dir()
+    entry = manifest_entry(
+        file, command=command, preset=preset, steps=steps, seed=seed, wall_time_s=wall_time_s,
+        metrics=metrics, weights_dir=folder, **extra,
+    )
+    manifest = read_manifest(folder)
+    manifest[name] = entry
+    atomic_write_text(folder / MANIFEST_NAME, _json_dumps(manifest, MANIFEST_NAME) + "\n")
+    return entry
