@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 #: Columns of a loss log that are bookkeeping, not losses; ``plot_losses`` skips them by default.
-NOT_LOSSES = frozenset({"step", "epoch", "time", "wall_time", "lr", "rank"})
+#: (``facelib.train.Trainer`` writes ``kind`` and ``seconds`` next to ``step`` in ``log.jsonl``.)
+NOT_LOSSES = frozenset({"step", "kind", "seconds", "epoch", "time", "wall_time", "lr", "rank"})
 
 
 def _as_array(values, name: str) -> np.ndarray:
@@ -127,6 +128,8 @@ def _read_loss_log(log):
         return log
     if isinstance(log, (str, os.PathLike)):
         path = Path(log)
+        if path.is_dir():
+            path = path / "log.jsonl"  # a Trainer run folder
         if not path.is_file():
             raise FileNotFoundError(f"loss log {path} does not exist (expected a JSONL file, one JSON object per line)")
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -146,8 +149,10 @@ def plot_losses(
     logy: bool = False,
     title: str | None = None,
 ):
-    """Plot loss curves from a training log (JSONL path, DataFrame or list of dicts); return the Axes.
+    """Plot loss curves from a training log; return the Axes.
 
+    ``log``: a JSONL file, a run folder holding ``log.jsonl`` (as ``facelib.train.Trainer``
+    writes it), a DataFrame or a list of dicts.
     Each row holds ``step`` plus one number per loss (rows may omit losses, e.g. an
     evaluation logged every 100 steps). ``keys`` picks the losses; by default every
     numeric column except bookkeeping (:data:`NOT_LOSSES`). ``smooth`` > 1 draws a

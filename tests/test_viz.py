@@ -3,17 +3,13 @@ from __future__ import annotations
 
 import json
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+import torch
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from facelib.viz import embed_tsne, image_grid, plot_losses, plot_tsne, show_images, to_numpy_image  # noqa: E402
+from facelib.viz import embed_tsne, image_grid, plot_losses, plot_tsne, show_images, to_numpy_image
 
 
 @pytest.fixture(autouse=True)
@@ -85,17 +81,21 @@ def test_show_images_draws_grid_and_titles():
         show_images(images, titles=["only one"])
 
 
-def test_plot_losses_reads_jsonl_and_skips_bookkeeping(tmp_path):
-    log = tmp_path / "losses.jsonl"
-    rows = [{"step": step, "lr": 1e-3, "total": 10.0 / (step + 1), "kl": 0.5} for step in range(0, 50, 10)]
-    rows.append({"step": 50, "val_psnr": 20.0})  # an evaluation row without the training losses
-    log.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
-    ax = plot_losses(log)
-    lines = {line.get_label(): line for line in ax.get_lines()}
-    assert set(lines) == {"total", "kl", "val_psnr"}
-    assert list(lines["total"].get_xdata()) == [0, 10, 20, 30, 40]
-    assert np.allclose(lines["total"].get_ydata(), [10.0 / (s + 1) for s in range(0, 50, 10)])
-    assert list(lines["val_psnr"].get_xdata()) == [50]
+def test_plot_losses_reads_trainer_log_and_skips_bookkeeping(tmp_path):
+    # the shape of facelib.train.Trainer's out_dir/log.jsonl: kind, step, seconds, then the losses
+    rows = [
+        {"kind": "train", "step": step, "seconds": 0.1 * step, "lr": 1e-3, "total": 10.0 / (step + 1), "kl": 0.5}
+        for step in range(10, 60, 10)
+    ]
+    rows.append({"kind": "val", "step": 50, "val_psnr": 20.0})  # a validation line without the training losses
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    for log in (tmp_path, tmp_path / "log.jsonl"):
+        ax = plot_losses(log)
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        assert set(lines) == {"total", "kl", "val_psnr"}
+        assert list(lines["total"].get_xdata()) == [10, 20, 30, 40, 50]
+        assert np.allclose(lines["total"].get_ydata(), [10.0 / (s + 1) for s in range(10, 60, 10)])
+        assert list(lines["val_psnr"].get_xdata()) == [50]
 
 
 def test_plot_losses_smoothing_and_errors():
