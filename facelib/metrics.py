@@ -682,7 +682,9 @@ def evaluate(edit_fn: Callable[[torch.Tensor, dict], torch.Tensor], split: str =
     tidy DataFrame, one row per metric with columns ``metric, value, n, note``:
 
     - PSNR over the whole image and over ``visible`` (where the true flow explains the
-      target), SSIM, MS-SSIM, all against the ground-truth target;
+      target), SSIM, MS-SSIM, all against the ground-truth target. PSNR is averaged over
+      the images whose edit is not exact; the note counts the exact ones (PSNR inf), and
+      the value is inf only when all are exact;
     - sharpness (variance of the Laplacian) of the edited and, for reference, the real targets;
     - with the expression classifier: accuracy of the edited images on the target emotion
       (and of the real targets, the ceiling), and "FD (facelib expression features)" between
@@ -746,10 +748,18 @@ def evaluate(edit_fn: Callable[[torch.Tensor, dict], torch.Tensor], split: str =
     data = {k: torch.cat(v) for k, v in collected.items()}
     edited, target, source = data["edited"], data["target"].float(), data["source"].float()
 
+    def psnr_row(metric: str, mask: torch.Tensor | None, note: str) -> dict:
+        # a mean over images turns into inf as soon as one edit is exact: average the finite ones, count the rest
+        values = psnr(edited, target, mask=mask, per_image=True)
+        finite = torch.isfinite(values)
+        value = float(values[finite].mean()) if finite.any() else math.inf
+        if not finite.all():
+            note += f"; {int((~finite).sum())} of {count} edits equal the target exactly (PSNR inf), not averaged"
+        return _row(metric, value, count, note)
+
     rows = [
-        _row("PSNR (whole image, dB)", psnr(edited, target), count, f"vs ground-truth target; {source_name}"),
-        _row("PSNR (visible mask, dB)", psnr(edited, target, mask=data["visible"].float()), count,
-             "over pixels the true flow explains"),
+        psnr_row("PSNR (whole image, dB)", None, f"vs ground-truth target; {source_name}"),
+        psnr_row("PSNR (visible mask, dB)", data["visible"].float(), "over pixels the true flow explains"),
         _row("SSIM", ssim(edited, target), count, "11x11 Gaussian window, sigma 1.5"),
         _row("MS-SSIM", ms_ssim(edited, target), count,
              f"{ms_ssim_scales(min(edited.shape[-2:]))} scales at {edited.shape[-1]} px (5 need >= 161 px)"),
