@@ -26,8 +26,9 @@ Example::
             self.optimizers["adam"].step()
             return {"loss": loss.detach()}                     # floats or 0-dim tensors
 
-    result = Trainer(FVAETask(cfg), steps=2000, batch_size=32, seed=0, out_dir="runs/fvae").fit()
-    save_model(task.unwrap("fvae"), "runs/fvae/fvae")
+    task = FVAETask(cfg)
+    result = Trainer(task, steps=2000, batch_size=32, seed=0, out_dir="runs/fvae").fit()
+    save_model(task.unwrap("fvae"), "runs/fvae/fvae")          # facelib.checkpoint.save_model
     read_log("runs/fvae").plot(x="step", y="loss")
 
 The same script runs unchanged under ``torchrun --nproc_per_node=2 script.py``.
@@ -44,8 +45,9 @@ Public API
 - ``training_step(self, batch, step: int) -> dict[str, float | Tensor]``: one optimisation step;
   ``step`` counts from 0 and is the same number after a resume. Return detached scalars.
 - ``validate(self, step: int) -> dict[str, float] | None`` (optional): called on rank 0 every
-  ``validate_every`` completed steps, with modules in ``eval()`` mode, under ``torch.no_grad()``
-  and with the RNG state saved and restored around it (validation never changes training).
+  ``validate_every`` completed steps, with modules in ``eval()`` mode (``self.modules`` holds
+  the plain modules meanwhile), under ``torch.no_grad()`` and with the RNG state saved and
+  restored around it (validation never changes training).
 - ``stateful(self) -> dict[str, object]`` (optional): extra objects with
   ``state_dict()``/``load_state_dict()`` (LR schedulers, GradScaler) saved in checkpoints.
 - Set by the Trainer before the first step: ``self.modules`` (what to call: the
@@ -84,7 +86,8 @@ progress=True, ddp_kwargs=None)``
 - Checkpoints: ``out_dir/checkpoints/step_00001000.{safetensors,json}`` through
   ``facelib.checkpoint.save_training_state`` (weights, optimiser state, RNG states, log
   position; no pickle), every ``checkpoint_every`` steps (0: only at the end) and always at
-  the end; the newest ``keep_checkpoints`` are kept. Under DDP rank 0 writes the state and
+  the end; the newest ``keep_checkpoints`` are kept. A fresh (not resumed) run starts a new
+  log and deletes the ``step_*`` checkpoints a previous run left in ``out_dir/checkpoints``. Under DDP rank 0 writes the state and
   every other rank ``r`` writes its RNG to ``step_...rank{r}.rng.safetensors``.
 - Resume: ``resume=True`` continues from the newest checkpoint in ``out_dir`` (or starts fresh
   when there is none); ``fit(resume_from=stem)`` from a given one. On CPU the resumed run is
@@ -99,3 +102,475 @@ Functions:
 - ``distributed_env() -> (rank, local_rank, world_size)`` from the torchrun environment.
 - ``set_seed``, ``get_device``: re-exported from ``facelib.utils``.
 """
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from tqdm.auto import tqdm
+
+from .checkpoint import (
+    TRAINING_STATE_FORMAT,
+    _unwrap,
+    capture_rng_state,
+    load_rng_state,
+    load_training_state,
+    read_metadata,
+    restore_rng_state,
+    save_rng_state,
+    save_training_state,
+)
+from .utils import atomic_write_text, get_device, set_seed
+
+LOG_NAME = "log.jsonl"
+CHECKPOINT_FOLDER = "checkpoints"
+
+__all__ = [
+    "TrainingTask", "Trainer", "FitResult", "read_log", "batch_indices", "latest_checkpoint",
+    "distributed_env", "set_seed", "get_device",
+]
+
+
+class TrainingTask:
+    """Base class of a paper's training: ``build`` networks/optimisers, do one ``training_step``.
+
+    See the module docstring for the full contract; ``validate(step)`` and ``stateful()`` are optional.
+    """
+
+    dataset: Dataset | None = None
+    collate_fn: Callable | None = None
+    # Set by the Trainer before the first step.
+    modules: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    def build(self, device: torch.device) -> tuple[dict[str, nn.Module], dict[str, torch.optim.Optimizer]]:
+        raise NotImplementedError(f"{type(self).__name__} must define build(device) -> (modules, optimizers)")
+
+    def training_step(self, batch: Any, step: int) -> dict[str, float | torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} must define training_step(batch, step) -> dict of losses")
+
+    def stateful(self) -> dict[str, Any]:
+        """Extra objects with ``state_dict()``/``load_state_dict()`` to checkpoint (e.g. LR schedulers)."""
+        return {}
+
+    def unwrap(self, name: str) -> nn.Module:
+        """The plain module ``name`` (inside its DistributedDataParallel wrapper under torchrun)."""
+        if name not in self.modules:
+            raise KeyError(f"no module {name!r}; this task built {sorted(self.modules)}")
+        return _unwrap(self.modules[name])
+
+
+@dataclass
+class FitResult:
+    """What ``Trainer.fit`` returns."""
+
+    step: int
+    seconds: float
+    log_path: Path
+    checkpoint: Path | None
+    losses: dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data order: a pure function of (seed, step, rank, world size)
+
+
+def _mix_seed(seed: int, epoch: int) -> int:
+    return (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + 1) % (2**63)
+
+
+@lru_cache(maxsize=2)
+def _epoch_permutation(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(_mix_seed(seed, epoch))
+    return torch.randperm(num_samples, generator=generator)
+
+
+def batch_indices(
+    num_samples: int, batch_size: int, step: int, *, seed: int, rank: int = 0, world_size: int = 1
+) -> torch.Tensor:
+    """Dataset indices of ``step`` on ``rank``: a slice of an epoch-wise permutation seeded by (seed, epoch).
+
+    Position ``p = (step * world_size + rank) * batch_size`` in the endless sequence of
+    epochs, so ranks read disjoint slices and every sample appears once per epoch.
+    """
+    if num_samples < 1:
+        raise ValueError(f"the dataset is empty (num_samples={num_samples}); a training set needs samples")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+    position = (step * world_size + rank) * batch_size
+    pieces = []
+    remaining = batch_size
+    while remaining > 0:
+        epoch, offset = divmod(position, num_samples)
+        take = min(remaining, num_samples - offset)
+        pieces.append(_epoch_permutation(num_samples, seed, epoch)[offset:offset + take])
+        position += take
+        remaining -= take
+    return torch.cat(pieces)
+
+
+class _StepBatchSampler(Sampler[list[int]]):
+    """Yields ``batch_indices`` for steps ``start .. stop-1`` (a DataLoader ``batch_sampler``)."""
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int, world_size: int, start: int, stop: int):
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.rank, self.world_size, self.start, self.stop = rank, world_size, start, stop
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            yield batch_indices(
+                self.num_samples, self.batch_size, step, seed=self.seed, rank=self.rank, world_size=self.world_size
+            ).tolist()
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {key: _to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
+        return type(batch)(_to_device(value, device) for value in batch)
+    return batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Logs and checkpoints on disk
+
+
+def distributed_env() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) of this process: torch.distributed if initialised, else torchrun's env."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def read_log(path: str | Path, kind: str | None = "train"):
+    """The JSONL loss log of a run as a pandas DataFrame (``kind=None``: train and val lines)."""
+    import pandas as pd
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / LOG_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"no training log at {path} (Trainer writes <out_dir>/{LOG_NAME})")
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    frame = pd.DataFrame.from_records(records, columns=None if records else ["kind", "step", "seconds"])
+    if kind is not None and len(frame):
+        frame = frame[frame["kind"] == kind].dropna(axis=1, how="all").reset_index(drop=True)
+    return frame
+
+
+def _checkpoint_step(stem: Path) -> int | None:
+    name = stem.name
+    if not name.startswith("step_") or "." in name:
+        return None
+    digits = name[len("step_"):]
+    return int(digits) if digits.isdigit() else None
+
+
+def _checkpoint_stems(out_dir: Path) -> list[tuple[int, Path]]:
+    folder = out_dir / CHECKPOINT_FOLDER
+    if not folder.is_dir():
+        return []
+    stems = []
+    for json_path in folder.glob("step_*.json"):
+        stem = json_path.with_suffix("")
+        step = _checkpoint_step(stem)
+        if step is not None:
+            stems.append((step, stem))
+    return sorted(stems)
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """Stem of the newest complete training checkpoint in ``out_dir/checkpoints`` (None when there is none)."""
+    for _, stem in reversed(_checkpoint_stems(Path(out_dir))):
+        if stem.with_suffix(".safetensors").exists():
+            return stem
+    return None
+
+
+def _rank_rng_path(stem: Path, rank: int) -> Path:
+    return stem.with_name(f"{stem.name}.rank{rank}.rng.safetensors")
+
+
+def _delete_checkpoint(stem: Path) -> None:
+    for path in stem.parent.glob(stem.name + ".*"):
+        path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer
+
+
+class Trainer:
+    """Runs a ``TrainingTask``: seeds, device, DDP, progress bar, JSONL log, checkpoints, resume."""
+
+    def __init__(
+        self,
+        task: TrainingTask,
+        *,
+        steps: int,
+        batch_size: int,
+        seed: int = 0,
+        out_dir: str | Path,
+        device: str | torch.device = "auto",
+        log_every: int = 10,
+        checkpoint_every: int = 0,
+        validate_every: int = 0,
+        keep_checkpoints: int = 2,
+        num_workers: int = 0,
+        resume: bool = False,
+        progress: bool = True,
+        ddp_kwargs: dict | None = None,
+    ):
+        for name, value, least in (
+            ("steps", steps, 0), ("batch_size", batch_size, 1), ("log_every", log_every, 1),
+            ("checkpoint_every", checkpoint_every, 0), ("validate_every", validate_every, 0),
+            ("keep_checkpoints", keep_checkpoints, 1), ("num_workers", num_workers, 0),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"Trainer: {name} must be an int >= {least}, got {value!r}")
+        for method in ("build", "training_step"):
+            if not callable(getattr(task, method, None)):
+                raise TypeError(f"Trainer: the task {type(task).__name__} has no {method}() method (see TrainingTask)")
+        self.task = task
+        self.steps, self.batch_size, self.seed = steps, batch_size, int(seed)
+        self.out_dir = Path(out_dir)
+        self.device_request = device
+        self.log_every, self.checkpoint_every, self.validate_every = log_every, checkpoint_every, validate_every
+        self.keep_checkpoints, self.num_workers = keep_checkpoints, num_workers
+        self.resume, self.progress = resume, progress
+        self.ddp_kwargs = dict(ddp_kwargs or {})
+        self.log_path = self.out_dir / LOG_NAME
+        self.checkpoint_dir = self.out_dir / CHECKPOINT_FOLDER
+        self.rank, self.local_rank, self.world_size = 0, 0, 1
+        self.device: torch.device | None = None
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def _resolve_device(self) -> torch.device:
+        device = get_device(self.device_request)
+        if self.world_size > 1 and device.type == "cuda":
+            device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(device)
+        return device
+
+    def _build(self) -> tuple[dict[str, nn.Module], dict[str, torch.optim.Optimizer], dict[str, Any]]:
+        built = self.task.build(self.device)
+        if not (isinstance(built, tuple) and len(built) == 2 and all(isinstance(d, dict) for d in built)):
+            raise TypeError(f"{type(self.task).__name__}.build must return (modules: dict, optimizers: dict)")
+        modules, optimizers = built
+        for name, module in modules.items():
+            if not isinstance(module, nn.Module):
+                raise TypeError(f"build(): modules[{name!r}] is a {type(module).__name__}, not an nn.Module")
+            module.to(self.device).train()
+        for name, optimizer in optimizers.items():
+            if not isinstance(optimizer, torch.optim.Optimizer):
+                raise TypeError(f"build(): optimizers[{name!r}] is a {type(optimizer).__name__}, not a torch Optimizer")
+        stateful = self.task.stateful() if callable(getattr(self.task, "stateful", None)) else {}
+        return modules, optimizers, stateful
+
+    def _wrap(self, modules: dict[str, nn.Module]) -> dict[str, nn.Module]:
+        if self.world_size == 1:
+            return dict(modules)
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return {
+            name: nn.parallel.DistributedDataParallel(module, device_ids=device_ids, **self.ddp_kwargs)
+            if any(p.requires_grad for p in module.parameters()) else module
+            for name, module in modules.items()
+        }
+
+    def _loader(self, start: int):
+        dataset = getattr(self.task, "dataset", None)
+        if dataset is None:
+            return None
+        sampler = _StepBatchSampler(
+            len(dataset), self.batch_size, self.seed, self.rank, self.world_size, start, self.steps
+        )
+        # An explicit generator: DataLoader would otherwise draw its worker seed from the global RNG.
+        return iter(DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=getattr(self.task, "collate_fn", None) or default_collate,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(self.seed),
+        ))
+
+    # -- log -----------------------------------------------------------------------------------
+
+    def _write_log(self, record: dict) -> None:
+        with open(self.log_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _restart_log(self, keep_until_step: int | None) -> None:
+        """Fresh run: empty log. Resume: keep only lines up to the checkpoint's step."""
+        kept = []
+        if keep_until_step is not None and self.log_path.exists():
+            for line in self.log_path.read_text(encoding="utf-8").splitlines():
+                if line.strip() and json.loads(line).get("step", 0) <= keep_until_step:
+                    kept.append(line + "\n")
+        atomic_write_text(self.log_path, "".join(kept))
+
+    def _average(self, sums: dict[str, Any], count: int) -> dict[str, float]:
+        names = sorted(sums)
+        values = torch.stack([torch.as_tensor(sums[n], dtype=torch.float64).to("cpu") for n in names]) / count \
+            if names else torch.zeros(0, dtype=torch.float64)
+        if self.world_size > 1:
+            on_device = values.to(self.device) if self.device.type == "cuda" else values
+            dist.all_reduce(on_device)
+            values = on_device.to("cpu") / self.world_size
+        return {name: float(v) for name, v in zip(names, values.tolist())}
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _save(self, step: int, seconds: float, modules, optimizers, stateful) -> Path:
+        stem = self.checkpoint_dir / f"step_{step:08d}"
+        if self.rank != 0:
+            save_rng_state(_rank_rng_path(stem, self.rank))
+        if self.world_size > 1:
+            dist.barrier()  # every rank's RNG file exists before rank 0 writes the JSON that marks completion
+        if self.rank == 0:
+            extra = {"seconds": seconds, "seed": self.seed, "batch_size": self.batch_size,
+                     "world_size": self.world_size, "task": type(self.task).__name__}
+            save_training_state(stem, modules, optimizers, step, stateful=stateful, extra=extra)
+            for _, old in _checkpoint_stems(self.out_dir)[:-self.keep_checkpoints]:
+                _delete_checkpoint(old)
+        return stem
+
+    def _resume(self, stem: Path, modules, optimizers, stateful) -> tuple[int, float]:
+        metadata = read_metadata(stem)
+        if metadata.get("format") != TRAINING_STATE_FORMAT:
+            raise ValueError(f"{stem} is not a training checkpoint (format {metadata.get('format')!r})")
+        state = load_training_state(stem, modules, optimizers, stateful=stateful, restore_rng=self.rank == 0)
+        extra = state["extra"]
+        for key, now in (("seed", self.seed), ("batch_size", self.batch_size), ("world_size", self.world_size)):
+            if key in extra and extra[key] != now:
+                warnings.warn(f"resuming {stem.name} with {key}={now}, but it was trained with {key}={extra[key]}; "
+                              "the continuation will not match an uninterrupted run", stacklevel=3)
+        if self.rank != 0:
+            rng_path = _rank_rng_path(stem, self.rank)
+            if rng_path.exists():
+                restore_rng_state(load_rng_state(rng_path))
+            else:
+                warnings.warn(f"{rng_path.name} is missing; rank {self.rank} keeps its fresh seed", stacklevel=3)
+        return state["step"], float(extra.get("seconds", 0.0))
+
+    def _validate(self, step: int, unwrapped: dict[str, nn.Module]) -> dict[str, float] | None:
+        validate = getattr(self.task, "validate", None)
+        if not callable(validate):
+            return None
+        wrapped = self.task.modules
+        rng = capture_rng_state()
+        self.task.modules = unwrapped  # no DDP collectives from a rank-0-only call
+        for module in unwrapped.values():
+            module.eval()
+        try:
+            with torch.no_grad():
+                metrics = validate(step)
+        finally:
+            for module in unwrapped.values():
+                module.train()
+            self.task.modules = wrapped
+            restore_rng_state(rng)
+        return None if metrics is None else {name: float(value) for name, value in metrics.items()}
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def fit(self, resume_from: str | Path | None = None) -> FitResult:
+        """Train up to ``steps``; see the module docstring for seeding, data order, logs and resume."""
+        self.rank, self.local_rank, self.world_size = distributed_env()
+        self.device = self._resolve_device()
+        created_group = False
+        if self.world_size > 1 and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+            created_group = True
+        try:
+            return self._fit(resume_from)
+        finally:
+            if created_group:
+                dist.destroy_process_group()
+
+    def _fit(self, resume_from: str | Path | None) -> FitResult:
+        task = self.task
+        set_seed(self.seed)
+        modules, optimizers, stateful = self._build()
+        task.modules, task.optimizers = self._wrap(modules), optimizers
+        task.device, task.rank, task.world_size = self.device, self.rank, self.world_size
+        set_seed(self.seed + self.rank)
+
+        if resume_from is None and self.resume:
+            resume_from = latest_checkpoint(self.out_dir)
+        start, seconds_before = 0, 0.0
+        if resume_from is not None:
+            start, seconds_before = self._resume(Path(resume_from), modules, optimizers, stateful)
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if resume_from is None:
+                for _, old in _checkpoint_stems(self.out_dir):
+                    _delete_checkpoint(old)
+            self._restart_log(start if resume_from is not None else None)
+        if self.world_size > 1:
+            dist.barrier()
+
+        batches = self._loader(start)
+        bar = tqdm(total=self.steps, initial=start, desc=type(task).__name__, dynamic_ncols=True,
+                   disable=not (self.progress and self.rank == 0))
+        sums: dict[str, Any] = {}
+        count = 0
+        logged: dict[str, float] = {}
+        checkpoint = None
+        clock = time.perf_counter()
+        seconds = seconds_before
+        try:
+            for step in range(start, self.steps):
+                batch = _to_device(next(batches), self.device) if batches is not None else None
+                losses = task.training_step(batch, step)
+                if not isinstance(losses, dict):
+                    raise TypeError(f"{type(task).__name__}.training_step must return a dict of losses, "
+                                    f"got {type(losses).__name__}")
+                for name, value in losses.items():
+                    value = value.detach() if isinstance(value, torch.Tensor) else float(value)
+                    sums[name] = sums[name] + value if name in sums else value
+                count += 1
+                done = step + 1
+                bar.update(1)
+                seconds = seconds_before + time.perf_counter() - clock
+                if done % self.log_every == 0 or done == self.steps:
+                    logged = self._average(sums, count)
+                    sums, count = {}, 0
+                    for name, value in logged.items():
+                        if not math.isfinite(value):
+                            raise FloatingPointError(f"loss {name!r} is {value} at step {done}; training diverged")
+                    if self.rank == 0:
+                        self._write_log({"kind": "train", "step": done, "seconds": round(seconds, 3), **logged})
+                        bar.set_postfix({name: f"{value:.4g}" for name, value in logged.items()}, refresh=False)
+                if self.validate_every and done % self.validate_every == 0 and self.rank == 0:
+                    metrics = self._validate(done, modules)
+                    if metrics is not None:
+                        self._write_log({"kind": "val", "step": done, "seconds": round(seconds, 3), **metrics})
+                if (self.checkpoint_every and done % self.checkpoint_every == 0) or done == self.steps:
+                    checkpoint = self._save(done, seconds, modules, optimizers, stateful)
+        finally:
+            bar.close()
+        if checkpoint is None:
+            checkpoint = latest_checkpoint(self.out_dir)
+        return FitResult(step=max(start, self.steps), seconds=seconds, log_path=self.log_path,
+                         checkpoint=checkpoint, losses=logged)

@@ -1,0 +1,121 @@
+"""A tiny autoencoder task for the training-loop tests, and the worker script of the torchrun test.
+
+As a script (under ``torchrun --nproc_per_node=2``) it trains with the real ``Trainer`` and
+writes, per rank, the sha256 of its parameters and the dataset indices it saw to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from facelib.checkpoint import save_model
+from facelib.train import Trainer, TrainingTask
+
+
+@dataclass
+class ToyConfig:
+    dim: int = 8
+    hidden: int = 16
+    dropout: float = 0.3
+
+
+class ToyAutoencoder(nn.Module):
+    def __init__(self, config: ToyConfig):
+        super().__init__()
+        self.config = config
+        self.net = nn.Sequential(
+            nn.Linear(config.dim, config.hidden), nn.ReLU(), nn.Dropout(config.dropout),
+            nn.Linear(config.hidden, config.dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, dim] -> [B, dim]
+        return self.net(x)
+
+
+class ToyDataset(torch.utils.data.Dataset):
+    """``size`` fixed random vectors; item i is the same tensor every time."""
+
+    def __init__(self, size: int = 40, dim: int = 8):
+        self.vectors = torch.randn(size, dim, generator=torch.Generator().manual_seed(1234))
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"x": self.vectors[index], "index": index}
+
+
+class ToyTask(TrainingTask):
+    """Denoising autoencoder: Adam, dropout, and fresh input noise every step (global RNG)."""
+
+    def __init__(self, config: ToyConfig | None = None, dataset_size: int = 40):
+        self.config = config or ToyConfig()
+        self.dataset = ToyDataset(dataset_size, self.config.dim)
+        self.seen: list[int] = []
+        self.validated: list[int] = []
+
+    def build(self, device):
+        model = ToyAutoencoder(self.config).to(device)
+        return {"autoencoder": model}, {"adam": torch.optim.Adam(model.parameters(), lr=1e-2)}
+
+    def training_step(self, batch, step):
+        self.seen.extend(batch["index"].tolist())
+        x = batch["x"]
+        noisy = x + 0.1 * torch.randn_like(x)
+        loss = nn.functional.mse_loss(self.modules["autoencoder"](noisy), x)
+        self.optimizers["adam"].zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizers["adam"].step()
+        return {"loss": loss.detach()}
+
+    def validate(self, step):
+        self.validated.append(step)
+        x = self.dataset.vectors
+        return {"val_loss": nn.functional.mse_loss(self.modules["autoencoder"](x + torch.randn_like(x)), x)}
+
+
+def parameter_digest(module: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def toy_recipe(*, steps, seed, out_dir, device, smoke):
+    """A real recipe (facelib.recipes signature) for the CLI tests."""
+    steps = (2 if smoke else 6) if steps is None else steps
+    task = ToyTask()
+    Trainer(task, steps=steps, batch_size=4, seed=seed, out_dir=out_dir, device=device, progress=False).fit()
+    stem = save_model(task.unwrap("autoencoder"), Path(out_dir) / "toy_autoencoder")
+    with torch.no_grad():
+        model = task.unwrap("autoencoder").eval()
+        error = nn.functional.mse_loss(model(task.dataset.vectors), task.dataset.vectors).item()
+    return {"checkpoints": {"toy_autoencoder": stem}, "metrics": {"toy_autoencoder": {"mse": error}},
+            "preset": "toy", "steps": steps}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    task = ToyTask()
+    trainer = Trainer(task, steps=args.steps, batch_size=4, seed=0, out_dir=Path(args.out) / "run",
+                      device="cpu", log_every=1, progress=False)
+    trainer.fit()
+    report = {"rank": task.rank, "world_size": task.world_size, "seen": task.seen,
+              "digest": parameter_digest(task.unwrap("autoencoder")),
+              "ddp": isinstance(task.modules["autoencoder"], nn.parallel.DistributedDataParallel)}
+    (Path(args.out) / f"rank{task.rank}.json").write_text(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
