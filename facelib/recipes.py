@@ -30,8 +30,101 @@ Public API
 - ``register_recipe(name, target: str | Callable, *, replace=False)``: add a recipe (a
   ``"module:function"`` string or the function itself; tests register toys this way).
 - ``get_recipe(name) -> Callable``: imports and returns it; an unknown name raises
-  ``KeyError`` listing the known ones.
+  ``UnknownRecipeError`` (a ``KeyError``) listing the known ones.
 - ``run_recipe(name, *, steps=None, seed=0, out_dir, device="auto", smoke=False) -> dict``:
   calls it, checks the returned dict (every checkpoint exists, metrics are numbers) and adds
   ``"wall_time_s"``.
 """
+from __future__ import annotations
+
+import importlib
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+# One line per recipe: "name": "module:function" (the function follows the signature above).
+RECIPES: dict[str, str] = {}
+
+
+class UnknownRecipeError(KeyError):
+    """An unknown recipe name; the message lists the known ones."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+_TARGET = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$")
+_registered_functions: dict[str, Callable] = {}
+
+
+def register_recipe(name: str, target: str | Callable, *, replace: bool = False) -> None:
+    """Add recipe ``name``: a ``"module:function"`` string (imported lazily) or the function itself."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ValueError(f"recipe name {name!r}: use letters, digits, '_', '-' and '.'")
+    if name in RECIPES and not replace:
+        raise ValueError(f"recipe {name!r} is already registered (as {RECIPES[name]}); pass replace=True")
+    if callable(target):
+        _registered_functions[name] = target
+        RECIPES[name] = f"{target.__module__}:{target.__qualname__}"
+    elif isinstance(target, str) and _TARGET.match(target):
+        _registered_functions.pop(name, None)
+        RECIPES[name] = target
+    else:
+        raise ValueError(f"recipe target {target!r}: expected 'package.module:function' or a function")
+
+
+def get_recipe(name: str) -> Callable:
+    """The recipe function ``name`` (imports its module); unknown names list the known ones."""
+    if name not in RECIPES:
+        known = ", ".join(sorted(RECIPES)) or "none registered"
+        raise UnknownRecipeError(f"unknown recipe {name!r}; known recipes: {known}")
+    if name in _registered_functions:
+        return _registered_functions[name]
+    module_name, function_name = RECIPES[name].split(":")
+    function = getattr(importlib.import_module(module_name), function_name, None)
+    if not callable(function):
+        raise ImportError(f"recipe {name!r} points to {RECIPES[name]}, which is not a function")
+    return function
+
+
+def _check_result(name: str, result: Any) -> dict:
+    if not isinstance(result, dict) or "checkpoints" not in result:
+        raise TypeError(f"recipe {name!r} must return a dict with 'checkpoints', 'metrics', 'preset', 'steps'")
+    checkpoints = result["checkpoints"]
+    for checkpoint_name, stem in checkpoints.items():
+        stem = Path(stem)
+        for suffix in (".safetensors", ".json"):
+            if not stem.with_name(stem.name + suffix).exists():
+                raise FileNotFoundError(f"recipe {name!r}: checkpoint {checkpoint_name!r} has no {stem.name}{suffix}")
+    metrics = result.get("metrics", {})
+    for checkpoint_name, values in metrics.items():
+        if checkpoint_name not in checkpoints:
+            raise ValueError(f"recipe {name!r}: metrics for {checkpoint_name!r}, which is not among its checkpoints "
+                             f"{sorted(checkpoints)}")
+        for metric, value in values.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"recipe {name!r}: metric {checkpoint_name}.{metric} = {value!r} is not a finite number")
+    return {
+        "checkpoints": {key: Path(value) for key, value in checkpoints.items()},
+        "metrics": {key: dict(metrics.get(key, {})) for key in checkpoints},
+        "preset": str(result.get("preset", "")),
+        "steps": int(result["steps"]),
+    }
+
+
+def run_recipe(
+    name: str, *, steps: int | None = None, seed: int = 0, out_dir: str | Path, device: str = "auto",
+    smoke: bool = False,
+) -> dict:
+    """Run recipe ``name`` in ``out_dir``; returns its checked result plus ``wall_time_s``."""
+    recipe = get_recipe(name)
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be a positive int or None (the recipe's default), got {steps!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    result = recipe(steps=steps, seed=seed, out_dir=out_dir, device=device, smoke=smoke)
+    checked = _check_result(name, result)
+    checked["wall_time_s"] = time.perf_counter() - start
+    return checked

@@ -1,0 +1,4 @@
+"""``python -m facelib``: see facelib.cli."""
+from .cli import main
+
+raise SystemExit(main())
