@@ -10,11 +10,9 @@ cheap and never chooses a backend on its own.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -127,13 +125,9 @@ def _read_loss_log(log):
     if isinstance(log, pd.DataFrame):
         return log
     if isinstance(log, (str, os.PathLike)):
-        path = Path(log)
-        if path.is_dir():
-            path = path / "log.jsonl"  # a Trainer run folder
-        if not path.is_file():
-            raise FileNotFoundError(f"loss log {path} does not exist (expected a JSONL file, one JSON object per line)")
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return pd.DataFrame(rows)
+        from .train import read_log
+
+        return read_log(log, kind=None)
     if isinstance(log, Sequence) and all(isinstance(row, dict) for row in log):
         return pd.DataFrame(list(log))
     raise TypeError(
