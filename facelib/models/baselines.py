@@ -1,0 +1,209 @@
+"""The non-learned comparisons of FVAE's Sec. 6 (Yeh et al. 2016).
+
+Expression editing (Sec. 6.1, Table 1):
+
+- :class:`AverageFlow` - "the average flow extracted from all identities in the training set"
+  for a (source expression, target expression) pair, applied to any source. The paper extracted
+  it with optical flow; SynthFaces knows the true flow, so we average that (a kinder baseline).
+- :func:`optical_flow` - classical optical flow between S and the true target T, here OpenCV's
+  DIS (Kroeger et al. 2016) or Farneback, standing in for Table 1's EpicFlow row (not EpicFlow).
+
+Interpolation between two photos (Sec. 6.2, Fig. 6):
+
+- :func:`cross_fade` - pixel-wise blending.
+- :func:`mesh_morph` - classical landmark mesh morphing (Wolberg 1996, the paper's [26]):
+  Delaunay triangles over the landmarks, piecewise-affine warps of both images to the
+  in-between shape, then a cross-dissolve.
+- :func:`optical_flow_morph` - morphing along optical flow between the two photos
+  (in the spirit of the paper's [15]).
+
+Images are ``[B, 3, H, W]`` in ``[-1, 1]``; flows are backward pixel flows (DESIGN.md).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from scipy.spatial import Delaunay
+
+from facelib.conventions import EXPRESSIONS
+from facelib.warp import warp
+
+__all__ = ["AverageFlow", "optical_flow", "cross_fade", "mesh_morph", "optical_flow_morph"]
+
+
+def _check_images(images: torch.Tensor, name: str) -> None:
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+        raise TypeError(f"{name} must be a float torch.Tensor [B, 3, H, W] in [-1, 1], got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"{name} must have shape [B, 3, H, W], got {list(images.shape)}")
+
+
+def _check_same(a: torch.Tensor, b: torch.Tensor, names: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{names} must have the same shape, got {list(a.shape)} and {list(b.shape)}")
+
+
+def _expression_name(expression) -> str:
+    name = EXPRESSIONS[int(expression)] if not isinstance(expression, str) else expression
+    if name not in EXPRESSIONS:
+        raise ValueError(f"unknown expression {name!r}; valid expressions are {list(EXPRESSIONS)}")
+    return name
+
+
+class AverageFlow:
+    """Sec. 6.1's optical-flow editing baseline: one average flow per expression pair.
+
+    ``AverageFlow.fit(dataset)`` averages the ground-truth flows of a ``SynthFaces(...,
+    pairs=True)`` training split (items with ``flow``, ``source_emotion``, ``target_emotion``);
+    ``average(source, "neutral", "disgusted")`` warps ``source`` by the average
+    neutral -> disgusted flow. The flow is not tailored to the source face: that is the point.
+    """
+
+    def __init__(self, flows: dict[tuple[str, str], torch.Tensor]):
+        self.flows = flows  # {(source name, target name): [2, H, W]}
+
+    @classmethod
+    @torch.no_grad()
+    def fit(cls, dataset, *, max_pairs: int = 4000, batch_size: int = 128) -> "AverageFlow":
+        sums: dict[tuple[str, str], torch.Tensor] = {}
+        counts: dict[tuple[str, str], int] = {}
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+        seen = 0
+        for batch in loader:
+            for flow, src, tgt in zip(batch["flow"], batch["source_emotion"], batch["target_emotion"]):
+                key = (EXPRESSIONS[int(src)], EXPRESSIONS[int(tgt)])
+                sums[key] = sums.get(key, 0) + flow
+                counts[key] = counts.get(key, 0) + 1
+            seen += len(batch["flow"])
+            if seen >= max_pairs:
+                break
+        return cls({key: sums[key] / counts[key] for key in sums})
+
+    def flow(self, source_expression, target_expression) -> torch.Tensor:
+        """The average backward flow ``[2, H, W]`` from one expression to another."""
+        key = (_expression_name(source_expression), _expression_name(target_expression))
+        if key not in self.flows:
+            raise ValueError(f"no average flow for {key[0]} -> {key[1]}; fitted pairs are {sorted(self.flows)}")
+        return self.flows[key]
+
+    def __call__(self, source: torch.Tensor, source_expression, target_expression) -> torch.Tensor:
+        """Warp ``source`` ``[B, 3, H, W]`` by the average flow; returns ``[B, 3, H, W]``."""
+        _check_images(source, "source")
+        flow = self.flow(source_expression, target_expression).to(source)
+        if flow.shape[-2:] != source.shape[-2:]:
+            raise ValueError(f"source is {list(source.shape[-2:])} but the average flow is {list(flow.shape[-2:])}")
+        return warp(source, flow.expand(len(source), -1, -1, -1))
+
+
+def _to_gray_uint8(images: torch.Tensor) -> np.ndarray:
+    """[B, 3, H, W] in [-1, 1] -> [B, H, W] uint8 luminance (BT.601)."""
+    rgb = ((images.detach().cpu().float().clamp(-1, 1) + 1) * 127.5).numpy()
+    gray = 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]
+    return np.ascontiguousarray(np.round(gray).astype(np.uint8))
+
+
+def optical_flow(source: torch.Tensor, target: torch.Tensor, method: str = "dis", upscale: int | None = None) -> torch.Tensor:
+    """Classical optical flow such that ``target ~= warp(source, flow)``: ``[B, 2, H, W]`` pixels.
+
+    ``method``: ``"dis"`` (OpenCV DIS, medium preset) or ``"farneback"``. Both estimate the flow
+    of the first image into the second, so we pass (target, source) to get the backward flow.
+    ``upscale`` enlarges the images before estimation and scales the flow back; the default
+    (DIS 2x, Farneback 1x) was the most accurate on a known sub-pixel shift of a 64x64 image.
+    """
+    _check_images(source, "source")
+    _check_images(target, "target")
+    _check_same(source, target, "source and target")
+    if method not in ("dis", "farneback"):
+        raise ValueError(f"unknown optical flow method {method!r}; use 'dis' or 'farneback'")
+    upscale = {"dis": 2, "farneback": 1}[method] if upscale is None else upscale
+    height, width = source.shape[-2:]
+    src_gray, tgt_gray = _to_gray_uint8(source), _to_gray_uint8(target)
+    if method == "dis":
+        estimator = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    flows = []
+    for tgt, src in zip(tgt_gray, src_gray):
+        big = (width * upscale, height * upscale)
+        tgt_big = cv2.resize(tgt, big, interpolation=cv2.INTER_CUBIC)
+        src_big = cv2.resize(src, big, interpolation=cv2.INTER_CUBIC)
+        if method == "dis":
+            flow = estimator.calc(tgt_big, src_big, None)
+        else:
+            flow = cv2.calcOpticalFlowFarneback(tgt_big, src_big, None, 0.5, 4, 15, 5, 5, 1.1, 0)
+        flow = cv2.resize(flow, (width, height), interpolation=cv2.INTER_AREA) / upscale  # [H, W, 2]
+        flows.append(torch.from_numpy(np.ascontiguousarray(flow)).permute(2, 0, 1))
+    return torch.stack(flows).to(source)  # [B, 2, H, W]
+
+
+def cross_fade(image1: torch.Tensor, image2: torch.Tensor, t: float) -> torch.Tensor:
+    """Pixel-wise blend ``(1 - t) * image1 + t * image2``."""
+    _check_same(image1, image2, "image1 and image2")
+    return (1 - t) * image1 + t * image2
+
+
+def _piecewise_affine_flows(shape_points: np.ndarray, image_points: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Backward flow [2, H, W] taking each pixel of the in-between shape to the image it comes from.
+
+    ``shape_points``/``image_points``: [K, 2] (x, y), corresponding vertices in the in-between
+    shape and in the image. Every pixel is located in a Delaunay triangle of ``shape_points``
+    and mapped with that triangle's barycentric coordinates.
+    """
+    triangulation = Delaunay(shape_points)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    pixels = np.stack([xs.ravel(), ys.ravel()], axis=1)  # [HW, 2]
+    simplex = triangulation.find_simplex(pixels)
+    simplex = np.where(simplex < 0, 0, simplex)  # corners are vertices: only rounding can miss
+    transform = triangulation.transform[simplex]  # [HW, 3, 2]
+    partial = np.einsum("nij,nj->ni", transform[:, :2], pixels - transform[:, 2])  # [HW, 2]
+    barycentric = np.concatenate([partial, 1 - partial.sum(1, keepdims=True)], axis=1)  # [HW, 3]
+    corners = image_points[triangulation.simplices[simplex]]  # [HW, 3, 2]
+    sampled = np.einsum("nk,nkd->nd", barycentric, corners)  # [HW, 2]
+    return (sampled - pixels).T.reshape(2, height, width)
+
+
+def _frame_points(height: int, width: int) -> np.ndarray:
+    """Fixed vertices on the image border (corners and edge midpoints) so the mesh covers the image."""
+    xs, ys = [0, (width - 1) / 2, width - 1], [0, (height - 1) / 2, height - 1]
+    return np.array([(x, y) for x in xs for y in ys if x in (0, width - 1) or y in (0, height - 1)], dtype=np.float64)
+
+
+def mesh_morph(
+    image1: torch.Tensor, image2: torch.Tensor, landmarks1: torch.Tensor, landmarks2: torch.Tensor, t: float
+) -> torch.Tensor:
+    """Classical mesh morphing (the paper's [26]) at fraction ``t`` from image1 (0) to image2 (1).
+
+    ``landmarks1/2``: ``[B, K, 2]`` pixel coordinates (x, y) of corresponding points (SynthFaces
+    returns them). The landmarks move linearly to ``(1 - t) L1 + t L2``; both images are warped
+    piecewise-affinely onto that shape and cross-dissolved. Returns ``[B, 3, H, W]``.
+    """
+    _check_images(image1, "image1")
+    _check_same(image1, image2, "image1 and image2")
+    if landmarks1.shape != landmarks2.shape or landmarks1.dim() != 3 or landmarks1.shape[-1] != 2:
+        raise ValueError(
+            f"landmarks1 and landmarks2 must both be [B, K, 2], got {list(landmarks1.shape)} and {list(landmarks2.shape)}"
+        )
+    height, width = image1.shape[-2:]
+    frame = _frame_points(height, width)
+    flows1, flows2 = [], []
+    for points1, points2 in zip(landmarks1.detach().cpu().double().numpy(), landmarks2.detach().cpu().double().numpy()):
+        # Keep the mesh inside the frame so the border vertices stay the hull.
+        points1 = np.clip(points1, 0.5, [width - 1.5, height - 1.5])
+        points2 = np.clip(points2, 0.5, [width - 1.5, height - 1.5])
+        between = (1 - t) * points1 + t * points2
+        shape = np.concatenate([between, frame])
+        flows1.append(_piecewise_affine_flows(shape, np.concatenate([points1, frame]), height, width))
+        flows2.append(_piecewise_affine_flows(shape, np.concatenate([points2, frame]), height, width))
+    flow1 = torch.from_numpy(np.stack(flows1)).to(image1)
+    flow2 = torch.from_numpy(np.stack(flows2)).to(image1)
+    return cross_fade(warp(image1, flow1), warp(image2, flow2), t)
+
+
+def optical_flow_morph(image1: torch.Tensor, image2: torch.Tensor, t: float, method: str = "dis") -> torch.Tensor:
+    """Morph along optical flow: image1 moves ``t`` of the way along its flow to image2, image2
+    ``1 - t`` of the way back, and the two are cross-dissolved. Returns ``[B, 3, H, W]``.
+    """
+    flow_1_from_2 = optical_flow(image2, image1, method)  # image1 ~= warp(image2, flow_1_from_2)
+    flow_2_from_1 = optical_flow(image1, image2, method)  # image2 ~= warp(image1, flow_2_from_1)
+    # A pixel of the in-between frame comes from image1 a fraction t along the 1 -> 2 motion,
+    # approximated by the flow at the same pixel (the flows are smooth on faces).
+    return cross_fade(warp(image1, t * flow_2_from_1), warp(image2, (1 - t) * flow_1_from_2), t)

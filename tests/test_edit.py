@@ -1,0 +1,175 @@
+"""facelib.edit (FVAE Algorithms 1-2, flow upsampling) and facelib.models.baselines, on small models."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from facelib.edit import (
+    confidence_blend, encode, expression_edit, flow_upsample, interpolate, pixel_upsample, to_model_size,
+)
+from facelib.models.baselines import AverageFlow, cross_fade, mesh_morph, optical_flow, optical_flow_morph
+from facelib.models.fvae import FVAE, Config, ConfidenceNet, PixelVAE
+from facelib.warp import warp
+
+SMALL = Config(image_size=32, base_channels=8, max_channels=32, latent_channels=4)
+
+
+def smooth_images(batch: int, size: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(batch, 3, size // 8, size // 8, generator=generator) * 2 - 1
+    return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return FVAE(SMALL).eval()
+
+
+@pytest.fixture(scope="module")
+def latents(model):
+    images = smooth_images(4, 32, seed=1)
+    z = encode(model, images)
+    return {"neutral": z[:2].mean(0), "happy": z[2:].mean(0)}
+
+
+def test_algorithm1_factor_zero_is_the_source_latent_and_factors_are_linear(model, latents):
+    source = smooth_images(2, 32, seed=2)
+    result = expression_edit(model, source, "happy", latents, source_expression="neutral", factors=[0.0, 0.5, 1.0])
+    assert result["outputs"].shape == (3, 2, 3, 32, 32) and result["flows"].shape == (3, 2, 2, 32, 32)
+    direct = model.decode(source, model.latent(source))
+    torch.testing.assert_close(result["outputs"][0], direct["output"])
+    z_edit = model.latent(source) + 1.0 * (latents["happy"] - latents["neutral"])
+    torch.testing.assert_close(result["flows"][2], model.decode(source, z_edit)["flow"])
+
+
+def test_algorithm1_default_steps_are_i_over_k(model, latents):
+    result = expression_edit(model, smooth_images(1, 32), "happy", latents, steps=4)
+    assert result["factors"].tolist() == [0.25, 0.5, 0.75, 1.0]
+
+
+def test_out_of_dataset_variant_walks_from_z_of_s_to_the_target_average(model, latents):
+    source = smooth_images(1, 32, seed=3)
+    result = expression_edit(model, source, "happy", latents, source_expression=None, factors=[1.0])
+    expected = model.decode(source, latents["happy"].unsqueeze(0))["output"]
+    torch.testing.assert_close(result["outputs"][0], expected)
+
+
+def test_suppress_and_magnify_factors_extrapolate(model, latents):
+    source = smooth_images(1, 32, seed=4)
+    result = expression_edit(model, source, "happy", latents, source_expression="neutral", factors=[-1.0, 2.0])
+    for factor, flow in zip((-1.0, 2.0), result["flows"]):
+        z = model.latent(source) + factor * (latents["happy"] - latents["neutral"])
+        torch.testing.assert_close(flow, model.decode(source, z)["flow"])
+
+
+def test_unknown_expression_lists_the_valid_ones(model, latents):
+    with pytest.raises(ValueError, match="valid expressions are.*happy.*neutral"):
+        expression_edit(model, smooth_images(1, 32), "gleeful", latents)
+    with pytest.raises(ValueError, match="unknown source expression"):
+        expression_edit(model, smooth_images(1, 32), "happy", latents, source_expression="bored")
+
+
+def test_wrong_size_is_resized_with_a_warning_and_bad_input_is_refused(model, latents):
+    with pytest.warns(UserWarning, match="64x64.*32x32"):
+        result = expression_edit(model, smooth_images(1, 64), "happy", latents, factors=[1.0])
+    assert result["outputs"].shape[-1] == 32
+    assert to_model_size(smooth_images(1, 32)[0], 32).shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match="square"):
+        to_model_size(torch.zeros(1, 3, 32, 40), 32)
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        to_model_size(torch.zeros(1, 1, 32, 32), 32)
+    with pytest.raises(TypeError, match="float"):
+        to_model_size(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), 32)
+
+
+def test_confidence_blend_is_a_softmax_over_the_masks():
+    a, b = torch.full((1, 3, 4, 4), -1.0), torch.full((1, 3, 4, 4), 1.0)
+    logit_a = torch.zeros(1, 1, 4, 4)
+    logit_b = torch.zeros(1, 1, 4, 4)
+    logit_b[..., :2] = 20.0  # source b is confident on the left half only
+    blended, weights = confidence_blend([a, b], [logit_a, logit_b])
+    torch.testing.assert_close(weights.sum(0), torch.ones(1, 1, 4, 4))
+    assert torch.allclose(blended[..., :2], b[..., :2], atol=1e-6)
+    assert torch.allclose(blended[..., 2:], torch.zeros(1, 3, 4, 2))  # equal confidence -> the average
+    expected = math.exp(1.0) / (math.exp(1.0) + math.exp(0.0))
+    _, weights = confidence_blend([a, b], [torch.ones(1, 1, 1, 1), torch.zeros(1, 1, 1, 1)])
+    assert abs(float(weights[0]) - expected) < 1e-6
+    with pytest.raises(ValueError, match="same number"):
+        confidence_blend([a], [logit_a])
+
+
+def test_algorithm2_ends_at_the_second_latent_and_blends_both_sources(model):
+    torch.manual_seed(1)
+    mask_net = ConfidenceNet(SMALL).eval()
+    s1, s2 = smooth_images(2, 32, seed=5), smooth_images(2, 32, seed=6)
+    result = interpolate(model, mask_net, s1, s2, steps=3)
+    assert result["outputs"].shape == (3, 2, 3, 32, 32) and result["weight1"].shape == (3, 2, 1, 32, 32)
+    z2 = model.latent(s2)
+    torch.testing.assert_close(result["from_source2"][-1], model.decode(s2, z2)["output"])
+    w = result["weight1"]
+    torch.testing.assert_close(result["outputs"], w * result["from_source1"] + (1 - w) * result["from_source2"])
+
+
+def test_flow_upsampling_applies_the_rescaled_flow_to_the_highres_source():
+    highres = smooth_images(1, 128, seed=7)
+    flow = torch.zeros(1, 2, 32, 32)
+    flow[:, 0] = 31 / 127  # facelib.warp's corner-aligned grids: 31/127 low-res px = 1 high-res px
+    out = flow_upsample(highres, flow)
+    torch.testing.assert_close(out[..., :, :-1], highres[..., :, 1:], atol=1e-5, rtol=0)
+    assert pixel_upsample(smooth_images(2, 32), 128).shape == (2, 3, 128, 128)
+
+
+def test_pixel_vae_edits_have_no_flow():
+    torch.manual_seed(2)
+    vae = PixelVAE(SMALL).eval()
+    z = encode(vae, smooth_images(2, 32))
+    result = expression_edit(vae, smooth_images(1, 32), "b", {"a": z[0], "b": z[1]}, source_expression="a", steps=2)
+    assert "flows" not in result and result["outputs"].shape == (2, 1, 3, 32, 32)
+
+
+# ------------------------------------------------------------------ baselines (FVAE Sec. 6)
+def test_optical_flow_recovers_a_known_shift():
+    source = smooth_images(1, 64, seed=8)
+    true_flow = torch.zeros(1, 2, 64, 64)
+    true_flow[:, 0], true_flow[:, 1] = 1.5, -0.75
+    target = warp(source, true_flow)
+    for method in ("dis", "farneback"):
+        estimated = optical_flow(source, target, method=method)
+        error = (estimated - true_flow)[..., 16:48, 16:48].norm(dim=1).mean()
+        assert error < 0.1, (method, float(error))
+    with pytest.raises(ValueError, match="'dis' or 'farneback'"):
+        optical_flow(source, target, method="epicflow")
+
+
+def test_mesh_morph_ends_and_cross_fade():
+    a, b = smooth_images(1, 32, seed=9), smooth_images(1, 32, seed=10)
+    landmarks = torch.tensor([[[10.0, 10.0], [22.0, 10.0], [16.0, 18.0], [16.0, 25.0]]])
+    moved = landmarks + torch.tensor([1.0, 2.0])
+    torch.testing.assert_close(mesh_morph(a, b, landmarks, moved, 0.0), a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(mesh_morph(a, b, landmarks, moved, 1.0), b, atol=1e-5, rtol=0)
+    # A pure translation of the landmarks moves the in-between image's interior content.
+    half = mesh_morph(a, a, landmarks, landmarks, 0.5)
+    torch.testing.assert_close(half, a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cross_fade(a, b, 0.25), 0.75 * a + 0.25 * b)
+    with pytest.raises(ValueError, match=r"\[B, K, 2\]"):
+        mesh_morph(a, b, landmarks, landmarks[:, :3], 0.5)
+    assert optical_flow_morph(a, b, 0.5).shape == a.shape
+
+
+def test_average_flow_warps_by_the_mean_flow():
+    flows = torch.zeros(4, 2, 16, 16)
+    flows[:2, 0] = 1.0
+    flows[2:, 0] = 3.0
+    items = [{"flow": f, "source_emotion": torch.tensor(0), "target_emotion": torch.tensor(5)} for f in flows]
+    average = AverageFlow.fit(items, batch_size=3)
+    torch.testing.assert_close(average.flow("neutral", "happy"), torch.stack([torch.full((16, 16), 2.0),
+                                                                              torch.zeros(16, 16)]))
+    image = smooth_images(1, 16)
+    torch.testing.assert_close(average(image, "neutral", "happy"), warp(image, average.flow(0, 5).unsqueeze(0)))
+    with pytest.raises(ValueError, match="fitted pairs"):
+        average.flow("neutral", "sad")
+    with pytest.raises(ValueError, match="valid expressions"):
+        average.flow("neutral", "elated")
