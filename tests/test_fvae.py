@@ -1,0 +1,132 @@
+"""FVAE (Yeh et al. 2016): architecture, Eq. 2 and Eq. 5, training objective, shipped checkpoints against the floors."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from facelib.models.fvae import (
+    FVAE, Config, ConfidenceNet, FVAETrainingTask, PixelVAE, TrainConfig, random_horizontal_flip,
+    reinhard_color_transfer,
+)
+from facelib.warp import bilinear_sample, pixel_grid, warp
+
+SMALL = Config(image_size=32, base_channels=8, max_channels=32, latent_channels=4)
+
+
+def smooth_images(batch: int, size: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(batch, 3, size // 4, size // 4, generator=generator) * 2 - 1
+    return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
+
+
+@pytest.mark.parametrize("config", [Config(), Config(image_size=128, base_channels=8, max_channels=64, latent_channels=8)],
+                         ids=["64", "128"])
+def test_shapes_follow_fig3(config):
+    torch.manual_seed(0)
+    size = config.image_size
+    source, target = smooth_images(2, size), smooth_images(2, size, seed=1)
+    fvae = FVAE(config)
+    out = fvae(source, target)
+    assert out["output"].shape == (2, 3, size, size) and out["flow"].shape == (2, 2, size, size)
+    assert out["mu"].shape == out["logvar"].shape == out["z"].shape == (2, config.latent_channels, 4, 4)
+    assert PixelVAE(config)(source, target)["output"].shape == (2, 3, size, size)
+    assert ConfidenceNet(config)(source, out["z"]).shape == (2, 1, size, size)
+
+
+def test_paper_config_is_the_128px_network_with_a_4x4x1024_latent():
+    paper = Config.paper()
+    assert (paper.image_size, paper.latent_size, paper.latent_channels) == (128, 4, 1024)
+    assert paper.stage_channels() == [64, 128, 256, 512, 1024]
+
+
+def test_bad_configs_and_images_are_refused():
+    with pytest.raises(ValueError, match="power of two"):
+        Config(image_size=96)
+    with pytest.raises(ValueError, match="latent_channels"):
+        Config(latent_channels=0)
+    fvae = FVAE(SMALL)
+    with pytest.raises(ValueError, match=r"\[B, 3, 32, 32\].*got \[1, 3, 64, 64\]"):
+        fvae.encode(torch.zeros(1, 3, 64, 64))
+    with pytest.raises(TypeError, match="float"):
+        fvae.encode(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+
+def test_eq2_reparameterisation_samples_around_mu_with_sigma():
+    torch.manual_seed(0)
+    mu, logvar = torch.full((20000,), 1.5), torch.full((20000,), math.log(0.25))
+    z = FVAE.reparameterize(mu, logvar)
+    assert abs(float(z.mean()) - 1.5) < 0.02 and abs(float(z.std()) - 0.5) < 0.02
+    fvae = FVAE(SMALL).eval()  # eval mode uses the posterior mean, so editing is deterministic
+    source = smooth_images(1, 32)
+    out = fvae(source, source)
+    torch.testing.assert_close(out["z"], out["mu"])
+
+
+def test_output_is_the_eq5_bilinear_sample_of_the_source_along_the_flow():
+    torch.manual_seed(0)
+    fvae = FVAE(SMALL).eval()
+    with torch.no_grad():
+        fvae.decoder.head.weight.normal_(0, 0.5)  # a visibly non-trivial flow
+        source, target = smooth_images(2, 32), smooth_images(2, 32, seed=1)
+        out = fvae(source, target)
+    assert out["flow"].abs().max() > 1.0
+    eq5 = bilinear_sample(source, pixel_grid(32, 32) + out["flow"])
+    torch.testing.assert_close(out["output"], eq5, atol=1e-4, rtol=0)
+
+
+def test_tanh_head_is_a_displacement_in_normalised_coordinates():
+    fvae = FVAE(SMALL).eval()
+    with torch.no_grad():
+        fvae.decoder.head.weight.zero_()
+        # normalised displacement 2 / (W - 1) is exactly one pixel
+        fvae.decoder.head.bias.copy_(torch.atanh(torch.tensor([2 / 31, -4 / 31])))
+        source = smooth_images(1, 32)
+        out = fvae.decode(source, torch.zeros(1, 4, 4, 4))
+    torch.testing.assert_close(out["flow"][0, :, 5, 5], torch.tensor([1.0, -2.0]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out["output"][..., 2:, :-1], source[..., :-2, 1:], atol=1e-5, rtol=0)
+
+
+def test_reinhard_colour_transfer_matches_target_statistics():
+    source = smooth_images(2, 32) * 0.5
+    target = (source * 0.8 + torch.tensor([0.2, -0.1, 0.05]).view(1, 3, 1, 1)).clamp(-1, 1)
+    torch.testing.assert_close(reinhard_color_transfer(source, source), source, atol=1e-4, rtol=0)
+    moved = reinhard_color_transfer(source, target)
+    before, after = (source - target).abs().mean(), (moved - target).abs().mean()
+    assert after < 0.25 * before, (float(before), float(after))
+    with pytest.raises(ValueError, match="same shape"):
+        reinhard_color_transfer(source, target[:1])
+
+
+def test_flips_apply_the_same_decision_to_both_images():
+    a = smooth_images(64, 8)
+    flipped_a, flipped_b = random_horizontal_flip(a, a.clone(), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(flipped_a, flipped_b)
+    changed = (flipped_a != a).flatten(1).any(1)
+    assert 10 < int(changed.sum()) < 54
+
+
+def test_tiny_overfit_learns_a_shift_through_the_flow():
+    """A few hundred steps of Eq. 1 on one pair (target = source shifted by 2 px) beat the identity."""
+    torch.manual_seed(0)
+    source = smooth_images(4, 32, seed=3)
+    shift = torch.zeros(4, 2, 32, 32)
+    shift[:, 0] = 2.0
+    target = warp(source, shift)
+    inside = (slice(None), slice(None), slice(4, -4), slice(4, -4))
+    task = FVAETrainingTask(FVAE, SMALL, TrainConfig(color_transfer=False, flip=False), None, {})
+    model = FVAE(SMALL)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        terms = task.losses(model, source, target)
+        optimizer.zero_grad()
+        terms["loss"].backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        out = model(source, target)
+    identity_error = float(((source - target)[inside] ** 2).mean())
+    learnt_error = float(((out["output"] - target)[inside] ** 2).mean())
+    assert learnt_error < 0.2 * identity_error, (identity_error, learnt_error)
+    assert abs(float(out["flow"][inside][:, 0].mean()) - 2.0) < 0.5
