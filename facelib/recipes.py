@@ -45,7 +45,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 # One line per recipe: "name": "module:function" (the function follows the signature above).
-RECIPES: dict[str, str] = {}
+RECIPES: dict[str, str] = {
+    "fvae": "facelib.models.fvae:train_recipe",  # FVAE (Eq. 1) + confidence network (Eq. 7-8)
+    "fvae_pixel_vae": "facelib.models.fvae:train_pixel_vae_recipe",  # FVAE Sec. 6.1 "VAE" baseline
+}
 
 
 class UnknownRecipeError(KeyError):
