@@ -128,7 +128,8 @@ def _read_file(path: Path, max_pixels: int) -> np.ndarray:
             f"PNG, JPEG, BMP, TIFF, WebP, GIF and PPM"
         ) from None
     except Image.DecompressionBombError as err:
-        raise ValueError(f"{path}: {err} (decompression-bomb guard)") from None
+        # Pillow's own check fires first for headers over twice its limit.
+        raise ValueError(f"{path}: {err} Refusing to decode it (decompression-bomb guard).") from None
     except (OSError, SyntaxError) as err:
         # Pillow raises OSError("image file is truncated", ...) or SyntaxError on broken data.
         raise ValueError(f"{path} could not be decoded (corrupt or truncated image file: {err})") from None
