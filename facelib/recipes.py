@@ -48,6 +48,7 @@ from typing import Any, Callable
 RECIPES: dict[str, str] = {
     "fvae": "facelib.models.fvae:train_recipe",  # FVAE (Eq. 1) + confidence network (Eq. 7-8)
     "fvae_pixel_vae": "facelib.models.fvae:train_pixel_vae_recipe",  # FVAE Sec. 6.1 "VAE" baseline
+    "evaluators": "facelib.models.evaluators:train_recipe",  # expression classifier, AU regressor, identity embedder
 }
 
 
