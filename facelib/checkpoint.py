@@ -391,7 +391,7 @@ def _check_state_dict(module: nn.Module, tensors: dict[str, torch.Tensor], what:
     found = {key: tuple(value.shape) for key, value in tensors.items()}
     problems = []
     missing = [key for key in expected if key not in found]
-    unexpected = [key for key in found if key not in expected]
+    unexpected = sorted(key for key in found if key not in expected)
     mismatched = [key for key in expected if key in found and expected[key] != found[key]]
     limit = 10
     if missing:

@@ -76,7 +76,8 @@ progress=True, ddp_kwargs=None)``
   moved to the device (tensors inside dicts/lists/tuples).
 - Device: ``get_device(device)``; under torchrun (``WORLD_SIZE`` > 1) ``torch.distributed``
   is initialised (gloo on CPU, NCCL on CUDA with ``cuda:LOCAL_RANK``) unless already
-  initialised, and every module with trainable parameters is wrapped in
+  initialised; it stays up for later fits in the same process (a multi-stage recipe) and is
+  destroyed at exit. Every module with trainable parameters is wrapped in
   ``DistributedDataParallel(**ddp_kwargs)``.
 - Progress: a tqdm bar on rank 0 with the latest losses in its postfix.
 - Log: ``out_dir/log.jsonl``, one JSON object per line:
@@ -104,6 +105,7 @@ Functions:
 """
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -310,6 +312,11 @@ def _rank_rng_path(stem: Path, rank: int) -> Path:
     return stem.with_name(f"{stem.name}.rank{rank}.rng.safetensors")
 
 
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _delete_checkpoint(stem: Path) -> None:
     for path in stem.parent.glob(stem.name + ".*"):
         path.unlink(missing_ok=True)
@@ -498,15 +505,12 @@ class Trainer:
         """Train up to ``steps``; see the module docstring for seeding, data order, logs and resume."""
         self.rank, self.local_rank, self.world_size = distributed_env()
         self.device = self._resolve_device()
-        created_group = False
         if self.world_size > 1 and not dist.is_initialized():
             dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
-            created_group = True
-        try:
-            return self._fit(resume_from)
-        finally:
-            if created_group:
-                dist.destroy_process_group()
+            # Kept for later fits in this process (multi-stage recipes): a group cannot be re-created
+            # under torchrun once destroyed.
+            atexit.register(_destroy_process_group)
+        return self._fit(resume_from)
 
     def _fit(self, resume_from: str | Path | None) -> FitResult:
         task = self.task

@@ -153,7 +153,7 @@ def test_missing_and_unexpected_tensors_are_named(tmp_path):
         load_model(tmp_path / "net", cls=NetWithExtraLayer)
     save_model(NetWithExtraLayer(NetConfig()), tmp_path / "bigger")
     _rename_class(tmp_path / "bigger.json", "NetWithExtraLayer", "Net")
-    with pytest.raises(CheckpointError, match=r"unexpected tensors: head.weight \[2, 5\]"):
+    with pytest.raises(CheckpointError, match=r"unexpected tensors: head.bias \[2\], head.weight \[2, 5\]"):
         load_model(tmp_path / "bigger", cls=Net)
 
 

@@ -1,7 +1,8 @@
 """A tiny autoencoder task for the training-loop tests, and the worker script of the torchrun test.
 
-As a script (under ``torchrun --nproc_per_node=2``) it trains with the real ``Trainer`` and
-writes, per rank, the sha256 of its parameters and the dataset indices it saw to ``--out``.
+As a script (under ``torchrun --nproc_per_node=2``) it trains with the real ``Trainer``, once
+straight and once cut in two and resumed, and writes, per rank, the sha256 of its parameters
+after both and the dataset indices it saw to ``--out``.
 """
 from __future__ import annotations
 
@@ -104,17 +105,24 @@ def toy_recipe(*, steps, seed, out_dir, device, smoke):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    task = ToyTask()
-    trainer = Trainer(task, steps=args.steps, batch_size=4, seed=0, out_dir=Path(args.out) / "run",
-                      device="cpu", log_every=1, progress=False)
-    trainer.fit()
-    report = {"rank": task.rank, "world_size": task.world_size, "seen": task.seen,
-              "digest": parameter_digest(task.unwrap("autoencoder")),
-              "ddp": isinstance(task.modules["autoencoder"], nn.parallel.DistributedDataParallel)}
-    (Path(args.out) / f"rank{task.rank}.json").write_text(json.dumps(report))
+    out = Path(args.out)
+    options = {"batch_size": 4, "seed": 0, "device": "cpu", "log_every": 1, "progress": False}
+
+    straight = ToyTask()
+    Trainer(straight, steps=args.steps, out_dir=out / "straight", **options).fit()
+    # The same run cut in two: half the steps, then a resume (each rank restores its own RNG).
+    Trainer(ToyTask(), steps=args.steps // 2, out_dir=out / "resumed", **options).fit()
+    resumed = ToyTask()
+    Trainer(resumed, steps=args.steps, out_dir=out / "resumed", resume=True, **options).fit()
+
+    report = {"rank": straight.rank, "world_size": straight.world_size, "seen": straight.seen,
+              "digest": parameter_digest(straight.unwrap("autoencoder")),
+              "resumed_digest": parameter_digest(resumed.unwrap("autoencoder")),
+              "ddp": isinstance(straight.modules["autoencoder"], nn.parallel.DistributedDataParallel)}
+    (out / f"rank{straight.rank}.json").write_text(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,186 @@
+"""facelib.train, facelib.recipes and the CLI: data order, logs, checkpoints, bit-identical resume, DDP."""
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from facelib import recipes
+from facelib.checkpoint import load_model, read_manifest, sha256_file
+from facelib.cli import main as cli_main
+from facelib.train import Trainer, batch_indices, latest_checkpoint, read_log
+from toy_training import ToyAutoencoder, ToyTask, parameter_digest, toy_recipe
+
+torch.set_num_threads(1)
+TESTS = Path(__file__).resolve().parent
+
+
+def run(out_dir, steps, resume_from=None, **options):
+    task = ToyTask()
+    options = {"batch_size": 4, "seed": 0, "log_every": 2, "progress": False, **options}
+    result = Trainer(task, steps=steps, out_dir=out_dir, **options).fit(resume_from=resume_from)
+    return task, result
+
+
+def optimizer_state(task):
+    return task.optimizers["adam"].state_dict()
+
+
+def assert_same_training(a, b):
+    assert parameter_digest(a.unwrap("autoencoder")) == parameter_digest(b.unwrap("autoencoder"))
+    state_a, state_b = optimizer_state(a), optimizer_state(b)
+    for index, values in state_a["state"].items():
+        for key, value in values.items():
+            assert torch.equal(state_b["state"][index][key], value), (index, key)
+
+
+def test_batch_indices_cover_each_epoch_once_and_ranks_are_disjoint():
+    n, batch, world = 10, 3, 2
+    seen = [batch_indices(n, batch, step, seed=5, rank=rank, world_size=world)
+            for step in range(5) for rank in range(world)]
+    flat = torch.cat(seen).tolist()  # 30 positions = three epochs of 10
+    for epoch in range(3):
+        assert sorted(flat[epoch * n:(epoch + 1) * n]) == list(range(n))
+    assert not set(seen[0].tolist()) & set(seen[1].tolist())  # step 0: rank 0 and rank 1 differ
+    assert torch.equal(batch_indices(n, batch, 3, seed=5, rank=1, world_size=2), seen[7])  # pure function
+    assert not torch.equal(batch_indices(n, batch, 0, seed=6), batch_indices(n, batch, 0, seed=5))
+    with pytest.raises(ValueError, match="dataset is empty"):
+        batch_indices(0, 3, 0, seed=0)
+
+
+def test_resume_is_bit_identical(tmp_path):
+    straight, _ = run(tmp_path / "straight", 8, checkpoint_every=4)
+    first_half, _ = run(tmp_path / "resumed", 4)
+    second_half, result = run(tmp_path / "resumed", 8, resume=True)
+    assert result.step == 8 and first_half.seen + second_half.seen == straight.seen
+    assert_same_training(straight, second_half)
+    columns = ["kind", "step", "loss"]
+    assert read_log(tmp_path / "resumed")[columns].equals(read_log(tmp_path / "straight")[columns])
+
+    # From the straight run's step-4 checkpoint, into another folder, through fit(resume_from=...).
+    step4 = tmp_path / "straight" / "checkpoints" / "step_00000004"
+    from_checkpoint, _ = run(tmp_path / "elsewhere", 8, resume_from=step4)
+    assert_same_training(straight, from_checkpoint)
+
+
+def test_resume_without_restoring_state_would_differ(tmp_path):
+    """Guards the test above: a run restarted at step 4 without the checkpoint ends elsewhere."""
+    straight, _ = run(tmp_path / "straight", 8)
+    fresh, _ = run(tmp_path / "fresh", 8, seed=1)
+    assert parameter_digest(straight.unwrap("autoencoder")) != parameter_digest(fresh.unwrap("autoencoder"))
+
+
+def test_validation_is_logged_and_does_not_change_training(tmp_path):
+    plain, _ = run(tmp_path / "plain", 6)
+    validated, _ = run(tmp_path / "validated", 6, validate_every=3)
+    assert validated.validated == [3, 6]
+    assert_same_training(plain, validated)
+    everything = read_log(tmp_path / "validated", kind=None)
+    assert everything["kind"].tolist() == ["train", "val", "train", "train", "val"]
+    train_log = read_log(tmp_path / "validated")
+    assert train_log["step"].tolist() == [2, 4, 6] and "val_loss" not in train_log
+    assert (train_log["seconds"].diff().dropna() >= 0).all() and train_log["loss"].notna().all()
+
+
+def test_checkpoints_are_pruned_and_a_fresh_run_starts_clean(tmp_path):
+    _, result = run(tmp_path, 8, checkpoint_every=2, keep_checkpoints=2)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == [f"step_0000000{s}.{x}" for s in (6, 8) for x in ("json", "safetensors")]
+    assert result.checkpoint == latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step_00000008"
+    run(tmp_path, 2)
+    assert latest_checkpoint(tmp_path).name == "step_00000002"
+    assert read_log(tmp_path)["step"].tolist() == [2]
+
+
+def test_non_finite_loss_stops_training(tmp_path):
+    class Diverging(ToyTask):
+        def training_step(self, batch, step):
+            return {"loss": float("nan") if step == 2 else 1.0}
+
+    with pytest.raises(FloatingPointError, match="loss 'loss' is nan at step 4"):
+        Trainer(Diverging(), steps=6, batch_size=2, out_dir=tmp_path, log_every=2, progress=False).fit()
+
+
+def test_bad_arguments_are_named(tmp_path):
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        Trainer(ToyTask(), steps=3, batch_size=0, out_dir=tmp_path)
+    with pytest.raises(TypeError, match="has no build"):
+        Trainer(object(), steps=3, batch_size=2, out_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_keeps_ranks_identical_on_different_data(tmp_path):
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+               str(TESTS / "toy_training.py"), "--out", str(tmp_path), "--steps", "4"]
+    finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=240)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2] and all(r["ddp"] for r in ranks)
+    assert ranks[0]["digest"] == ranks[1]["digest"]  # gradients were averaged across ranks
+    assert len(ranks[0]["seen"]) == len(ranks[1]["seen"]) == 16
+    assert not set(ranks[0]["seen"]) & set(ranks[1]["seen"])  # each rank read other samples
+    assert ranks[0]["resumed_digest"] == ranks[1]["resumed_digest"] == ranks[0]["digest"]
+    assert (tmp_path / "resumed" / "checkpoints" / "step_00000002.rank1.rng.safetensors").exists()
+    # the parameters moved away from their (identical) initial values
+    initial = ToyTask()
+    Trainer(initial, steps=0, batch_size=4, out_dir=tmp_path / "init", progress=False).fit()
+    assert parameter_digest(initial.unwrap("autoencoder")) != ranks[0]["digest"]
+    assert read_log(tmp_path / "straight")["step"].tolist() == [1, 2, 3, 4]
+
+
+@pytest.fixture
+def toy_recipe_registered(monkeypatch):
+    monkeypatch.setattr(recipes, "RECIPES", dict(recipes.RECIPES))
+    monkeypatch.setattr(recipes, "_registered_functions", dict(recipes._registered_functions))
+    recipes.register_recipe("toy", toy_recipe)
+
+
+def test_cli_train_ships_into_the_manifest(tmp_path, toy_recipe_registered, capsys):
+    weights = tmp_path / "weights"
+    argv = ["train", "toy", "--steps", "3", "--seed", "2", "--device", "cpu", "--out", str(tmp_path / "run"),
+            "--ship", "--weights-dir", str(weights)]
+    assert cli_main(argv) == 0
+    entry = read_manifest(weights)["toy_autoencoder"]
+    assert entry["command"] == "python -m facelib train toy --seed 2 --steps 3 --device cpu --ship"
+    assert (entry["steps"], entry["seed"], entry["preset"]) == (3, 2, "toy")
+    assert entry["sha256"] == sha256_file(weights / "toy_autoencoder.safetensors")
+    assert set(entry["metrics"]) == {"mse"} and entry["wall_time_s"] >= 0
+    assert str(tmp_path) not in json.dumps(entry)  # no local paths in a repository file
+    shipped = load_model(weights / "toy_autoencoder", cls=ToyAutoencoder)
+    trained = load_model(tmp_path / "run" / "toy_autoencoder", cls=ToyAutoencoder)
+    assert parameter_digest(shipped) == parameter_digest(trained)
+    assert "toy_autoencoder" in capsys.readouterr().out
+
+
+def test_cli_errors_and_listing(tmp_path, toy_recipe_registered, capsys, monkeypatch):
+    assert cli_main(["train", "nope", "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "unknown recipe 'nope'; known recipes:" in error and "toy" in error
+    with pytest.raises(SystemExit, match="never shipped"):
+        cli_main(["train", "toy", "--smoke", "--ship", "--out", str(tmp_path)])
+    monkeypatch.setattr(sys, "argv", ["facelib", "list", "--weights-dir", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        runpy.run_module("facelib", run_name="__main__")
+    listing = capsys.readouterr().out
+    assert "toy" in listing and "(none shipped yet)" in listing
+
+
+def test_recipe_results_are_checked(tmp_path, toy_recipe_registered):
+    def broken(*, steps, seed, out_dir, device, smoke):
+        return {"checkpoints": {"ghost": out_dir / "ghost"}, "metrics": {}, "preset": "toy", "steps": 1}
+
+    recipes.register_recipe("broken", broken)
+    with pytest.raises(FileNotFoundError, match="checkpoint 'ghost' has no ghost.safetensors"):
+        recipes.run_recipe("broken", out_dir=tmp_path)
+    with pytest.raises(ValueError, match="already registered"):
+        recipes.register_recipe("toy", toy_recipe)
+    result = recipes.run_recipe("toy", steps=2, out_dir=tmp_path, device="cpu", smoke=True)
+    assert result["steps"] == 2 and result["metrics"]["toy_autoencoder"]["mse"] > 0
