@@ -24,21 +24,46 @@ REPO = Path(__file__).resolve().parent.parent
 KERNEL = "python3"
 
 
-def ensure_kernel(name: str = KERNEL) -> None:
-    """Make sure a Jupyter kernel called ``name`` exists; install this interpreter's if not.
+def runs_this_python(argv: list[str]) -> bool:
+    """Whether a kernelspec's command starts this environment's interpreter.
 
-    ipykernel's wheel ships the ``python3`` kernelspec into the environment, so this is
-    normally a no-op; the install covers environments where the spec was removed.
+    jupyter_client swaps a bare ``python``/``python3`` for the running interpreter; an absolute
+    path must sit in this environment's ``bin`` folder (symlinks are not followed: a virtual
+    environment's python is a link to the base interpreter, which lacks the venv's packages).
     """
-    from jupyter_client.kernelspec import KernelSpecManager
+    command = argv[0]
+    if command in {"python", f"python{sys.version_info[0]}", "python{}.{}".format(*sys.version_info[:2])}:
+        return True
+    return Path(os.path.abspath(command)).parent == Path(os.path.abspath(sys.executable)).parent
 
-    if name in KernelSpecManager().find_kernel_specs():
+
+def ensure_kernel(name: str = KERNEL) -> None:
+    """Make the ``python3`` kernel run this interpreter, the one with facelib installed.
+
+    ipykernel's wheel puts the spec into the environment (and jupyter_client falls back to
+    this interpreter when there is none), so this is normally a no-op. When the spec is
+    missing or runs another Python, this environment's own is installed (``--sys-prefix``).
+    """
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    def current():
+        try:
+            return KernelSpecManager().get_kernel_spec(name).argv
+        except NoSuchKernel:
+            return None
+
+    argv = current()
+    if argv is not None and runs_this_python(argv):
         return
-    print(f"no Jupyter kernel named {name!r}: installing this Python's ipykernel as {name!r}", flush=True)
-    subprocess.run(
-        [sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", name],
-        check=True,
-    )
+    print(f"Jupyter kernel {name!r} is {'missing' if argv is None else 'another Python: ' + argv[0]}; "
+          f"installing this environment's ({sys.executable})", flush=True)
+    subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", name], check=True)
+    argv = current()
+    if argv is None or not runs_this_python(argv):
+        raise SystemExit(
+            f"the Jupyter kernel {name!r} still runs {argv and argv[0]}, not {sys.executable}: "
+            "a kernelspec on JUPYTER_PATH shadows this environment's; unset JUPYTER_PATH or remove that spec"
+        )
 
 
 def find_notebooks(folder: Path, only: str | None) -> list[Path]:

@@ -7,6 +7,7 @@ their committed outputs. This module never executes the committed notebooks agai
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import subprocess
 import sys
@@ -219,3 +220,13 @@ def test_run_tutorials_rejects_unknown_and_empty_selections(tmp_path):
     nbformat.write(_tiny_notebook(), tmp_path / "notebooks" / "00_a.ipynb")
     unknown = _run_tutorials("--only", "00,07", "--notebooks", str(tmp_path / "notebooks"), cwd=tmp_path)
     assert unknown.returncode != 0 and "no notebook numbered 07" in unknown.stderr and "00_a.ipynb" in unknown.stderr
+
+
+def test_kernel_check_tells_this_python_from_another():
+    spec = importlib.util.spec_from_file_location("run_tutorials", RUNNER)
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    here = str(Path(sys.executable).parent)
+    assert runner.runs_this_python(["python", "-m", "ipykernel_launcher"])
+    assert runner.runs_this_python([os.path.join(here, "python3"), "-m", "ipykernel_launcher"])
+    assert not runner.runs_this_python([os.path.join(os.sep, "elsewhere", "bin", "python3"), "-m", "ipykernel_launcher"])
