@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import numbers
 import re
 import time
 from pathlib import Path
@@ -107,11 +108,13 @@ def _check_result(name: str, result: Any) -> dict:
             raise ValueError(f"recipe {name!r}: metrics for {checkpoint_name!r}, which is not among its checkpoints "
                              f"{sorted(checkpoints)}")
         for metric, value in values.items():
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
                 raise ValueError(f"recipe {name!r}: metric {checkpoint_name}.{metric} = {value!r} is not a finite number")
     return {
         "checkpoints": {key: Path(value) for key, value in checkpoints.items()},
-        "metrics": {key: dict(metrics.get(key, {})) for key in checkpoints},
+        # plain int/float (not NumPy scalars) so that the manifest can be written as JSON
+        "metrics": {key: {metric: int(value) if isinstance(value, numbers.Integral) else float(value)
+                          for metric, value in metrics.get(key, {}).items()} for key in checkpoints},
         "preset": str(result.get("preset", "")),
         "steps": int(result["steps"]),
     }

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -184,3 +185,16 @@ def test_recipe_results_are_checked(tmp_path, toy_recipe_registered):
         recipes.register_recipe("toy", toy_recipe)
     result = recipes.run_recipe("toy", steps=2, out_dir=tmp_path, device="cpu", smoke=True)
     assert result["steps"] == 2 and result["metrics"]["toy_autoencoder"]["mse"] > 0
+
+    def numpy_metrics(**options):
+        result = toy_recipe(**options)
+        result["metrics"]["toy_autoencoder"] = {"n": np.int64(3), "mse": np.float32(0.5)}
+        return result
+
+    recipes.register_recipe("numpy_metrics", numpy_metrics)
+    metrics = recipes.run_recipe("numpy_metrics", steps=1, out_dir=tmp_path, device="cpu")["metrics"]
+    assert json.dumps(metrics) == '{"toy_autoencoder": {"n": 3, "mse": 0.5}}'
+    bad = {"toy_autoencoder": {"mse": float("nan")}}
+    recipes.register_recipe("nan_metric", lambda **o: {**toy_recipe(**o), "metrics": bad})
+    with pytest.raises(ValueError, match="metric toy_autoencoder.mse = nan is not a finite number"):
+        recipes.run_recipe("nan_metric", steps=1, out_dir=tmp_path, device="cpu")
