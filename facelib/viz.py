@@ -57,28 +57,31 @@ def image_grid(
     padding: int = 2,
     pad_value: float = 1.0,
     value_range: tuple[float, float] = (-1.0, 1.0),
+    title_space: int = 0,
 ) -> np.ndarray:
-    """Tile ``images`` ``[B, C, H, W]`` into one ``[rows*(H+p)+p, nrow*(W+p)+p, 3]`` array in ``[0, 1]``.
+    """Tile ``images`` ``[B, C, H, W]`` into one ``[rows*(H+p+t)+p, nrow*(W+p)+p, 3]`` array in ``[0, 1]``.
 
     ``nrow`` images per row (fewer when B < nrow), ``padding`` pixels of ``pad_value``
-    (in ``[0, 1]``; 1 = white) around every tile. Row-major order: image ``i`` sits in
-    row ``i // nrow``, column ``i % nrow``.
+    (in ``[0, 1]``; 1 = white) around every tile, ``title_space`` more above each row
+    (room for labels). Row-major order: image ``i`` sits in row ``i // nrow``, column ``i % nrow``.
     """
     tiles = to_numpy_image(images, value_range)
     if tiles.ndim != 4:
         raise ValueError("images must be a batch [B, C, H, W], got one image [C, H, W]; add a batch dimension")
-    if nrow < 1 or padding < 0:
-        raise ValueError(f"nrow must be >= 1 and padding >= 0, got nrow={nrow}, padding={padding}")
+    if nrow < 1 or padding < 0 or title_space < 0:
+        raise ValueError(
+            f"nrow must be >= 1, padding and title_space >= 0; got nrow={nrow}, padding={padding}, title_space={title_space}"
+        )
     count, height, width, _ = tiles.shape
     columns = min(nrow, count)
     rows = math.ceil(count / columns)
     grid = np.full(
-        (rows * (height + padding) + padding, columns * (width + padding) + padding, 3),
+        (rows * (height + padding + title_space) + padding, columns * (width + padding) + padding, 3),
         pad_value,
         dtype=np.float32,
     )
     for index, tile in enumerate(tiles):
-        top = padding + (index // columns) * (height + padding)
+        top = padding + title_space + (index // columns) * (height + padding + title_space)
         left = padding + (index % columns) * (width + padding)
         grid[top : top + height, left : left + width] = tile
     return grid
@@ -102,20 +105,21 @@ def show_images(
     batch = images.unsqueeze(0) if isinstance(images, torch.Tensor) and images.ndim == 3 else images
     if isinstance(batch, np.ndarray) and batch.ndim == 3:
         batch = batch[None]
-    grid = image_grid(batch, nrow=nrow, padding=padding, value_range=value_range)
     count, _, height, width = batch.shape
     if titles is not None and len(titles) != count:
         raise ValueError(f"titles must give one label per image: got {len(titles)} titles for {count} images")
+    title_space = max(6, round(0.25 * height)) if titles else 0
+    grid = image_grid(batch, nrow=nrow, padding=padding, value_range=value_range, title_space=title_space)
     columns = min(nrow, count)
     rows = math.ceil(count / columns)
     if ax is None:
-        _, ax = plt.subplots(figsize=(1.4 * columns + 0.4, 1.4 * rows + (0.3 * rows if titles else 0) + 0.2))
+        _, ax = plt.subplots(figsize=(1.4 * columns + 0.4, 1.4 * rows * (1 + title_space / height) + 0.2))
     ax.imshow(grid, interpolation="nearest")
     ax.set_axis_off()
     for index, title in enumerate(titles or ()):
         x = padding + (index % columns) * (width + padding) + width / 2
-        y = padding + (index // columns) * (height + padding)
-        ax.text(x, y - 1, str(title), ha="center", va="bottom", fontsize=8)
+        tile_top = padding + title_space + (index // columns) * (height + padding + title_space)
+        ax.text(x, tile_top - 1, str(title), ha="center", va="bottom", fontsize=8)
     return ax
 
 

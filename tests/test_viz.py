@@ -71,12 +71,25 @@ def test_image_grid_needs_a_batch():
         image_grid(torch.zeros(3, 4, 4))
 
 
-def test_show_images_draws_grid_and_titles():
+def test_image_grid_title_space_sits_above_each_row():
+    images = torch.full((4, 3, 4, 4), -1.0)  # black tiles on a white grid
+    grid = image_grid(images, nrow=2, padding=1, title_space=3)
+    assert grid.shape == (2 * (4 + 1 + 3) + 1, 2 * (4 + 1) + 1, 3)
+    dark_rows = [row for row in range(grid.shape[0]) if grid[row].min() == 0.0]
+    assert dark_rows == [4, 5, 6, 7, 12, 13, 14, 15]
+
+
+def test_show_images_draws_grid_and_titles_in_the_white_band():
     images = torch.rand(3, 3, 8, 8) * 2 - 1
+    ax = show_images(images, nrow=2)
+    assert np.allclose(ax.get_images()[0].get_array(), image_grid(images, nrow=2))
     ax = show_images(images, titles=["a", "b", "c"], nrow=2)
+    grid = np.asarray(ax.get_images()[0].get_array())
     assert [text.get_text() for text in ax.texts] == ["a", "b", "c"]
-    drawn = ax.get_images()[0].get_array()
-    assert np.allclose(drawn, image_grid(images, nrow=2))
+    for text in ax.texts:
+        x, y = text.get_position()
+        assert np.all(grid[int(y)] == 1.0), "a title must sit on the white band, not on an image"
+        assert grid[int(y) + 1, int(x)].max() < 1.0, "...and right above its own tile"
     with pytest.raises(ValueError, match="titles"):
         show_images(images, titles=["only one"])
 
