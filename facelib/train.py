@@ -438,8 +438,9 @@ class Trainer:
 
     def _average(self, sums: dict[str, Any], count: int) -> dict[str, float]:
         names = sorted(sums)
-        values = torch.stack([torch.as_tensor(sums[n], dtype=torch.float64).to("cpu") for n in names]) / count \
-            if names else torch.zeros(0, dtype=torch.float64)
+        # to the CPU before float64: MPS has no float64
+        values = torch.tensor([float(sums[n].detach().to("cpu")) if isinstance(sums[n], torch.Tensor) else sums[n]
+                               for n in names], dtype=torch.float64) / count
         if self.world_size > 1:
             on_device = values.to(self.device) if self.device.type == "cuda" else values
             dist.all_reduce(on_device)
@@ -551,6 +552,9 @@ class Trainer:
                     raise TypeError(f"{type(task).__name__}.training_step must return a dict of losses, "
                                     f"got {type(losses).__name__}")
                 for name, value in losses.items():
+                    if isinstance(value, torch.Tensor) and value.numel() != 1:
+                        raise ValueError(f"training_step returned {name!r} with shape {list(value.shape)}; "
+                                         "losses must be scalars (floats or one-element tensors)")
                     value = value.detach() if isinstance(value, torch.Tensor) else float(value)
                     sums[name] = sums[name] + value if name in sums else value
                 count += 1

@@ -108,6 +108,15 @@ def test_non_finite_loss_stops_training(tmp_path):
         Trainer(Diverging(), steps=6, batch_size=2, out_dir=tmp_path, log_every=2, progress=False).fit()
 
 
+def test_non_scalar_loss_is_named(tmp_path):
+    class Vector(ToyTask):
+        def training_step(self, batch, step):
+            return {"per_sample": torch.ones(3)}
+
+    with pytest.raises(ValueError, match=r"'per_sample' with shape \[3\]; losses must be scalars"):
+        Trainer(Vector(), steps=1, batch_size=2, out_dir=tmp_path, progress=False).fit()
+
+
 def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
         Trainer(ToyTask(), steps=3, batch_size=0, out_dir=tmp_path)
