@@ -85,11 +85,13 @@ progress=True, ddp_kwargs=None)``
   the last log_every steps and over ranks, ...}``; validation lines have ``"kind": "val"``.
   A non-finite logged loss raises ``FloatingPointError`` naming the loss and step.
 - Checkpoints: ``out_dir/checkpoints/step_00001000.{safetensors,json}`` through
-  ``facelib.checkpoint.save_training_state`` (weights, optimiser state, RNG states, log
-  position; no pickle), every ``checkpoint_every`` steps (0: only at the end) and always at
-  the end; the newest ``keep_checkpoints`` are kept. A fresh (not resumed) run starts a new
-  log and deletes the ``step_*`` checkpoints a previous run left in ``out_dir/checkpoints``. Under DDP rank 0 writes the state and
-  every other rank ``r`` writes its RNG to ``step_...rank{r}.rng.safetensors``.
+  ``facelib.checkpoint.save_training_state`` (weights, optimiser state, ``task.stateful()``,
+  RNG states, elapsed seconds; no pickle), every ``checkpoint_every`` steps (0: only at the
+  end) and always at the end; the newest ``keep_checkpoints`` are kept. Other attributes of
+  the task (e.g. an early-stopping best) are not saved unless ``stateful()`` exposes them.
+  A fresh (not resumed) run starts a new log and deletes the ``step_*`` checkpoints a
+  previous run left in ``out_dir/checkpoints``. Under DDP rank 0 writes the state and every
+  other rank ``r`` writes its RNG to ``step_...rank{r}.rng.safetensors``.
 - Resume: ``resume=True`` continues from the newest checkpoint in ``out_dir`` (or starts fresh
   when there is none); ``fit(resume_from=stem)`` from a given one. On CPU the resumed run is
   bit-identical to an uninterrupted one; log lines after the checkpoint's step are dropped.
