@@ -139,7 +139,7 @@ def detect_face(image, *, min_face: int = 24) -> FaceDetection:
         warnings.warn(f"found {len(faces)} faces; using the largest, box (x, y, w, h) = {faces[0]}",
                       stacklevel=2)
     box = faces[0]
-    eyes = _detect_eyes(rgb, box)
+    eyes = detect_eyes(rgb, box)
     if eyes is None:
         warnings.warn("eyes not found by the Haar cascades; estimating them from the face box "
                       "(alignment may be rotated a little)", stacklevel=2)
@@ -149,13 +149,15 @@ def detect_face(image, *, min_face: int = 24) -> FaceDetection:
     return FaceDetection(box, eyes, True)
 
 
-def _detect_eyes(rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray | None:
-    """Best pair of eye candidates inside the face box, or None.
+def detect_eyes(image, box: tuple[int, int, int, int]) -> np.ndarray | None:
+    """The two eye centres ``[2, 2]`` (image's left eye first) inside face ``box`` ``(x, y, w, h)``, or None.
 
     Both eye cascades run on the face box, raw and histogram-equalised (equalising helps in
-    shadow but hides eyes behind glasses); detections that agree are merged into votes.
+    shadow but hides eyes behind glasses); detections that agree are merged into votes, the
+    best-placed pair wins, and each centre is refined to the iris. One eye only: mirrored.
     """
-    x, y, w, h = box
+    rgb = load_image(image, min_side=1)
+    x, y, w, h = (int(v) for v in box)
     roi = rgb[max(y, 0):y + h, max(x, 0):x + w]
     zoom = _EYE_ROI_WIDTH / roi.shape[1]
     roi = cv2.resize(roi, (_EYE_ROI_WIDTH, round(roi.shape[0] * zoom)),
@@ -337,7 +339,10 @@ def paste_back(photo, edited_crop, transform, *, feather: float = 0.05, mask: np
     corners = np.array([[0, 0, 1], [size - 1, 0, 1], [0, size - 1, 1], [size - 1, size - 1, 1]], float)
     photo_corners = corners @ inverse.T
     scale = math.hypot(transform[0, 0], transform[1, 0])  # crop pixels per photo pixel
-    levels = max(1, min(6, int(math.log2(max(size / scale, 2.0))) - 2))
+    # Coarse pyramid levels spread the mask by ~2^level pixels: stop where that would reach past
+    # the faded-out rim of the mask (2 sigma inside the crop), so the crop's footprint bounds the edit.
+    rim = 2.0 * max(feather * size, 0.5) / scale  # photo pixels
+    levels = max(1, min(6, int(math.log2(max(rim, 2.0)))))
     margin = 2 ** levels
     x0 = int(max(0, math.floor(photo_corners[:, 0].min()) - margin))
     y0 = int(max(0, math.floor(photo_corners[:, 1].min()) - margin))
@@ -350,9 +355,11 @@ def paste_back(photo, edited_crop, transform, *, feather: float = 0.05, mask: np
     shifted[:, 2] += transform[:, :2] @ np.array([x0, y0], float)  # ROI pixel -> crop pixel
     roi_size = (x1 - x0, y1 - y0)
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    pasted = cv2.warpAffine(crop.astype(np.float32), shifted, roi_size, flags=flags, borderMode=cv2.BORDER_REPLICATE)
-    alpha = cv2.warpAffine(weights, shifted, roi_size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     region = rgb[y0:y1, x0:x1].astype(np.float32)
+    # Outside the crop's footprint the "pasted" image is the photo itself, so nothing leaks from there.
+    pasted = cv2.warpAffine(crop.astype(np.float32), shifted, roi_size, flags=flags,
+                            borderMode=cv2.BORDER_TRANSPARENT, dst=region.copy())
+    alpha = cv2.warpAffine(weights, shifted, roi_size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
     # Bands finer than one crop pixel (level l holds wavelengths ~2^(l+1) photo pixels) carry no crop
     # information: with detail="photo" they are taken from the photo.

@@ -19,7 +19,8 @@ more than ``max_pixels``   ``ValueError`` *before* decoding: the header's size i
                            first, so a decompression bomb never reaches memory
 =========================  ===================================================================
 
-Arrays are taken to be RGB already (OpenCV users: convert BGR with ``img[..., ::-1]``).
+Arrays are taken to be RGB already (OpenCV users: convert BGR with ``img[..., ::-1]``). A
+``uint8`` ``[H, W, 3]`` array is returned as it is (no copy): copy before writing into it.
 """
 from __future__ import annotations
 
@@ -162,6 +163,10 @@ def _array_to_rgb(array: np.ndarray) -> np.ndarray:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
         raise ValueError(f"cannot read an image array of shape {array.shape}; accepted: {_ACCEPTED}")
+    if array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3:
+        return np.ascontiguousarray(array)  # already what we want: no copy
+    if array.dtype == np.uint8 and array.ndim == 2:
+        return np.repeat(array[..., None], 3, axis=2)
     if array.dtype == np.uint8:
         scaled = array.astype(np.float64)
     elif array.dtype == np.bool_:
