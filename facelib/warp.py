@@ -226,8 +226,9 @@ def flow_to_rgb(flow: Tensor, max_magnitude: float | None = None) -> Tensor:
             image's own largest length (pass one number to compare several flows on one scale).
 
     Returns:
-        ``[B, 3, H, W]`` (or ``[3, H, W]``) RGB in ``[0, 1]``; zero flow is white, +x (sampling from the
-        right) is red, +y (sampling from below) is yellow-green... as in Baker et al. (2011).
+        ``[B, 3, H, W]`` (or ``[3, H, W]``) RGB in ``[0, 1]``, as in Baker et al. (2011): zero flow is
+        white; +dx (reading from the right) is red, +dy (reading from below) yellow, -dx cyan-blue,
+        -dy violet.
     """
     if isinstance(flow, Tensor) and flow.ndim == 3:
         return flow_to_rgb(flow.unsqueeze(0), max_magnitude)[0]
