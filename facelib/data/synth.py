@@ -1,0 +1,1157 @@
+"""SynthFaces renderer: procedural faces with ground truth for every label the five papers use.
+
+Everything is defined in continuous, normalised coordinates (the image spans ``[-1, 1]`` in x and
+y, y pointing down) and evaluated on the pixel grid at any size, so the same face renders at 64,
+128 or 512 pixels. A render goes through three maps:
+
+    pixel p --(pose, yaw)--> face-plane point v --(expression, 17 AUs)--> canonical point u
+
+and every appearance layer (skin, shading, eyes, brows, nose, lips, hair, beard, glasses) is an
+analytic function of the *canonical* point ``u``. Geometry therefore moves exactly with the maps:
+
+* **Pose**: the face is a 2.5-D surface (a Gaussian dome plus a nose) rotated about the vertical
+  axis and projected orthographically; its inverse is solved per pixel by Newton's method.
+* **Expression**: the inverse expression map ``u = v - D(v)`` is a sum of smooth Gaussian
+  displacements anchored at facial landmarks (brows, lids, cheeks, nose wings, lips, chin, jaw),
+  evaluated on a coarse grid and sampled bilinearly (the field is smooth). The lips can part:
+  there are two branches of the map, one attached to the upper lip and one to the lower lip,
+  which coincide away from the mouth and separate between the lip corners (AU10/25/26).
+* **Texture**: what no map can explain is a layer whose opacity depends on the AUs: the mouth
+  interior, teeth and tongue between the parted lips, wrinkles (furrow, forehead lines, crow's feet,
+  nose wrinkles, nasolabial folds, dimples, chin), and the eyelids (AU5/6/7/45 move the lid lines).
+
+``render_pair`` returns the exact backward flow between two expressions of one face (same pose,
+light and background): for a target pixel ``p`` showing canonical point ``u_T``, it finds the
+source pixel ``q`` showing the same point (Newton's method on the source's expression map, then
+the forward pose map), ``flow = q - p``. ``visible`` marks the target pixels that flow explains:
+built from the layers, not from image differences.
+
+Identity: about 40 continuous parameters drawn from a hash of the integer id (unlimited
+identities, identical on every machine). Emotions: FACS/EMFACS prototypes with a 0-5 intensity
+scale and per-identity idiosyncrasy (AU gains and left/right asymmetry).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..conventions import AU_CODES, AU_MAX, EXPRESSIONS, NUM_AUS, au_index, expression_index
+
+__all__ = [
+    "render", "render_pair", "emotion_aus", "emotion_asymmetry", "identity_params",
+    "LANDMARK_NAMES", "PROTOTYPES", "YAW_LIMIT", "BACKGROUNDS",
+]
+
+#: Largest head yaw in degrees (LEED edits profiles; the 2.5-D face model holds up to here).
+YAW_LIMIT = 45.0
+#: Background kinds accepted by ``render(background=...)``.
+BACKGROUNDS = ("plain", "gradient", "textured", "random")
+
+#: Names of the landmarks, in the order of ``render(...)["landmarks"]`` (image-left side first).
+LANDMARK_NAMES: tuple[str, ...] = (
+    "brow_left_outer", "brow_left_mid", "brow_left_inner",
+    "brow_right_inner", "brow_right_mid", "brow_right_outer",
+    "eye_left_outer", "eye_left_top", "eye_left_inner", "eye_left_bottom",
+    "eye_right_inner", "eye_right_top", "eye_right_outer", "eye_right_bottom",
+    "nose_bridge", "nose_tip", "nostril_left", "nostril_right",
+    "mouth_left", "lip_upper_top", "mouth_right", "lip_lower_bottom",
+    "lip_upper_inner", "lip_lower_inner",
+    "jaw_left", "jaw_left_mid", "chin", "jaw_right_mid", "jaw_right",
+)
+
+_A = {code: au_index(code) for code in AU_CODES}
+
+#: FACS/EMFACS prototypes at peak intensity (AU code -> intensity in [0, 5]).
+PROTOTYPES: dict[str, dict[int, float]] = {
+    "neutral": {},
+    "angry": {4: 4.5, 5: 3.0, 7: 3.5, 23: 4.0},
+    "contemptuous": {12: 3.5, 14: 4.0},  # unilateral: see emotion_asymmetry
+    "disgusted": {9: 4.0, 10: 3.5, 15: 2.5, 17: 2.5},
+    "fearful": {1: 4.0, 2: 3.5, 4: 2.5, 5: 4.0, 20: 4.0, 25: 3.0, 26: 2.5},
+    "happy": {6: 4.0, 12: 5.0, 25: 3.0},
+    "sad": {1: 4.5, 4: 3.0, 15: 4.0, 17: 2.5},
+    "surprised": {1: 4.5, 2: 4.5, 5: 3.5, 25: 3.0, 26: 4.0},
+    "squint": {6: 3.5, 7: 4.5, 45: 2.0},
+    "scream": {4: 4.0, 6: 3.5, 7: 4.0, 9: 3.5, 10: 4.0, 20: 3.5, 25: 5.0, 26: 5.0},
+}
+assert set(PROTOTYPES) == set(EXPRESSIONS)
+_PROTO = torch.zeros(len(EXPRESSIONS), NUM_AUS)
+for _name, _aus in PROTOTYPES.items():
+    for _code, _value in _aus.items():
+        _PROTO[expression_index(_name), _A[_code]] = _value
+
+# ----------------------------------------------------------------------------------------------
+# identity parameters: a counter-based hash of (id, parameter index) -> uniform [0, 1)
+# ----------------------------------------------------------------------------------------------
+_M32 = 0xFFFFFFFF
+
+
+def _hash_uniform(ids: Tensor, count: int, salt: int = 0) -> Tensor:
+    """``[N, count]`` uniforms in ``[0, 1)``, a pure function of (id, index, salt)."""
+    x = (ids.long()[:, None] & _M32) * 0x9E3779B1 + torch.arange(count) * 0x85EBCA77 + salt * 0xC2B2AE3D
+    x = x & _M32
+    for mult in (0x7FEB352D, 0x846CA68B, 0x2C1B3C6D):  # lowbias32-style mixing rounds
+        x = x ^ (x >> 16)
+        x = (x * mult) & _M32
+    x = x ^ (x >> 15)
+    return (x.double() / 2.0**32).float()
+
+
+def _palette(table: Tensor, t: Tensor) -> Tensor:
+    """Piecewise-linear colour ramp: ``t`` in [0, 1] -> ``[N, 3]``."""
+    pos = t.clamp(0, 1) * (len(table) - 1)
+    lo = pos.floor().long().clamp(max=len(table) - 2)
+    frac = (pos - lo)[:, None]
+    return table[lo] * (1 - frac) + table[lo + 1] * frac
+
+
+_SKIN = torch.tensor([[0.97, 0.82, 0.72], [0.92, 0.74, 0.62], [0.82, 0.60, 0.46],
+                      [0.68, 0.47, 0.33], [0.50, 0.33, 0.22], [0.33, 0.21, 0.14]])
+_HAIR = torch.tensor([[0.07, 0.055, 0.05], [0.20, 0.13, 0.08], [0.38, 0.24, 0.13],
+                      [0.55, 0.26, 0.11], [0.80, 0.64, 0.38], [0.62, 0.61, 0.60]])
+_IRIS = torch.tensor([[0.22, 0.12, 0.06], [0.40, 0.24, 0.10], [0.45, 0.38, 0.16],
+                      [0.28, 0.42, 0.24], [0.28, 0.46, 0.66], [0.46, 0.52, 0.58]])
+_FRAME = torch.tensor([[0.05, 0.05, 0.05], [0.32, 0.18, 0.08], [0.55, 0.55, 0.58], [0.45, 0.08, 0.10]])
+_SHIRT = torch.tensor([[0.15, 0.2, 0.4], [0.55, 0.1, 0.12], [0.9, 0.9, 0.88], [0.2, 0.35, 0.2],
+                       [0.25, 0.25, 0.27], [0.75, 0.6, 0.3]])
+
+#: Hair styles: 0 short, 1 medium, 2 long, 3 fringe, 4 buzz, 5 bald.
+HAIR_STYLES = ("short", "medium", "long", "fringe", "buzz", "bald")
+#: Facial hair: 0 none, 1 stubble, 2 moustache, 3 goatee, 4 full beard.
+FACIAL_HAIR = ("none", "stubble", "moustache", "goatee", "beard")
+_N_UNIFORMS = 48
+
+
+def identity_params(identity: Tensor) -> dict[str, Tensor]:
+    """Continuous identity parameters of each id (``[N]`` tensors, colours ``[N, 3]``).
+
+    Deterministic in the id and identical on every machine (integer hashing, no RNG state).
+    Shape: face width/length, jaw taper and squareness, eye size/spacing/height/shape, brow
+    thickness/arch/height/length, nose length/width, lip thickness, mouth width/height/curve,
+    ear size. Colour: skin tone and warmth, blush, iris, brows, lips, hair, shirt. Style: hair
+    style/volume/length/hairline, facial hair, glasses. Expression: per-AU gains and asymmetry.
+    """
+    ids = identity.long().reshape(-1)
+    r = _hash_uniform(ids, _N_UNIFORMS)
+    g = _hash_uniform(ids, 2 * NUM_AUS, salt=1)
+    masc = r[:, 0]  # 0: feminine-looking features, 1: masculine-looking
+    p: dict[str, Tensor] = {}
+    p["masc"] = masc
+    p["a"] = 0.50 + 0.06 * r[:, 1] + 0.02 * masc
+    p["b"] = 0.72 + 0.07 * r[:, 2]
+    p["jaw"] = 0.08 + 0.18 * r[:, 3] - 0.06 * masc
+    p["jaw_p"] = 2.0 + 0.5 * r[:, 4] + 0.5 * masc
+    tone = r[:, 5] ** 1.2
+    p["tone"] = tone
+    skin = _palette(_SKIN, tone)
+    warm = (r[:, 6] - 0.5) * 0.08
+    p["skin"] = (skin + torch.stack([warm, 0 * warm, -warm], 1)).clamp(0, 1)
+    p["blush"] = 0.05 + 0.10 * r[:, 7] * (1 - 0.6 * masc)
+    p["ew"] = 0.085 + 0.02 * r[:, 8]
+    p["eh"] = (0.37 + 0.12 * r[:, 9]) * p["ew"]
+    p["ex"] = 0.19 + 0.045 * r[:, 10]
+    p["ye"] = -0.06 + 0.06 * r[:, 11]
+    p["tilt"] = (r[:, 12] - 0.4) * 0.03
+    iris_t = torch.where(tone > 0.5, r[:, 13] * 0.3, r[:, 13])
+    p["iris"] = _palette(_IRIS, iris_t) * (0.8 + 0.3 * r[:, 14])[:, None]
+    p["brow_th"] = 0.015 + 0.014 * r[:, 15] + 0.008 * masc
+    p["brow_arch"] = 0.006 + 0.025 * r[:, 16] * (1.2 - 0.6 * masc)
+    p["yb"] = p["ye"] - p["eh"] - 0.05 - 0.03 * r[:, 17]
+    p["brow_out"] = p["ex"] + p["ew"] + 0.01 + 0.035 * r[:, 18]
+    p["yn"] = 0.20 + 0.08 * r[:, 19]
+    p["nw"] = 0.065 + 0.03 * r[:, 20] + 0.008 * masc
+    p["lu"] = 0.02 + 0.02 * r[:, 21] * (1.2 - 0.5 * masc)
+    p["ll"] = 0.028 + 0.022 * r[:, 22] * (1.2 - 0.4 * masc)
+    p["mw"] = 0.14 + 0.045 * r[:, 23]
+    p["ym"] = p["yn"] + 0.15 + 0.05 * r[:, 24]
+    p["mouth_curve"] = (r[:, 25] - 0.5) * 0.02
+    red = 0.25 + 0.35 * r[:, 26] * (1.3 - 0.6 * masc)
+    p["lip"] = (skin * torch.stack([0.95 + 0 * red, 0.72 - 0.3 * red, 0.72 - 0.25 * red], 1)).clamp(0, 1)
+    # hair: masculine faces get short styles more often, darker skin darker hair
+    style_u = r[:, 27]
+    short_bias = torch.where(masc > 0.5, style_u * 0.5 + 0.5 * (style_u > 0.7).float(), style_u)
+    style = (short_bias * 6).long().clamp(max=5)
+    style = torch.where(masc > 0.5, torch.tensor([0, 4, 0, 3, 4, 5])[style], torch.tensor([1, 2, 2, 3, 1, 0])[style])
+    p["hair_style"] = style.float()
+    hair_t = torch.where(tone > 0.55, r[:, 28] * 0.3, r[:, 28])
+    hair_rgb = _palette(_HAIR, hair_t) * (0.85 + 0.3 * r[:, 29])[:, None]
+    p["hair"] = hair_rgb.clamp(0, 1)
+    p["brow"] = (hair_rgb * (0.55 + 0.25 * r[:, 30])[:, None] + 0.02).clamp(0, 1)
+    p["hair_vol"] = 0.02 + 0.09 * r[:, 31]
+    long_len = 0.55 + 0.45 * r[:, 32]
+    p["hair_len"] = torch.where(style == 2, long_len, torch.where(style == 1, 0.25 + 0.2 * r[:, 32], p["ye"]))
+    p["hairline"] = p["yb"] - 0.17 - 0.12 * r[:, 33] + torch.where(style == 3, 0.15 + 0.0 * r[:, 33], 0.0 * r[:, 33])
+    beard_u = r[:, 34]
+    beard = torch.where(masc > 0.55, (beard_u * 9).long().clamp(max=8), torch.zeros_like(style))
+    p["beard"] = beard.clamp(max=4).float()  # values 5..8 -> 4 (full beard) is rare enough
+    p["beard"] = torch.where(beard >= 5, torch.zeros_like(p["beard"]), p["beard"])
+    p["glasses"] = (r[:, 35] < 0.2).float()
+    p["glasses_round"] = (r[:, 36] < 0.5).float()
+    p["frame"] = _FRAME[(r[:, 37] * 4).long().clamp(max=3)]
+    p["ear"] = 0.9 + 0.25 * r[:, 38]
+    p["shirt"] = _SHIRT[(r[:, 39] * 6).long().clamp(max=5)] * (0.8 + 0.3 * r[:, 40])[:, None]
+    p["age"] = r[:, 41]
+    p["gaze"] = (r[:, 42] - 0.5) * 0.3
+    p["contempt_side"] = torch.where(r[:, 43] < 0.5, -1.0, 1.0)
+    # expression idiosyncrasy: per-AU gains (0.75-1.25) and left/right imbalance (+-0.3)
+    p["au_gain"] = 0.75 + 0.5 * g[:, :NUM_AUS]
+    p["au_asym"] = (g[:, NUM_AUS:] - 0.5) * 0.6
+    return p
+
+
+# ----------------------------------------------------------------------------------------------
+# emotions
+# ----------------------------------------------------------------------------------------------
+def _emotion_ids(emotion, n: int | None = None) -> Tensor:
+    if isinstance(emotion, str):
+        ids = torch.tensor([expression_index(emotion)])
+    elif isinstance(emotion, int):
+        ids = torch.tensor([emotion])
+    elif isinstance(emotion, Tensor):
+        ids = emotion.long().reshape(-1)
+    elif isinstance(emotion, (list, tuple)):
+        ids = torch.tensor([expression_index(e) if isinstance(e, str) else int(e) for e in emotion])
+    else:
+        raise TypeError(f"emotion must be a name, an int or a LongTensor; got {type(emotion).__name__}")
+    if ((ids < 0) | (ids >= len(EXPRESSIONS))).any():
+        raise ValueError(f"emotion index out of range 0..{len(EXPRESSIONS) - 1}; valid expressions are {list(EXPRESSIONS)}")
+    if n is not None and len(ids) == 1:
+        ids = ids.expand(n)
+    return ids
+
+
+def emotion_aus(emotion, intensity=5.0, identity=None) -> Tensor:
+    """AU intensities ``[N, 17]`` of an emotion at ``intensity`` in [0, 5] (5 = the prototype's peak).
+
+    ``emotion``: a name from ``facelib.EXPRESSIONS``, an index, or a LongTensor of indices.
+    With ``identity`` (int or LongTensor), each person's own AU gains (0.75-1.25) apply, so one
+    emotion looks different on different people (asymmetry is a render-time effect, see
+    :func:`emotion_asymmetry`).
+    """
+    intensity = torch.as_tensor(intensity, dtype=torch.float32).reshape(-1)
+    ident = None if identity is None else torch.as_tensor(identity).long().reshape(-1)
+    n = max(len(intensity), 1 if ident is None else len(ident))
+    ids = _emotion_ids(emotion, n)
+    n = max(n, len(ids))
+    if ((intensity < 0) | (intensity > AU_MAX)).any():
+        raise ValueError(f"intensity must lie in [0, {AU_MAX}]; got values in [{intensity.min():.3g}, {intensity.max():.3g}]")
+    aus = _PROTO[ids].expand(n, -1) * (intensity.expand(n) / AU_MAX)[:, None]
+    if ident is not None:
+        aus = aus * identity_params(ident.expand(n))["au_gain"]
+    return aus.clamp(0, AU_MAX)
+
+
+def emotion_asymmetry(emotion, identity) -> Tensor:
+    """Left/right AU balance ``[N, 17]`` in [-1, 1] for rendering an emotion on identities.
+
+    0 is symmetric, +1 acts only on the image-right half, -1 only on the left. Each identity has
+    its own mild imbalance (+-0.3, e.g. lopsided smiles); contempt is unilateral (AU12 and AU14 on
+    one side, which side is part of the identity).
+    """
+    ident = torch.as_tensor(identity).long().reshape(-1)
+    ids = _emotion_ids(emotion, len(ident))
+    params = identity_params(ident.expand(len(ids)) if len(ident) == 1 else ident)
+    asym = params["au_asym"].clone()
+    contempt = ids == expression_index("contemptuous")
+    for code in (12, 14):
+        asym[:, _A[code]] = torch.where(contempt, params["contempt_side"], asym[:, _A[code]])
+    return asym
+
+
+# ----------------------------------------------------------------------------------------------
+# small analytic helpers
+# ----------------------------------------------------------------------------------------------
+def _cover(sd: Tensor, px: float) -> Tensor:
+    """Anti-aliased coverage of the region ``sd < 0`` (``sd`` a signed distance in normalised units)."""
+    return (0.5 - sd * (1.0 / (1.2 * px))).clamp_(0, 1)
+
+
+def _line(d: Tensor, width, px: float) -> Tensor:
+    """A soft line of half-width ``width`` at ``d = 0``, pre-filtered to the pixel size.
+
+    Lines thinner than a pixel widen and fade instead of aliasing: the integrated darkness is
+    the same at every resolution.
+    """
+    w2 = width * width + (0.45 * px) ** 2
+    return (width / w2**0.5) * torch.exp(-0.5 * d * d / w2)
+
+
+def _fine(freq: float, px: float) -> float:
+    """Amplitude of a texture of spatial frequency ``freq`` (radians per unit) at this pixel size."""
+    return math.exp(-0.5 * (freq * px * 0.5) ** 2)
+
+
+def _mix(colour: Tensor, layer: Tensor, alpha: Tensor) -> Tensor:
+    """Alpha-composite ``layer`` ([n,3,...] or [n,3,1,1]) over ``colour`` with ``alpha`` [n,...]."""
+    return torch.lerp(colour, layer.expand_as(colour), alpha.unsqueeze(1))
+
+
+def _rgb(c: Tensor) -> Tensor:
+    return c[:, :, None, None]
+
+
+def _v(x: Tensor) -> Tensor:
+    return x[:, None, None]
+
+
+def _gauss(x: Tensor, y: Tensor, cx, cy, sx, sy) -> Tensor:
+    return torch.exp(-0.5 * (((x - cx) / sx) ** 2 + ((y - cy) / sy) ** 2))
+
+
+# ----------------------------------------------------------------------------------------------
+# pose: 2.5-D surface, yaw about the vertical axis, orthographic projection
+# ----------------------------------------------------------------------------------------------
+_DOME = (0.45, 0.42, 0.75, 0.05)  # amplitude, sigma_x, sigma_y, centre_y
+_Z0 = 0.2  # depth of the rotation axis, so the head turns about its middle, not its tip
+_NEWTON_POSE = 5
+
+
+def _pose_depth(x: Tensor, y: Tensor, yn: Tensor) -> tuple[Tensor, Tensor]:
+    """Depth of the face surface used for the pose map, and its x-derivative (``yn``: nose height)."""
+    amp, sx, sy, cy = _DOME
+    dome = amp * torch.exp(-0.5 * ((x / sx) ** 2 + ((y - cy) / sy) ** 2))
+    nose = 0.05 * torch.exp(-0.5 * ((x / 0.045) ** 2 + ((y - (yn - 0.08)) / 0.11) ** 2))
+    z = dome + nose
+    dz = -dome * x / sx**2 - nose * x / 0.045**2
+    return z, dz
+
+
+def _pose_forward(w: Tensor, yn: Tensor, sin_t: Tensor, squash: Tensor) -> Tensor:
+    """Face-plane points ``w`` [n,2,...] -> image points (normalised)."""
+    z, _ = _pose_depth(w[:, 0], w[:, 1], yn)
+    return torch.stack([squash * w[:, 0] + sin_t * (z - _Z0), w[:, 1]], 1)
+
+
+def _pose_inverse(px_: Tensor, py_: Tensor, yn: Tensor, sin_t: Tensor, squash: Tensor) -> Tensor:
+    """Image points -> face-plane x (Newton on ``squash*x + sin*(z(x, y) - z0) = p_x``)."""
+    x = (px_ + sin_t * _Z0) / squash
+    for _ in range(_NEWTON_POSE):
+        z, dz = _pose_depth(x, py_, yn)
+        x = x - (squash * x + sin_t * (z - _Z0) - px_) / (squash + sin_t * dz)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# expression: anchored Gaussian displacements (inverse map u = v - D(v)) on a coarse grid
+# ----------------------------------------------------------------------------------------------
+_GRID = 40          # coarse grid nodes per side
+_GRID_RANGE = 1.3   # the coarse grid spans [-R, R]^2 of the face plane
+
+# (name, sided, sigma, {AU code: (dx outward, dy) per AU unit})
+_ANCHORS = (
+    ("brow_inner", True, 0.07, {1: (0.0, -0.022), 4: (-0.010, 0.014), 9: (-0.003, 0.008)}),
+    ("brow_mid", True, 0.08, {1: (0.0, -0.010), 2: (0.0, -0.016), 4: (-0.005, 0.010)}),
+    ("brow_outer", True, 0.07, {2: (0.0, -0.020), 4: (0.0, 0.004), 6: (0.0, 0.004)}),
+    ("lid_upper", True, 0.05, {5: (0.0, -0.006), 7: (0.0, 0.003)}),
+    ("lid_lower", True, 0.05, {6: (0.0, -0.008), 7: (0.0, -0.004)}),
+    ("cheek", True, 0.09, {6: (0.002, -0.014), 12: (0.006, -0.010), 10: (0.0, -0.003), 9: (0.0, -0.003)}),
+    ("nose_wing", True, 0.055, {9: (0.002, -0.012), 10: (0.001, -0.006), 12: (0.001, -0.003)}),
+    ("lip_upper_side", True, 0.055, {10: (0.0, -0.012), 9: (0.0, -0.006), 12: (0.003, -0.003)}),
+    ("mouth_corner", True, 0.055, {12: (0.012, -0.016), 14: (0.005, -0.003), 15: (0.003, 0.018),
+                                   20: (0.020, 0.004), 23: (-0.007, 0.0), 26: (-0.004, 0.012),
+                                   25: (0.0, 0.003), 10: (0.002, -0.004), 6: (0.001, -0.003)}),
+    ("lip_upper_mid", False, 0.05, {10: (0.0, -0.011), 9: (0.0, -0.005)}),
+    ("lip_lower_mid", False, 0.06, {17: (0.0, -0.014), 15: (0.0, 0.003), 20: (0.0, 0.003)}),
+    ("chin", False, 0.09, {17: (0.0, -0.012)}),
+)
+
+
+def _anchor_positions(P: dict) -> dict[str, tuple[Tensor, Tensor]]:
+    """Canonical (x on the image-right side, y) of each anchor, ``[n]`` tensors."""
+    z = torch.zeros_like(P["a"])
+    brow_in = 0.07 + 0 * z
+    return {
+        "brow_inner": (brow_in + 0.02, P["yb"]),
+        "brow_mid": ((brow_in + P["brow_out"]) / 2, P["yb"] - P["brow_arch"]),
+        "brow_outer": (P["brow_out"] - 0.02, P["yb"] - 0.3 * P["brow_arch"]),
+        "lid_upper": (P["ex"], P["ye"] - P["eh"] - 0.03),
+        "lid_lower": (P["ex"], P["ye"] + 0.7 * P["eh"] + 0.035),
+        "cheek": (P["ex"] + 0.02, P["ye"] + 0.17),
+        "nose_wing": (P["nw"], P["yn"] + 0.01),
+        "lip_upper_side": (0.06 + z, P["ym"] - 0.5 * P["lu"] - 0.01),
+        "mouth_corner": (P["mw"], P["ym"]),
+        "lip_upper_mid": (z, P["ym"] - 0.6 * P["lu"]),
+        "lip_lower_mid": (z, P["ym"] + 0.6 * P["ll"]),
+        "chin": (z, P["a"] * 0 + P["b"] - 0.1),
+    }
+
+
+_ANCHOR_TABLE = None
+
+
+def _anchor_table() -> tuple[Tensor, Tensor, Tensor, list[tuple[str, int]]]:
+    """Per-anchor AU coefficients ``[K, 17, 2]`` (dx outward, dy), sigmas ``[K]``, sides ``[K]``."""
+    global _ANCHOR_TABLE
+    if _ANCHOR_TABLE is None:
+        rows, sig, side, names = [], [], [], []
+        for name, sided, sigma, effects in _ANCHORS:
+            for s in ((-1, 1) if sided else (0,)):
+                coef = torch.zeros(NUM_AUS, 2)
+                for code, (dx, dy) in effects.items():
+                    coef[_A[code]] = torch.tensor([dx * (s if s else 1), dy])
+                rows.append(coef)
+                sig.append(sigma)
+                side.append(s)
+                names.append((name, s))
+        _ANCHOR_TABLE = (torch.stack(rows), torch.tensor(sig), torch.tensor(side, dtype=torch.float32), names)
+    return _ANCHOR_TABLE
+
+
+def _displacement(vx: Tensor, vy: Tensor, P: dict, au_l: Tensor, au_r: Tensor) -> tuple[Tensor, Tensor]:
+    """Expression displacement D(v) at face-plane points ``[n, H, W]``."""
+    coef, sig, side, names = _anchor_table()
+    pos = _anchor_positions(P)
+    ax = torch.stack([pos[name][0] * (s if s else 0.0) for name, s in names], 1)   # [n, K]
+    ay = torch.stack([pos[name][1] for name, _ in names], 1)                         # [n, K]
+    au_k = torch.where(side[None, :, None] < 0, au_l[:, None], torch.where(side[None, :, None] > 0, au_r[:, None], (au_l[:, None] + au_r[:, None]) / 2))
+    disp = torch.einsum("nka,kad->nkd", au_k, coef)                                 # [n, K, 2]
+    # soft saturation keeps every anchor's gradient below ~0.8, so the map never folds
+    mag = disp.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+    cap = 1.3 * sig[None, :, None]
+    disp = disp * (cap * torch.tanh(mag / cap) / mag)
+    g = torch.exp(-0.5 * ((vx[:, None] - ax[..., None, None]) ** 2 + (vy[:, None] - ay[..., None, None]) ** 2)
+                  / (sig[None, :, None, None] ** 2))                                 # [n, K, H, W]
+    dx = (g * disp[..., 0, None, None]).sum(1)
+    dy = (g * disp[..., 1, None, None]).sum(1)
+    # AU23 lip tightener: squeeze the lips toward the mouth line
+    k23 = 0.08 * (au_l[:, _A[23]] + au_r[:, _A[23]]) / 2
+    mouth = torch.exp(-0.5 * ((vx / _v(P["mw"])) ** 2 + ((vy - _v(P["ym"])) / 0.05) ** 2))
+    dy = dy - _v(k23) * (vy - _v(P["ym"])) * mouth
+    # AU12 / AU15 bend the mouth into a U / an arch (the corners move, the middle stays)
+    bend = 0.009 * (au_l[:, _A[15]] + au_r[:, _A[15]]) / 2 - 0.011 * (au_l[:, _A[12]] + au_r[:, _A[12]]) / 2
+    mouth_wide = torch.exp(-0.5 * ((vx / (1.2 * _v(P["mw"]))) ** 4 + ((vy - _v(P["ym"])) / 0.08) ** 2))
+    dy = dy + _v(bend) * (vx / _v(P["mw"])) ** 2 * mouth_wide
+    # AU26 jaw drop: the lower face below the mouth slides down, fading below the chin
+    jaw = 0.025 * (au_l[:, _A[26]] + au_r[:, _A[26]]) / 2
+    below = torch.sigmoid((vy - _v(P["ym"]) - 0.03) / 0.04)
+    fade = torch.exp(-0.5 * ((vx / 0.32) ** 2 + ((vy - _v(P["b"])).clamp_min(0) / 0.12) ** 2))
+    dy = dy + _v(jaw) * below * fade
+    return dx, dy
+
+
+def _expression_grid(P: dict, au_l: Tensor, au_r: Tensor) -> Tensor:
+    """Inverse expression map ``u = v - D(v)`` on the coarse grid: ``[n, 2, G, G]``."""
+    n = au_l.shape[0]
+    nodes = (torch.arange(_GRID, dtype=torch.float32) + 0.5) * (2 * _GRID_RANGE / _GRID) - _GRID_RANGE
+    vy, vx = torch.meshgrid(nodes, nodes, indexing="ij")
+    vx, vy = vx.expand(n, -1, -1), vy.expand(n, -1, -1)
+    dx, dy = _displacement(vx, vy, P, au_l, au_r)
+    return torch.stack([vx - dx, vy - dy], 1)
+
+
+def _sample_grid(grid: Tensor, vx: Tensor, vy: Tensor) -> tuple[Tensor, Tensor]:
+    """Bilinear lookup of the coarse map at face-plane points ``[n, ...]`` (any trailing shape)."""
+    shape = vx.shape
+    g = torch.stack([vx.reshape(shape[0], -1, 1), vy.reshape(shape[0], -1, 1)], -1) / _GRID_RANGE
+    out = F.grid_sample(grid, g, mode="bilinear", padding_mode="border", align_corners=False)
+    return out[:, 0].reshape(shape), out[:, 1].reshape(shape)
+
+
+def _opening(P: dict, au_l: Tensor, au_r: Tensor) -> tuple[Tensor, Tensor]:
+    """How far the upper / lower lip branch separate at the mouth centre, ``[n]`` each."""
+    au = (au_l + au_r) / 2
+    g_up = 0.006 * au[:, _A[25]] + 0.004 * au[:, _A[10]] + 0.003 * au[:, _A[26]]
+    g_low = 0.011 * au[:, _A[25]] + 0.02 * au[:, _A[26]]
+    return g_up, g_low
+
+
+def _like(value: Tensor, field: Tensor) -> Tensor:
+    """View a per-image ``[n]`` value so it broadcasts against ``field`` ``[n, ...]``."""
+    return value.reshape(-1, *([1] * (field.ndim - 1)))
+
+
+def _mouth_line(ux: Tensor, P: dict) -> Tensor:
+    return _like(P["ym"], ux) + _like(P["mouth_curve"], ux) * (ux / _like(P["mw"], ux)) ** 2
+
+
+def _branches(ux: Tensor, uy: Tensor, P: dict, g_up: Tensor, g_low: Tensor):
+    """Split the base canonical point into the upper-lip and lower-lip branches.
+
+    Returns (y of the upper branch, y of the lower branch, signed distance of each to the
+    mouth line). The branches differ only between the lip corners, by a lens-shaped opening.
+    """
+    t2 = (ux / _like(P["mw"], ux)) ** 2
+    dy = uy - _mouth_line(ux, P)
+    lens = (1 - t2).clamp_min(0) ** 1.5 * torch.exp(-0.5 * (dy / 0.1) ** 2)
+    up = _like(g_up, ux) * lens
+    low = _like(g_low, ux) * lens
+    return uy + up, uy - low, dy + up, dy - low
+
+
+# ----------------------------------------------------------------------------------------------
+# appearance
+# ----------------------------------------------------------------------------------------------
+def _side_values(au_l: Tensor, au_r: Tensor) -> dict[str, Tensor]:
+    """Per-side AU-driven quantities for the lids and wrinkles, ``[n, 2]`` (left, right)."""
+    au = torch.stack([au_l, au_r], 1) / AU_MAX  # [n, 2, 17] in [0, 1]
+    k = {code: au[..., _A[code]] for code in AU_CODES}
+    return {
+        "open": (1 + 0.3 * k[5] - 0.25 * k[7] - 0.1 * k[6] - 1.0 * k[45]).clamp(0, 1.35),
+        "raise": (0.3 * k[6] + 0.4 * k[7]).clamp(0, 0.7),
+        "k": k,
+    }
+
+
+def _sided(values: Tensor, right: Tensor) -> Tensor:
+    """Pick the left or right value of ``[n, 2]`` per pixel (``right``: bool ``[n, H, W]``)."""
+    return torch.where(right, values[:, 1, None, None], values[:, 0, None, None])
+
+
+def _appearance(ux: Tensor, uy: Tensor, P: dict, sv: dict, scene: dict, px: float, gap: tuple | None):
+    """Colour of canonical points.
+
+    ``ux, uy`` [n, H, W] canonical coordinates; ``sv`` per-side AU quantities; ``scene`` pose and
+    light; ``gap`` = (s_up, s_low) signed distances of the two lip branches to the mouth line,
+    or None when only the AU-dependent layers are wanted.
+    Returns colour [n, 3, H, W] in [0, 1] (before the background), head alpha, face-skin alpha
+    and the AU-dependent layer state [n, 3, H, W] (eye opening, lash line, wrinkles).
+    """
+    n = ux.shape[0]
+    right = ux > 0
+    xm = ux.abs()
+    a, b = _v(P["a"]), _v(P["b"])
+    k = sv["k"]
+    sin_t, cos_t = scene["sin"], scene["cos"]
+
+    # --- face oval (with a tapering, squarer jaw)
+    t_low = (uy / b).clamp(0, 1)
+    ax = a * (1 - _v(P["jaw"]) * t_low * t_low)
+    rx, ry = xm / ax, uy / b
+    pw = torch.where(uy > 0, _v(P["jaw_p"]), torch.full_like(uy, 2.0))
+    r = (rx.pow(pw) + ry.abs().pow(pw)).pow(1 / pw)
+    face_sd = (r - 1) * torch.minimum(ax, b) * 0.9
+    face = _cover(face_sd, px)
+
+    # --- shading normal from a bumpy depth (dome, nose, brow ridge, sockets, cheekbones, lips, chin)
+    ex, ye, yb, yn, ym = _v(P["ex"]), _v(P["ye"]), _v(P["yb"]), _v(P["yn"]), _v(P["ym"])
+    zx = torch.zeros_like(ux)
+    zy = torch.zeros_like(ux)
+
+    def bump(cx, cy, sx, sy, amp, x=ux):
+        nonlocal zx, zy
+        g = amp * _gauss(x, uy, cx, cy, sx, sy)
+        zx = zx - g * (x - cx) / sx**2
+        zy = zy - g * (uy - cy) / sy**2
+        return g
+
+    amp, sx, sy, cy = _DOME
+    bump(0.0, cy, sx, sy, amp)
+    bump(0.0, yn - 0.09, 0.03, 0.09, 0.045)     # nose bridge
+    bump(0.0, yn - 0.01, 0.032, 0.03, 0.04)     # nose tip
+    sgn = torch.where(right, 1.0, -1.0)
+    bump(sgn * _v(P["nw"]) * 0.7, yn + 0.005, 0.03, 0.025, 0.018)  # nose wings
+    bump(sgn * 0.2, yb + 0.015, 0.12, 0.035, 0.025)                 # brow ridge
+    bump(sgn * ex, ye, 0.08, 0.05, -0.035)                          # eye sockets
+    bump(sgn * (ex + 0.06), ye + 0.15, 0.09, 0.07, 0.03)            # cheekbones
+    bump(0.0, ym - 0.01, 0.11, 0.03, 0.012)                         # upper lip
+    bump(0.0, ym + 0.035, 0.09, 0.025, 0.014)                       # lower lip
+    bump(0.0, b - 0.11, 0.11, 0.06, 0.025)                          # chin
+    inv = torch.rsqrt(zx * zx + zy * zy + 1)
+    nx, ny, nz = -zx * inv, -zy * inv, inv
+    nx, nz = nx * cos_t + nz * sin_t, nz * cos_t - nx * sin_t
+    L = scene["light"]  # [n, 3] unit direction towards the light, times strength
+    ndl = (nx * _v(L[:, 0]) + ny * _v(L[:, 1]) + nz * _v(L[:, 2])).clamp_min(0)
+    shade = _v(scene["ambient"]) + ndl
+    spec = (nx * _v(scene["half"][:, 0]) + ny * _v(scene["half"][:, 1]) + nz * _v(scene["half"][:, 2])).clamp_min(0)
+    spec = spec * spec
+    spec = spec * spec
+    spec = spec * spec * 0.08  # (n.h)^8
+
+    # --- skin with blush, under-eye darkening and stubble shadow
+    skin = _rgb(P["skin"]).expand(n, 3, *ux.shape[1:]).clone()
+    cheeks = _gauss(xm, uy, ex + 0.02, ye + 0.19, 0.09, 0.07) * _v(P["blush"])
+    skin = skin * (1 - cheeks.unsqueeze(1) * torch.tensor([0.0, 0.6, 0.5])[None, :, None, None])
+    under_eye = 0.06 * _gauss(xm, uy, ex, ye + 0.06, 0.07, 0.025)
+    skin = skin * (1 - under_eye.unsqueeze(1))
+
+    # wrinkles and other AU-dependent darkening (the "texture" part of an expression)
+    wr = torch.zeros_like(ux)
+    k4 = (k[4][:, 0] + k[4][:, 1]) / 2
+    furrow = _line(xm - 0.022, 0.004, px) * _gauss(xm, uy, 0.0, yb + 0.02, 1.0, 0.045)
+    wr = wr + 0.4 * _v(k4) * furrow
+    k9 = (k[9][:, 0] + k[9][:, 1]) / 2
+    bridge_y = ye + 0.03
+    nose_lines = (_line(uy - bridge_y, 0.004, px) + _line(uy - bridge_y - 0.03, 0.004, px)) * _gauss(xm, uy, 0.0, bridge_y, 0.04, 1.0)
+    wr = wr + 0.35 * _v(k9) * nose_lines
+    k1 = (k[1][:, 0] + k[1][:, 1]) / 2
+    k2 = _sided(k[2], right)
+    fh = torch.zeros_like(ux)
+    for i in range(3):
+        fy = yb - 0.11 - 0.055 * i - 0.06 * (xm / 0.3) ** 2 * 0.3
+        fh = fh + _line(uy - fy, 0.004, px)
+    wr = wr + 0.28 * (0.7 * _v(k1) * _gauss(xm, uy, 0.0, yb, 0.16, 1.0) + 0.6 * k2 * _gauss(xm, uy, 0.24, yb, 0.1, 1.0)) * fh
+    k6 = _sided(k[6], right)
+    corner_x = ex + _v(P["ew"]) + 0.012
+    crow = torch.zeros_like(ux)
+    for slope in (-0.55, 0.0, 0.55):
+        crow = crow + _line((uy - ye) - slope * (xm - corner_x), 0.0035, px)
+    crow = crow * ((xm - corner_x) / 0.012).clamp(0, 1) * _gauss(xm, uy, corner_x + 0.03, ye, 0.035, 0.05)
+    k7 = _sided(k[7], right)
+    eyebag = _line(uy - (ye + _v(P["eh"]) * 0.8 + 0.03), 0.004, px) * _gauss(xm, uy, ex, ye, 0.07, 1.0)
+    wr = wr + 0.35 * k6 * crow + 0.25 * (0.6 * k6 + 0.4 * k7) * eyebag
+    k12 = _sided(k[12], right)
+    k10 = _sided(k[10], right)
+    k9s = _sided(k[9], right)
+    fold_t = ((uy - yn + 0.03) / (ym - yn + 0.09)).clamp(0, 1)
+    fold_x = _v(P["nw"]) + 0.012 + (_v(P["mw"]) + 0.035 - _v(P["nw"]) - 0.012) * fold_t
+    fold_win = ((uy - yn + 0.03) / 0.02).clamp(0, 1) * ((ym + 0.06 - uy) / 0.03).clamp(0, 1)
+    fold = _line(xm - fold_x, 0.006, px) * fold_win
+    fold_k = torch.maximum(torch.maximum(k12, 0.8 * k9s), torch.maximum(0.8 * k10, 0.5 * k6))
+    wr = wr + 0.35 * fold_k * fold
+    k14 = _sided(k[14], right)
+    dimple = _line(xm - _v(P["mw"]) - 0.022, 0.005, px) * _gauss(xm, uy, 0.0, ym + 0.005, 1.0, 0.022)
+    wr = wr + 0.45 * k14 * dimple
+    k15 = _sided(k[15], right)
+    marionette = _line(xm - _v(P["mw"]) - 0.012 - 0.25 * (uy - ym), 0.005, px) * _gauss(xm, uy, 0.0, ym + 0.06, 1.0, 0.04) * (uy > ym).float()
+    wr = wr + 0.3 * k15 * marionette
+    k17 = (k[17][:, 0] + k[17][:, 1]) / 2
+    sulcus = _line(uy - (ym + _v(P["ll"]) + 0.035 + 0.15 * ux * ux), 0.006, px) * _gauss(xm, uy, 0.0, 0.0, 0.08, 1.0)
+    chin_y = b - 0.12
+    dimpling = (torch.sin(ux * 90) * torch.sin(uy * 80) * 0.5 + 0.5) * _fine(120, px) * _gauss(xm, uy, 0.0, chin_y, 0.06, 0.05)
+    wr = wr + _v(k17) * (0.3 * sulcus + 0.15 * dimpling)
+    # the cheek apple lifts and catches light when smiling (AU6/AU12): a brightening "texture"
+    apple = 0.07 * torch.maximum(k12, k6) * _gauss(xm, uy, ex + 0.03, ye + 0.14, 0.06, 0.04)
+    # baseline wrinkles from age (identity, not AU: flow explains them)
+    age = _v(P["age"])
+    age_lines = 0.1 * age * (fold + 0.5 * crow + 0.5 * fh * _gauss(xm, uy, 0.0, yb, 0.2, 1.0))
+    skin = skin * (1 - (wr + age_lines).clamp(0, 0.7).unsqueeze(1)) * (1 + apple.unsqueeze(1))
+
+    # --- nose details: nostrils and alar creases
+    nwv = _v(P["nw"])
+    nostril = _cover(torch.sqrt(((xm - 0.42 * nwv) / 0.021) ** 2 + ((uy - yn - 0.022) / 0.010) ** 2) * 0.01 - 0.01, px)
+    skin = skin * (1 - 0.6 * nostril.unsqueeze(1))
+    alar = _line(torch.sqrt((xm - 0.55 * nwv) ** 2 + ((uy - yn) * 1.3) ** 2) - 0.5 * nwv, 0.004, px) * (uy > yn - 0.04).float() * (xm > 0.3 * nwv).float()
+    skin = skin * (1 - 0.25 * alar.unsqueeze(1))
+    philtrum = _line(xm - 0.018, 0.004, px) * _gauss(xm, uy, 0.0, (yn + ym) / 2, 1.0, 0.035)
+    skin = skin * (1 - 0.12 * philtrum.unsqueeze(1))
+
+    colour = skin
+
+    # --- facial hair (under the lips, over the skin)
+    beard = _v(P["beard"])
+    lip_top = _mouth_line(ux, P) - _v(P["lu"]) * 1.4
+    region_full = _cover(yn + 0.07 + 0.25 * (xm / a) ** 2 - uy, px * 4) * face
+    region_must = _cover(_mouth_line(ux, P) - 0.02 - uy, px * 2) * _cover(uy - lip_top + 0.04, px * 2) * _cover(xm - _v(P["mw"]) - 0.04, px * 2)
+    region_goat = _cover(xm - 0.1, px * 3) * _cover(_mouth_line(ux, P) + 0.02 - uy, px) * face
+    bd = torch.where(beard == 4, region_full, torch.where(beard == 3, torch.maximum(region_goat, region_must),
+                     torch.where(beard == 2, region_must, 0.4 * region_full * (beard == 1).float())))
+    lips_zone = _cover(torch.maximum((uy - _mouth_line(ux, P)).abs() - _v(P["lu"] + P["ll"]) * 0.6, xm - _v(P["mw"])), px * 2)
+    bd = bd * (1 - lips_zone)
+    hair_tex = 0.8 + 0.2 * torch.sin(ux * 220 + torch.sin(uy * 150) * 2) * _fine(220, px)
+    colour = _mix(colour, _rgb(P["hair"]) * hair_tex.unsqueeze(1), 0.85 * bd)
+
+    # --- lips
+    mwv = _v(P["mw"])
+    t = ux / mwv
+    t2 = t * t
+    dy = uy - _mouth_line(ux, P)
+    bow = torch.exp(-(((xm - 0.032) / 0.022) ** 2)) - 0.7 * torch.exp(-((ux / 0.013) ** 2))
+    base_t = (1 - t2).clamp_min(0)
+    e_u = _v(P["lu"]) * base_t**0.55 * (1 + 0.22 * bow)
+    e_l = _v(P["ll"]) * base_t**0.6
+    lip_sd = torch.maximum(torch.maximum(-dy - e_u, dy - e_l), (xm - mwv) * 0.5)
+    lip_a = _cover(lip_sd, px)
+    lip_col = _rgb(P["lip"]) * torch.where(dy < 0, 0.88, 1.0).unsqueeze(1)
+    gloss = 0.18 * torch.exp(-0.5 * ((dy - 0.45 * e_l) / (0.25 * e_l + 1e-3)) ** 2) * base_t
+    lip_col = lip_col * (1 + gloss.unsqueeze(1))
+    colour = _mix(colour, lip_col, lip_a)
+    mouth_line = _line(dy, 0.004, px) * (1 - t2 * t2).clamp(0, 1)
+    corner = _gauss(xm, dy, mwv, 0.0, 0.012, 0.01)
+    colour = colour * (1 - (0.55 * mouth_line + 0.25 * corner).clamp(0, 0.8).unsqueeze(1))
+
+    # --- eyes: sclera, iris, pupil, highlight; lids are AU-dependent (texture)
+    ew, eh = _v(P["ew"]), _v(P["eh"])
+    te = (xm - ex) / ew
+    base = (1 - te * te).clamp_min(0)
+    tilt = _v(P["tilt"]) * te
+    y_u = ye - eh * base**0.7 - tilt
+    y_l = ye + 0.75 * eh * base**0.9 - 0.3 * tilt
+    y_close = ye + 0.35 * eh * base
+    openness = _sided(sv["open"], right)
+    lift = _sided(sv["raise"], right)
+    y_lid = y_close + openness * (y_u - y_close)
+    y_low = y_l - lift * (y_l - y_close)
+    eye_sd = torch.maximum(torch.maximum(y_lid - uy, uy - y_low), (te.abs() - 1) * ew)
+    eye_open = _cover(eye_sd, px)
+    sclera = torch.tensor([0.93, 0.91, 0.87])[None, :, None, None] * (0.72 + 0.28 * base).unsqueeze(1)
+    lid_shadow = 1 - 0.35 * torch.exp(-((uy - y_lid).clamp_min(0) / 0.012))
+    iris_r = 0.44 * ew
+    iy = ye - 0.1 * eh
+    gx = _v(P["gaze"]) * iris_r
+    di = torch.sqrt((ux - sgn * ex - gx) ** 2 + (uy - iy) ** 2)
+    iris_a = _cover(di - iris_r, px)
+    ring = 1 - 0.55 * ((di / iris_r - 0.7) / 0.3).clamp(0, 1)
+    iris_col = _rgb(P["iris"]) * (ring * (0.8 + 0.3 * (uy > iy).float())).unsqueeze(1)
+    eye_col = _mix(sclera, iris_col, iris_a)
+    pupil = _cover(di - 0.42 * iris_r, px)
+    eye_col = _mix(eye_col, torch.tensor([0.02, 0.02, 0.03])[None, :, None, None], pupil)
+    hx = sgn * ex + gx - 0.35 * iris_r * torch.sign(_v(scene["light"][:, 0]) - 1e-6) * -1
+    hl = _cover(torch.sqrt((ux - hx) ** 2 + (uy - iy + 0.35 * iris_r) ** 2) - 0.2 * iris_r, px)
+    eye_col = _mix(eye_col, torch.tensor([1.0, 1.0, 1.0])[None, :, None, None], 0.85 * hl)
+    eye_col = eye_col * lid_shadow.unsqueeze(1)
+    colour = _mix(colour, eye_col, eye_open)
+    lash_w = 0.0045 + 0.003 * te.clamp(0, 1)
+    lash = _line(uy - y_lid + 0.002, lash_w, px) * (1.15 - te.abs()).clamp(0, 0.15) / 0.15
+    lash_low = 0.35 * _line(uy - y_low, 0.003, px) * base
+    crease = 0.22 * _line(uy - (y_u - 0.02 * base - 0.006), 0.004, px) * base
+    lid_dark = (crease + lash_low).clamp(0, 1)
+    colour = colour * (1 - lid_dark.unsqueeze(1))
+    colour = _mix(colour, torch.tensor([0.05, 0.035, 0.03])[None, :, None, None], (0.9 * lash).clamp(0, 1))
+
+    # --- brows
+    brow_in = 0.07
+    blen = _v(P["brow_out"]) - brow_in
+    bt = (xm - brow_in) / blen
+    yc = yb - _v(P["brow_arch"]) * torch.sin(math.pi * bt.clamp(0, 1) ** 0.8)
+    th = _v(P["brow_th"]) * (1.15 - 0.6 * bt.clamp(0, 1))
+    brow_sd = torch.maximum(torch.maximum((uy - yc).abs() - th / 2, -bt * blen), (bt - 1) * blen)
+    brow_a = _cover(brow_sd, px) * (0.9 - 0.25 * bt.clamp(0, 1))
+    streak = 0.85 + 0.15 * torch.sin((uy - yc) * 300 + xm * 90) * _fine(300, px)
+    colour = _mix(colour, _rgb(P["brow"]) * streak.unsqueeze(1), brow_a)
+
+    # lighting of everything on the face
+    colour = colour * shade.unsqueeze(1) + spec.unsqueeze(1) * (1 - eye_open).unsqueeze(1)
+
+    # --- mouth interior between the parted lips (texture: teeth, tongue, dark cavity)
+    gap_cov = None
+    if gap is not None:
+        s_up, s_low = gap
+        h_up = (0.5 + s_up / (1.2 * px)).clamp(0, 1)
+        h_low = (0.5 + s_low / (1.2 * px)).clamp(0, 1)
+        gap_cov = (h_up - h_low).clamp_min(0)
+        cavity = torch.tensor([0.22, 0.06, 0.06])[None, :, None, None] * (1 - 0.6 * t2.clamp(0, 1)).unsqueeze(1)
+        teeth_x = _cover(xm - 0.8 * mwv, px)
+        gaps = 1 - 0.3 * (0.5 + 0.5 * torch.cos(2 * math.pi * ux / 0.034)) ** 8 * _fine(2 * math.pi / 0.034 * 3, px)
+        tooth = torch.tensor([0.95, 0.93, 0.85])[None, :, None, None] * ((1 - 0.65 * t2.clamp(0, 1)) * gaps).unsqueeze(1)
+        upper_teeth = teeth_x * _cover(s_up - 0.04, px)
+        lower_teeth = teeth_x * _cover(-s_low - 0.028, px) * 0.9
+        tongue = _cover(torch.maximum(-s_low - 0.09, 0.035 - (-s_low)), px * 2) * _cover(xm - 0.6 * mwv, px * 2)
+        inside = _mix(cavity, torch.tensor([0.62, 0.28, 0.30])[None, :, None, None], 0.8 * tongue)
+        inside = _mix(inside, tooth, torch.maximum(upper_teeth, lower_teeth))
+        inside = inside * (0.55 + 0.45 * shade.clamp(0, 1.2)).unsqueeze(1)
+        colour = _mix(colour, inside, gap_cov)
+
+    # --- neck, shirt and ears behind the face; hair around and in front
+    neck_w = 0.2 + 0.05 * _v(P["masc"])
+    neck = _cover(xm - neck_w, px) * (uy > 0).float()
+    chin_shadow = 1 - 0.35 * torch.exp(-((uy - b * 0.9).clamp_min(0) / 0.12))
+    neck_col = _rgb(P["skin"]) * (0.82 * chin_shadow * (0.6 + 0.4 * shade)).unsqueeze(1)
+    shoulder_y = 0.86 + 0.7 * (neck_w - xm).clamp_min(0) - 0.1 * (xm - neck_w).clamp_min(0)
+    shirt = _cover(shoulder_y - uy, px)
+    back = _mix(neck_col, _rgb(P["shirt"]) * (0.75 + 0.25 * shade).unsqueeze(1), shirt)
+    back_a = torch.maximum(neck, shirt)
+
+    style = _v(P["hair_style"])
+    vol = _v(P["hair_vol"]) * torch.where(style == 4, 0.1, 1.0)
+    hair_len = _v(P["hair_len"])
+    scalp_w = a * 1.04 + vol
+    scalp_h = 0.83 + vol
+    scalp_r = torch.sqrt((ux / scalp_w) ** 2 + ((uy + 0.02).clamp_max(0) / scalp_h) ** 2 + ((uy + 0.02).clamp_min(0) / (hair_len + 0.05 - (-0.02))).clamp_min(0) ** 6)
+    hair_back = _cover((scalp_r - 1) * 0.5, px) * (style != 5).float()
+    # long hair falls in curtains past the jaw
+    curtain = _cover(torch.maximum(xm - scalp_w + 0.04 * uy.clamp_min(0), uy - hair_len), px) * ((style == 2) | (style == 1)).float()
+    hair_back = torch.maximum(hair_back, curtain)
+    ear_x = a * 1.0
+    ear = _cover((torch.sqrt(((xm - ear_x) / (0.055 * _v(P["ear"]))) ** 2 + ((uy - ye - 0.07) / (0.11 * _v(P["ear"]))) ** 2) - 1) * 0.05, px)
+    ear_cover = ((style == 2) | (style == 1)).float()
+    ear_col = _rgb(P["skin"]) * (0.78 * (0.7 + 0.3 * shade)).unsqueeze(1)
+    ear_col = ear_col * (1 - 0.3 * _line(torch.sqrt(((xm - ear_x - 0.01) / 0.035) ** 2 + ((uy - ye - 0.07) / 0.075) ** 2) - 1, 0.15, px * 20)).unsqueeze(1)
+    hairline = _v(P["hairline"]) + (ye + 0.02 - _v(P["hairline"])) * (xm / a).clamp(0, 1) ** 3
+    fringe = style == 3
+    hairline = hairline + torch.where(fringe, 0.015 * torch.sin(ux * 40), 0.0)
+    hair_front = face * _cover(uy - hairline, px) * (style != 5).float()
+    strands = torch.sin(60 * ux / (uy + 1.25) + 3 * torch.sin(uy * 9)) * _fine(60, px)
+    hair_light = 0.7 + 0.35 * torch.exp(-0.5 * ((uy + 0.55) / 0.12) ** 2) * (1 - xm)
+    hair_col = _rgb(P["hair"]) * ((hair_light + 0.12 * strands) * (0.75 + 0.25 * shade.clamp(0, 1.3))).unsqueeze(1)
+    buzz = torch.where(style == 4, 0.75, 1.0)
+
+    head = torch.maximum(torch.maximum(back_a, hair_back), torch.maximum(face, ear * (1 - ear_cover)))
+    out = _mix(back, hair_col, hair_back * buzz / head.clamp_min(1e-6) * (1 - back_a) + hair_back * back_a * buzz)
+    out = _mix(out, ear_col, ear * (1 - ear_cover))
+    out = _mix(out, colour, face)
+    out = _mix(out, hair_col, hair_front * buzz)
+    skin_alpha = face * (1 - hair_front * buzz)
+
+    # --- glasses
+    glasses = _v(P["glasses"])
+    gw, gh = ew + 0.045, 0.07 + 0 * ew
+    gdx, gdy = (xm - ex) / gw, (uy - ye - 0.005) / gh
+    pwr = torch.where(_v(P["glasses_round"]) > 0, 2.0, 4.0)
+    gr = (gdx.abs().pow(pwr) + gdy.abs().pow(pwr)).pow(1 / pwr)
+    ring_sd = (gr - 1).abs() * gh - 0.006
+    bridge_sd = torch.maximum((uy - ye + 0.012).abs() - 0.005, xm - (ex - gw * 0.95))
+    temple_sd = torch.maximum((uy - ye + 0.01).abs() - 0.006, (ex + gw * 0.95) - xm)
+    temple_sd = torch.maximum(temple_sd, xm - a - 0.05)
+    frame = _cover(torch.minimum(torch.minimum(ring_sd, bridge_sd), temple_sd), px) * glasses
+    lens = _cover((gr - 1) * gh, px) * glasses
+    out = _mix(out, torch.tensor([0.75, 0.85, 0.95])[None, :, None, None] * (0.6 + 0.4 * shade).unsqueeze(1), 0.12 * lens)
+    out = _mix(out, _rgb(P["frame"]) * (0.6 + 0.5 * shade).unsqueeze(1), frame)
+
+    state = torch.stack([eye_open, lash, wr + apple], 1)
+    return out.clamp(0, 1), head.clamp(0, 1), skin_alpha, state, gap_cov
+
+
+# ----------------------------------------------------------------------------------------------
+# scene: light, background, noise
+# ----------------------------------------------------------------------------------------------
+_DEFAULT_LIGHT = (-0.35, -0.45, 0.82)
+
+
+def _scene(n: int, yaw: Tensor, light, background, generator) -> dict:
+    rad = yaw * (math.pi / 180)
+    scene = {"sin": _v(torch.sin(rad)), "cos": _v(torch.cos(rad)),
+             "squash": _v(1 - 0.5 * (1 - torch.cos(rad)))}
+    if light is None:
+        vec = torch.tensor(_DEFAULT_LIGHT).expand(n, 3) * 0.72
+    elif isinstance(light, str):
+        if light != "random":
+            raise ValueError(f"light must be None, 'random' or a Tensor [N, 3]; got {light!r}")
+        u = torch.rand(n, 3, generator=generator)
+        az = (u[:, 0] - 0.5) * 1.6
+        el = (u[:, 1] - 0.3) * 1.0
+        vec = torch.stack([torch.sin(az) * torch.cos(el), -torch.sin(el), torch.cos(az) * torch.cos(el)], 1)
+        vec = vec * (0.5 + 0.45 * u[:, 2:3])
+    else:
+        vec = torch.as_tensor(light, dtype=torch.float32)
+        if vec.shape != (n, 3):
+            raise ValueError(f"light must have shape [N, 3] = [{n}, 3] (direction times strength); got {tuple(vec.shape)}")
+    strength = vec.norm(dim=1, keepdim=True).clamp_min(1e-6)
+    direction = vec / strength
+    scene["light"] = direction * strength
+    scene["ambient"] = 1.05 - 0.75 * strength[:, 0].clamp(max=1.0)
+    half = direction + torch.tensor([0.0, 0.0, 1.0])
+    scene["half"] = half / half.norm(dim=1, keepdim=True)
+    scene["background"] = _background_params(n, background, generator)
+    return scene
+
+
+def _background_params(n: int, background, generator) -> dict:
+    if background is None:
+        background = "plain"
+        colours = torch.tensor([0.78, 0.79, 0.81]).expand(n, 2, 3)
+        return {"kind": torch.zeros(n), "colours": colours.clone(), "waves": torch.zeros(n, 4, 3)}
+    if isinstance(background, Tensor):
+        col = background.float()
+        if col.shape != (n, 3):
+            raise ValueError(f"background tensor must be [N, 3] plain colours in [-1, 1]; got {tuple(col.shape)}")
+        colours = ((col + 1) / 2).clamp(0, 1)[:, None].expand(n, 2, 3)
+        return {"kind": torch.zeros(n), "colours": colours.clone(), "waves": torch.zeros(n, 4, 3)}
+    if background not in BACKGROUNDS:
+        raise ValueError(f"unknown background {background!r}; valid: {list(BACKGROUNDS)}, None or a Tensor [N, 3]")
+    u = torch.rand(n, 16, generator=generator)
+    if background == "random":
+        kind = (u[:, 0] * 3).floor().clamp(max=2)
+    else:
+        kind = torch.full((n,), float(BACKGROUNDS.index(background)))
+    hue = u[:, 1:4]
+    grey = u[:, 4:5]
+    c1 = (0.55 * grey + 0.25 + 0.25 * (hue - 0.5)).clamp(0, 1)
+    c2 = (c1 * (0.55 + 0.5 * u[:, 5:8])).clamp(0, 1)
+    waves = torch.stack([u[:, 8:11] * 2 - 1, u[:, 11:14] * 2 - 1, u[:, 13:16] * 6, u[:, 5:8] * 6], 1)
+    return {"kind": kind, "colours": torch.stack([c1, c2], 1), "waves": waves}
+
+
+def _background(bg: dict, px_: Tensor, py_: Tensor) -> Tensor:
+    """Background colour at image points ``[n, H, W]`` (static: it never moves with the face)."""
+    c1, c2 = _rgb(bg["colours"][:, 0]), _rgb(bg["colours"][:, 1])
+    kind = bg["kind"][:, None, None, None]
+    w = bg["waves"]
+    ramp = (0.5 + 0.35 * (px_ * _v(w[:, 0, 0]) + py_ * _v(w[:, 0, 1]))).clamp(0, 1).unsqueeze(1)
+    gradient = torch.lerp(c1.expand(-1, -1, *px_.shape[1:]), c2.expand(-1, -1, *px_.shape[1:]), ramp)
+    blot = (torch.sin(px_ * (2 + _v(w[:, 2, 0])) + _v(w[:, 3, 0])) * torch.sin(py_ * (2 + _v(w[:, 2, 1])) + _v(w[:, 3, 1]))
+            + 0.5 * torch.sin((px_ + py_) * (4 + _v(w[:, 2, 2])) + _v(w[:, 3, 2])))
+    textured = torch.lerp(c1.expand_as(gradient), c2.expand_as(gradient), (0.5 + 0.4 * blot).clamp(0, 1).unsqueeze(1))
+    return torch.where(kind == 0, c1.expand_as(gradient), torch.where(kind == 1, gradient, textured))
+
+
+# ----------------------------------------------------------------------------------------------
+# the public renderer
+# ----------------------------------------------------------------------------------------------
+def _check_inputs(identity, aus, yaw, size, asymmetry, name="aus"):
+    identity = torch.as_tensor(identity)
+    if identity.dtype.is_floating_point or identity.dtype == torch.bool:
+        raise TypeError(f"identity must be an integer tensor [N]; got dtype {identity.dtype}")
+    identity = identity.long().reshape(-1)
+    n = len(identity)
+    aus = torch.as_tensor(aus, dtype=torch.float32)
+    if aus.ndim == 1:
+        aus = aus[None].expand(n, -1)
+    if aus.shape != (n, NUM_AUS):
+        raise ValueError(f"{name} must have shape [N, {NUM_AUS}] = [{n}, {NUM_AUS}] (AUs {list(AU_CODES)}); got {tuple(aus.shape)}")
+    if not torch.isfinite(aus).all() or (aus < 0).any() or (aus > AU_MAX).any():
+        raise ValueError(f"{name} must lie in [0, {AU_MAX}] (AUs {list(AU_CODES)}); got values in [{aus.min():.3g}, {aus.max():.3g}]")
+    yaw = torch.zeros(n) if yaw is None else torch.as_tensor(yaw, dtype=torch.float32).reshape(-1).expand(n)
+    if not torch.isfinite(yaw).all() or (yaw.abs() > YAW_LIMIT).any():
+        raise ValueError(f"yaw must lie in [-{YAW_LIMIT}, {YAW_LIMIT}] degrees; got values in [{yaw.min():.3g}, {yaw.max():.3g}]")
+    if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= 4096:
+        raise ValueError(f"size must be an int between 8 and 4096 pixels; got {size!r}")
+    if asymmetry is None:
+        asymmetry = identity_params(identity)["au_asym"]
+    asymmetry = torch.as_tensor(asymmetry, dtype=torch.float32)
+    if asymmetry.shape != (n, NUM_AUS) or (asymmetry.abs() > 1).any():
+        raise ValueError(f"asymmetry must be a Tensor [N, {NUM_AUS}] in [-1, 1]; got shape {tuple(asymmetry.shape)}")
+    return identity, aus, yaw.contiguous(), asymmetry
+
+
+def _sides(aus: Tensor, asym: Tensor) -> tuple[Tensor, Tensor]:
+    """Left / right AU intensities from the AUs and their left/right balance."""
+    return aus * (1 - asym).clamp(0, 1), aus * (1 + asym).clamp(0, 1)
+
+
+def _pixel_coords(n: int, size: int) -> tuple[Tensor, Tensor]:
+    c = (torch.arange(size, dtype=torch.float32) + 0.5) * (2.0 / size) - 1
+    py_, px_ = torch.meshgrid(c, c, indexing="ij")
+    return px_.expand(n, -1, -1), py_.expand(n, -1, -1)
+
+
+def _select(P: dict, idx) -> dict:
+    return {key: value[idx] for key, value in P.items()}
+
+
+def _select_scene(scene: dict, idx) -> dict:
+    out = {}
+    for key, value in scene.items():
+        out[key] = _select_scene(value, idx) if isinstance(value, dict) else value[idx]
+    return out
+
+
+class _Face:
+    """Everything known about one chunk of renders at the pixel grid."""
+
+    def __init__(self, P, au_l, au_r, scene, size):
+        n = au_l.shape[0]
+        self.P, self.scene, self.size = P, scene, size
+        self.px = 2.0 / size
+        self.au_l, self.au_r = au_l, au_r
+        self.grid = _expression_grid(P, au_l, au_r)                          # [n, 2, G, G]
+        self.g_up, self.g_low = _opening(P, au_l, au_r)
+        self.sv = _side_values(au_l, au_r)
+        px_, py_ = _pixel_coords(n, size)
+        self.px_, self.py_ = px_, py_
+        self.vx = _pose_inverse(px_, py_, _v(P["yn"]), scene["sin"], scene["squash"])   # [n, S, S]
+        self.vy = py_
+        ux, uy = _sample_grid(self.grid, self.vx, self.vy)
+        self.ux = ux
+        self.uy_up, self.uy_low, self.s_up, self.s_low = _branches(ux, uy, P, self.g_up, self.g_low)
+        self.upper = (self.s_up + self.s_low) < 0
+        self.uy = torch.where(self.upper, self.uy_up, self.uy_low)
+
+    def shade(self):
+        colour, head, skin, state, gap = _appearance(self.ux, self.uy, self.P, self.sv, self.scene, self.px,
+                                                     (self.s_up, self.s_low))
+        bg = _background(self.scene["background"], self.px_, self.py_)
+        image = _mix(bg, colour, head)
+        return image, head, skin, state, gap
+
+
+def _canonical_landmarks(P: dict, sv: dict) -> tuple[Tensor, Tensor]:
+    """Canonical landmark points ``[n, K, 2]`` and their lip branch (True = lower) ``[K]``."""
+    z = torch.zeros_like(P["a"])
+    brow_in = 0.07 + z
+    bx = [(P["brow_out"] - 0.01, P["yb"] - 0.3 * P["brow_arch"]), ((brow_in + P["brow_out"]) / 2, P["yb"] - P["brow_arch"]), (brow_in + 0.01, P["yb"])]
+    pts: list[tuple[Tensor, Tensor]] = []
+    pts += [(-x, y) for x, y in bx] + [(x, y) for x, y in reversed(bx)]
+    ex, ew, ye, eh = P["ex"], P["ew"], P["ye"], P["eh"]
+    for s, side in ((-1, 0), (1, 1)):
+        o, lift = sv["open"][:, side], sv["raise"][:, side]
+        y_top = ye + 0.35 * eh - 1.35 * o * eh
+        y_bot = ye + 0.75 * eh - lift * (0.75 - 0.35) * eh
+        outer = (s * (ex + ew), ye - P["tilt"] * 1.0)
+        inner = (s * (ex - ew), ye + P["tilt"] * 1.0)
+        four = [outer, (s * ex, y_top), inner, (s * ex, y_bot)] if s < 0 else [inner, (s * ex, y_top), outer, (s * ex, y_bot)]
+        pts += four
+    pts += [(z, P["yn"] - 0.17), (z, P["yn"] + 0.01), (-0.42 * P["nw"], P["yn"] + 0.022), (0.42 * P["nw"], P["yn"] + 0.022)]
+    ym = P["ym"]
+    pts += [(-P["mw"], ym + P["mouth_curve"]), (z, ym - P["lu"] * 0.85), (P["mw"], ym + P["mouth_curve"]), (z, ym + P["ll"]),
+            (z, ym - 1e-3), (z, ym + 1e-3)]
+    # jaw: points at 15 % and 60 % of the lower half of the face oval, and the chin
+    a, b, jaw = P["a"], P["b"], P["jaw"]
+    y1, y2 = b * 0.15, b * 0.6
+    x1 = a * (1 - jaw * 0.15**2) * (1 - 0.15**2) ** 0.5 * 0.98
+    x2 = a * (1 - jaw * 0.6**2) * (1 - 0.6**2) ** 0.5 * 0.98
+    pts += [(-x1, y1), (-x2, y2), (z, b * 0.985), (x2, y2), (x1, y1)]
+    xy = torch.stack([torch.stack([x.expand_as(z), y.expand_as(z)], -1) for x, y in pts], 1)
+    lower = torch.zeros(len(pts), dtype=torch.bool)
+    lower[LANDMARK_NAMES.index("lip_lower_bottom")] = True
+    lower[LANDMARK_NAMES.index("lip_lower_inner")] = True
+    lower[LANDMARK_NAMES.index("chin")] = True
+    lower[LANDMARK_NAMES.index("jaw_left_mid")] = True
+    lower[LANDMARK_NAMES.index("jaw_right_mid")] = True
+    return xy, lower
+
+
+_NEWTON_EXPR = 10
+_MAX_STEP = 0.04
+
+
+def _solve_expression(face: _Face, ux: Tensor, uy: Tensor, lower: Tensor, wx: Tensor, wy: Tensor):
+    """Face-plane points ``w`` with ``E_branch(w) = (ux, uy)`` on ``face``'s expression map (Newton).
+
+    ``lower`` says which lip branch each point lives on; ``wx, wy`` is the starting guess.
+    Returns (wx, wy, residual) with the residual in normalised units.
+    """
+    h = 1e-3
+
+    def e(x, y):
+        bx, by = _sample_grid(face.grid, x, y)
+        y_up, y_low, _, _ = _branches(bx, by, face.P, face.g_up, face.g_low)
+        return bx, torch.where(lower, y_low, y_up)
+
+    for _ in range(_NEWTON_EXPR):
+        fx, fy = e(wx, wy)
+        ax_, ay_ = e(wx + h, wy)
+        bx_, by_ = e(wx, wy + h)
+        j11, j21 = (ax_ - fx) / h, (ay_ - fy) / h
+        j12, j22 = (bx_ - fx) / h, (by_ - fy) / h
+        rx, ry = fx - ux, fy - uy
+        det = (j11 * j22 - j12 * j21)
+        det = torch.where(det.abs() < 1e-4, torch.full_like(det, 1e-4), det)
+        # damped step: a full Newton step from a far start can jump across the lips
+        sx, sy = (j22 * rx - j12 * ry) / det, (-j21 * rx + j11 * ry) / det
+        scale = (_MAX_STEP / torch.maximum(sx.abs(), sy.abs()).clamp_min(1e-12)).clamp(max=1.0)
+        wx, wy = wx - sx * scale, wy - sy * scale
+    fx, fy = e(wx, wy)
+    return wx, wy, torch.maximum((fx - ux).abs(), (fy - uy).abs())
+
+
+def _landmarks(face: _Face) -> Tensor:
+    """Landmarks in pixel coordinates ``[n, K, 2]`` (after expression and pose)."""
+    xy, lower = _canonical_landmarks(face.P, face.sv)
+    ux, uy = xy[..., 0], xy[..., 1]
+    lower = lower[None].expand_as(ux)
+    wx, wy, _ = _solve_expression(face, ux, uy, lower, ux.clone(), uy.clone())
+    q = _pose_forward(torch.stack([wx, wy], 1), face.P["yn"][:, None], face.scene["sin"][:, :, 0], face.scene["squash"][:, :, 0])
+    return ((q + 1) * (face.size / 2) - 0.5).permute(0, 2, 1)
+
+
+def _chunks(n: int, size: int):
+    step = max(1, (160_000 if size <= 96 else 120_000) // (size * size))
+    for start in range(0, n, step):
+        yield slice(start, min(n, start + step))
+
+
+def _finish(image: Tensor, noise: float, generator) -> Tensor:
+    image = image * 2 - 1
+    if noise:
+        image = image + noise * torch.randn(image.shape, generator=generator)
+    return image.clamp(-1, 1)
+
+
+def render(identity, aus, yaw=None, size: int = 64, *, light=None, background=None, noise: float = 0.0,
+           generator: torch.Generator | None = None, asymmetry=None) -> dict[str, Tensor]:
+    """Render faces.
+
+    Args:
+        identity: LongTensor ``[N]`` (any integer; unlimited identities).
+        aus: ``[N, 17]`` AU intensities in [0, 5] (order ``facelib.AU_CODES``); a ``[17]`` vector
+            is broadcast.
+        yaw: ``[N]`` degrees in [-45, 45] (positive turns the face towards image-right); None = 0.
+        size: output side in pixels (the same face at every size).
+        light: None (fixed studio light from the upper left), ``"random"`` (drawn from
+            ``generator``) or ``[N, 3]`` direction towards the light times its strength.
+        background: None (plain light grey), ``"plain"``, ``"gradient"``, ``"textured"``,
+            ``"random"`` (colours drawn from ``generator``) or ``[N, 3]`` plain colours in [-1, 1].
+        noise: standard deviation of Gaussian sensor noise in [-1, 1] units, added last.
+        generator: torch.Generator for random light, background and noise.
+        asymmetry: ``[N, 17]`` left/right balance of each AU in [-1, 1] (0 symmetric, +1 only the
+            image-right half); None = each identity's own mild asymmetry.
+
+    Returns: dict with ``image`` [N, 3, S, S] in [-1, 1], ``landmarks`` [N, K, 2] pixel (x, y)
+    (names in ``LANDMARK_NAMES``), ``face_mask`` [N, 1, S, S] in [0, 1] (facial skin and
+    features, not hair, neck or background) and ``head_mask`` (everything but background).
+    """
+    identity, aus, yaw, asymmetry = _check_inputs(identity, aus, yaw, size, asymmetry)
+    n = len(identity)
+    P = identity_params(identity)
+    scene = _scene(n, yaw, light, background, generator)
+    au_l, au_r = _sides(aus, asymmetry)
+    images, masks, heads, marks = [], [], [], []
+    for sl in _chunks(n, size):
+        face = _Face(_select(P, sl), au_l[sl], au_r[sl], _select_scene(scene, sl), size)
+        image, head, skin, _, _ = face.shade()
+        images.append(image)
+        masks.append(skin)
+        heads.append(head)
+        marks.append(_landmarks(face))
+    return {
+        "image": _finish(torch.cat(images), noise, generator),
+        "landmarks": torch.cat(marks),
+        "face_mask": torch.cat(masks).unsqueeze(1),
+        "head_mask": torch.cat(heads).unsqueeze(1),
+    }
+
+
+_STATE_TOL = 0.02
+
+
+def render_pair(identity, source_aus, target_aus, yaw=None, size: int = 64, *, light=None, background=None,
+                noise: float = 0.0, generator: torch.Generator | None = None, source_asymmetry=None,
+                target_asymmetry=None) -> dict[str, Tensor]:
+    """Render two expressions of the same faces (same pose, light and background) with true flow.
+
+    Returns ``source``, ``target`` [N, 3, S, S]; ``flow`` [N, 2, S, S], the backward flow in
+    pixels with ``target[p] ~= source[p + flow[p]]`` (DESIGN.md's convention, so
+    ``facelib.warp.warp(source, flow) ~= target``); ``visible`` [N, 1, S, S] in {0, 1}: target
+    pixels whose content the flow explains (no texture layer changed there: mouth interior,
+    teeth, wrinkles, eyelids; not at a head/background edge that moved; source point inside
+    the image); ``source_landmarks``, ``target_landmarks`` [N, K, 2]; ``face_mask`` of the target.
+    Noise, if any, is drawn independently for the two images after the flow is computed.
+    """
+    identity, source_aus, yaw, source_asymmetry = _check_inputs(identity, source_aus, yaw, size, source_asymmetry, "source_aus")
+    _, target_aus, _, target_asymmetry = _check_inputs(identity, target_aus, yaw, size, target_asymmetry, "target_aus")
+    n = len(identity)
+    P = identity_params(identity)
+    scene = _scene(n, yaw, light, background, generator)
+    sl_, sr_ = _sides(source_aus, source_asymmetry)
+    tl_, tr_ = _sides(target_aus, target_asymmetry)
+    keys = ("source", "target", "flow", "visible", "source_landmarks", "target_landmarks", "face_mask")
+    out: dict[str, list] = {key: [] for key in keys}
+    for sl in _chunks(n, size):
+        Pc, sc = _select(P, sl), _select_scene(scene, sl)
+        src = _Face(Pc, sl_[sl], sr_[sl], sc, size)
+        tgt = _Face(Pc, tl_[sl], tr_[sl], sc, size)
+        s_img, s_head, _, _, s_gap = src.shade()
+        t_img, t_head, t_skin, t_state, t_gap = tgt.shade()
+        flow, vis = _flow_and_visibility(src, tgt, s_head, s_gap, t_head, t_state, t_gap)
+        out["source"].append(s_img)
+        out["target"].append(t_img)
+        out["flow"].append(flow)
+        out["visible"].append(vis)
+        out["source_landmarks"].append(_landmarks(src))
+        out["target_landmarks"].append(_landmarks(tgt))
+        out["face_mask"].append(t_skin.unsqueeze(1))
+    result = {key: torch.cat(value) for key, value in out.items()}
+    result["source"] = _finish(result["source"], noise, generator)
+    result["target"] = _finish(result["target"], noise, generator)
+    return result
+
+
+def _dilate(mask: Tensor) -> Tensor:
+    return F.max_pool2d(mask.float().unsqueeze(1), 3, 1, 1)[:, 0] > 0
+
+
+def _flow_and_visibility(src: _Face, tgt: _Face, s_head, s_gap, t_head, t_state, t_gap):
+    size = tgt.size
+    lower = ~tgt.upper
+    # target canonical point -> source face-plane point (Newton) -> source pixel (forward pose)
+    wx, wy, resid = _solve_expression(src, tgt.ux, tgt.uy, lower, tgt.vx.clone(), tgt.vy.clone())
+    q = _pose_forward(torch.stack([wx, wy], 1), _v(src.P["yn"]), src.scene["sin"], src.scene["squash"])
+    p = torch.stack([tgt.px_, tgt.py_], 1)
+    background = t_head <= 0
+    q = q.clamp(-1.5, 1.5)  # where no solution exists (outside the visible mask) keep the flow finite
+    flow = torch.where(background.unsqueeze(1), torch.zeros_like(q), (q - p) * (size / 2))   # [n, 2, S, S] pixels
+    # layer state of the source at the target's canonical points: differs where texture changed
+    _, _, _, s_state, _ = _appearance(tgt.ux, tgt.uy, src.P, src.sv, src.scene, src.px, None)
+    changed = (t_state - s_state).abs().amax(1) > _STATE_TOL
+    changed |= t_gap > 0.002
+    grid = torch.stack([q[:, 0], q[:, 1]], -1)
+    s_gap_near = F.grid_sample(_dilate(s_gap > 0.002).float().unsqueeze(1), grid, align_corners=False)[:, 0] > 0
+    s_head_at_q = F.grid_sample(s_head.unsqueeze(1), grid, align_corners=False, padding_mode="border")[:, 0]
+    moving = flow.abs().amax(1) > 0.02
+    edge = (t_head > 1e-3) & (t_head < 1 - 1e-3) & moving
+    inside = (q.abs() <= 1 - 1.0 / size).all(1)
+    bad = _dilate(changed | edge) | s_gap_near | ((s_head_at_q - t_head).abs() > 0.02) | ~inside | (resid > 1e-4)
+    return flow, (~bad).float().unsqueeze(1)
