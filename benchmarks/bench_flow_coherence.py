@@ -6,6 +6,8 @@ Both are measured in the same run, after warm-up, alternately, as the median of 
 each, so the ratio stays meaningful on a busy machine. The reference is ``conv2d(flow, weight[2, 2, 7, 7], padding=3)``:
 one dense 7x7 filter over the flow the loss regularises. The ratio target is <= 3 (issue 2).
 Forward + backward (gradient w.r.t. the flow, as in training) is printed too, against the conv's.
+On a shared machine use ``--threads 1``: with several threads, other processes' load distorts the
+many small element-wise passes of the loss far more than the single conv call.
 """
 from __future__ import annotations
 
