@@ -651,6 +651,8 @@ def eggan_reconstruction(reconstructed: Tensor, image: Tensor, l1_weight: float 
     Images in [-1, 1] are mapped to [0, 1] first and compared with ``data_range=1``. The Gaussian window
     shrinks from 11 to fit small images (3 at 64x64, 7 at 128x128), since the coarsest of the five
     scales must still hold a window. The public code weighs the two terms 100 and 50 (set the weights).
+    ``facelib.metrics.ms_ssim`` (for evaluation) keeps the 11 px window and drops coarse scales instead,
+    so at 64x64 the two MS-SSIM numbers differ; this one is the library's own, differentiable call.
     """
     _same_shape("reconstructed", _images("reconstructed", reconstructed), "image", image)
     window = _ms_ssim_window(*image.shape[-2:])
