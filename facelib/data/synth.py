@@ -800,7 +800,30 @@ def _appearance(ux: Tensor, uy: Tensor, P: dict, sv: dict, scene: dict, px: floa
 _DEFAULT_LIGHT = (-0.35, -0.45, 0.82)
 
 
-def _scene(n: int, yaw: Tensor, light, background, generator) -> dict:
+class _Draw:
+    """Random numbers for light, background and noise: from ``generator``, or, when per-item
+    ``seeds`` are given, a pure function of each item's seed (so a batch renders exactly like its
+    items one by one)."""
+
+    def __init__(self, n: int, generator, seeds):
+        self.n, self.generator = n, generator
+        self.seeds = None if seeds is None else torch.as_tensor(seeds).long().reshape(-1).expand(n)
+
+    def uniform(self, count: int, salt: int) -> Tensor:
+        if self.seeds is None:
+            return torch.rand(self.n, count, generator=self.generator)
+        return _hash_uniform(self.seeds, count, salt=salt)
+
+    def normal(self, shape: tuple, salt: int) -> Tensor:
+        if self.seeds is None:
+            return torch.randn((self.n, *shape), generator=self.generator)
+        m = math.prod(shape)
+        u = self.uniform(2 * m, salt)
+        radius = torch.sqrt(-2 * torch.log1p(-u[:, :m]))
+        return (radius * torch.cos(2 * math.pi * u[:, m:])).reshape(self.n, *shape)
+
+
+def _scene(n: int, yaw: Tensor, light, background, draw: _Draw) -> dict:
     rad = yaw * (math.pi / 180)
     scene = {"sin": _v(torch.sin(rad)), "cos": _v(torch.cos(rad)),
              "squash": _v(1 - 0.5 * (1 - torch.cos(rad)))}
@@ -809,7 +832,7 @@ def _scene(n: int, yaw: Tensor, light, background, generator) -> dict:
     elif isinstance(light, str):
         if light != "random":
             raise ValueError(f"light must be None, 'random' or a Tensor [N, 3]; got {light!r}")
-        u = torch.rand(n, 3, generator=generator)
+        u = draw.uniform(3, salt=101)
         az = (u[:, 0] - 0.5) * 1.6
         el = (u[:, 1] - 0.3) * 1.0
         vec = torch.stack([torch.sin(az) * torch.cos(el), -torch.sin(el), torch.cos(az) * torch.cos(el)], 1)
@@ -824,11 +847,11 @@ def _scene(n: int, yaw: Tensor, light, background, generator) -> dict:
     scene["ambient"] = 1.05 - 0.75 * strength[:, 0].clamp(max=1.0)
     half = direction + torch.tensor([0.0, 0.0, 1.0])
     scene["half"] = half / half.norm(dim=1, keepdim=True)
-    scene["background"] = _background_params(n, background, generator)
+    scene["background"] = _background_params(n, background, draw)
     return scene
 
 
-def _background_params(n: int, background, generator) -> dict:
+def _background_params(n: int, background, draw: _Draw) -> dict:
     if background is None:
         background = "plain"
         colours = torch.tensor([0.78, 0.79, 0.81]).expand(n, 2, 3)
@@ -841,7 +864,7 @@ def _background_params(n: int, background, generator) -> dict:
         return {"kind": torch.zeros(n), "colours": colours.clone(), "waves": torch.zeros(n, 4, 3)}
     if background not in BACKGROUNDS:
         raise ValueError(f"unknown background {background!r}; valid: {list(BACKGROUNDS)}, None or a Tensor [N, 3]")
-    u = torch.rand(n, 16, generator=generator)
+    u = draw.uniform(16, salt=102)
     if background == "random":
         kind = (u[:, 0] * 3).floor().clamp(max=2)
     else:
@@ -1033,15 +1056,15 @@ def _chunks(n: int, size: int):
         yield slice(start, min(n, start + step))
 
 
-def _finish(image: Tensor, noise: float, generator) -> Tensor:
+def _finish(image: Tensor, noise: float, draw: _Draw, salt: int = 103) -> Tensor:
     image = image * 2 - 1
     if noise:
-        image = image + noise * torch.randn(image.shape, generator=generator)
+        image = image + noise * draw.normal(tuple(image.shape[1:]), salt)
     return image.clamp(-1, 1)
 
 
 def render(identity, aus, yaw=None, size: int = 64, *, light=None, background=None, noise: float = 0.0,
-           generator: torch.Generator | None = None, asymmetry=None) -> dict[str, Tensor]:
+           generator: torch.Generator | None = None, seeds=None, asymmetry=None) -> dict[str, Tensor]:
     """Render faces.
 
     Args:
@@ -1056,6 +1079,8 @@ def render(identity, aus, yaw=None, size: int = 64, *, light=None, background=No
             ``"random"`` (colours drawn from ``generator``) or ``[N, 3]`` plain colours in [-1, 1].
         noise: standard deviation of Gaussian sensor noise in [-1, 1] units, added last.
         generator: torch.Generator for random light, background and noise.
+        seeds: optional LongTensor ``[N]``: draw each item's random light, background and noise
+            from its own seed instead of ``generator`` (batch-independent, used by SynthFaces).
         asymmetry: ``[N, 17]`` left/right balance of each AU in [-1, 1] (0 symmetric, +1 only the
             image-right half); None = each identity's own mild asymmetry.
 
@@ -1066,7 +1091,8 @@ def render(identity, aus, yaw=None, size: int = 64, *, light=None, background=No
     identity, aus, yaw, asymmetry = _check_inputs(identity, aus, yaw, size, asymmetry)
     n = len(identity)
     P = identity_params(identity)
-    scene = _scene(n, yaw, light, background, generator)
+    draw = _Draw(n, generator, seeds)
+    scene = _scene(n, yaw, light, background, draw)
     au_l, au_r = _sides(aus, asymmetry)
     images, masks, heads, marks = [], [], [], []
     for sl in _chunks(n, size):
@@ -1077,7 +1103,7 @@ def render(identity, aus, yaw=None, size: int = 64, *, light=None, background=No
         heads.append(head)
         marks.append(_landmarks(face))
     return {
-        "image": _finish(torch.cat(images), noise, generator),
+        "image": _finish(torch.cat(images), noise, draw),
         "landmarks": torch.cat(marks),
         "face_mask": torch.cat(masks).unsqueeze(1),
         "head_mask": torch.cat(heads).unsqueeze(1),
@@ -1088,7 +1114,7 @@ _STATE_TOL = 0.02
 
 
 def render_pair(identity, source_aus, target_aus, yaw=None, size: int = 64, *, light=None, background=None,
-                noise: float = 0.0, generator: torch.Generator | None = None, source_asymmetry=None,
+                noise: float = 0.0, generator: torch.Generator | None = None, seeds=None, source_asymmetry=None,
                 target_asymmetry=None) -> dict[str, Tensor]:
     """Render two expressions of the same faces (same pose, light and background) with true flow.
 
@@ -1104,7 +1130,8 @@ def render_pair(identity, source_aus, target_aus, yaw=None, size: int = 64, *, l
     _, target_aus, _, target_asymmetry = _check_inputs(identity, target_aus, yaw, size, target_asymmetry, "target_aus")
     n = len(identity)
     P = identity_params(identity)
-    scene = _scene(n, yaw, light, background, generator)
+    draw = _Draw(n, generator, seeds)
+    scene = _scene(n, yaw, light, background, draw)
     sl_, sr_ = _sides(source_aus, source_asymmetry)
     tl_, tr_ = _sides(target_aus, target_asymmetry)
     keys = ("source", "target", "flow", "visible", "source_landmarks", "target_landmarks", "face_mask")
@@ -1124,8 +1151,8 @@ def render_pair(identity, source_aus, target_aus, yaw=None, size: int = 64, *, l
         out["target_landmarks"].append(_landmarks(tgt))
         out["face_mask"].append(t_skin.unsqueeze(1))
     result = {key: torch.cat(value) for key, value in out.items()}
-    result["source"] = _finish(result["source"], noise, generator)
-    result["target"] = _finish(result["target"], noise, generator)
+    result["source"] = _finish(result["source"], noise, draw, salt=103)
+    result["target"] = _finish(result["target"], noise, draw, salt=104)
     return result
 
 
