@@ -163,6 +163,13 @@ def test_average_flow_warps_by_the_mean_flow():
     flows = torch.zeros(4, 2, 16, 16)
     flows[:2, 0] = 1.0
     flows[2:, 0] = 3.0
+    visible = torch.ones(4, 1, 16, 16)
+    flows[0, :, :, :3], visible[0, :, :, :3] = 1e6, 0.0  # undefined true flow where not visible: ignored
+    items = [{"flow": f, "visible": v, "source_emotion": torch.tensor(0), "target_emotion": torch.tensor(5)}
+             for f, v in zip(flows, visible)]
+    average = AverageFlow.fit(items, batch_size=3)
+    torch.testing.assert_close(average.flow("neutral", "happy")[0, :, :3], torch.full((16, 3), 7 / 3))
+    flows[0, 0, :, :3], flows[0, 1, :, :3] = 1.0, 0.0
     items = [{"flow": f, "source_emotion": torch.tensor(0), "target_emotion": torch.tensor(5)} for f in flows]
     average = AverageFlow.fit(items, batch_size=3)
     torch.testing.assert_close(average.flow("neutral", "happy"), torch.stack([torch.full((16, 16), 2.0),

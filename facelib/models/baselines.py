@@ -55,7 +55,8 @@ class AverageFlow:
     """Sec. 6.1's optical-flow editing baseline: one average flow per expression pair.
 
     ``AverageFlow.fit(dataset)`` averages the ground-truth flows of a ``SynthFaces(...,
-    pairs=True)`` training split (items with ``flow``, ``source_emotion``, ``target_emotion``);
+    pairs=True)`` training split (items with ``flow``, ``source_emotion``, ``target_emotion`` and
+    optionally ``visible``);
     ``average(source, "neutral", "disgusted")`` warps ``source`` by the average
     neutral -> disgusted flow. The flow is not tailored to the source face: that is the point.
     """
@@ -66,19 +67,22 @@ class AverageFlow:
     @classmethod
     @torch.no_grad()
     def fit(cls, dataset, *, max_pairs: int = 4000, batch_size: int = 128) -> "AverageFlow":
+        """Average the true flows per expression pair, each pixel over the pairs where it is ``visible``
+        (elsewhere the true flow is undefined); pixels never visible get zero flow."""
         sums: dict[tuple[str, str], torch.Tensor] = {}
-        counts: dict[tuple[str, str], int] = {}
+        weights: dict[tuple[str, str], torch.Tensor] = {}
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
         seen = 0
         for batch in loader:
-            for flow, src, tgt in zip(batch["flow"], batch["source_emotion"], batch["target_emotion"]):
+            visible = batch["visible"] if "visible" in batch else torch.ones_like(batch["flow"][:, :1])
+            for flow, mask, src, tgt in zip(batch["flow"], visible, batch["source_emotion"], batch["target_emotion"]):
                 key = (EXPRESSIONS[int(src)], EXPRESSIONS[int(tgt)])
-                sums[key] = sums.get(key, 0) + flow
-                counts[key] = counts.get(key, 0) + 1
+                sums[key] = sums.get(key, 0) + torch.where(mask > 0, flow, 0.0)
+                weights[key] = weights.get(key, 0) + mask
             seen += len(batch["flow"])
             if seen >= max_pairs:
                 break
-        return cls({key: sums[key] / counts[key] for key in sums})
+        return cls({key: sums[key] / weights[key].clamp_min(1) for key in sums})
 
     def flow(self, source_expression, target_expression) -> torch.Tensor:
         """The average backward flow ``[2, H, W]`` from one expression to another."""
