@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+import warnings
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -231,8 +232,14 @@ def frechet_distance_gaussians(mu_a, cov_a, mu_b, cov_b, eps: float = 1e-6) -> f
     if mu_b.shape != (dim,) or cov_a.shape != (dim, dim) or cov_b.shape != (dim, dim):
         raise ValueError(f"means must be [D] and covariances [D, D] with one D; got {mu_a.shape}, {cov_a.shape}, "
                          f"{mu_b.shape}, {cov_b.shape}")
-    root = linalg.sqrtm(cov_a @ cov_b)
-    if not np.isfinite(root).all():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", linalg.LinAlgWarning)
+        try:
+            root = linalg.sqrtm(cov_a @ cov_b)
+            singular = not np.isfinite(root).all()
+        except linalg.LinAlgWarning:  # singular product, e.g. fewer samples than feature dimensions
+            singular = True
+    if singular:
         offset = eps * np.eye(dim)
         root = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
     if np.iscomplexobj(root):
