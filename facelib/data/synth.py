@@ -143,7 +143,7 @@ def identity_params(identity: Tensor) -> dict[str, Tensor]:
     p["a"] = 0.50 + 0.06 * r[:, 1] + 0.02 * masc
     p["b"] = 0.72 + 0.07 * r[:, 2]
     p["jaw"] = 0.08 + 0.18 * r[:, 3] - 0.06 * masc
-    p["jaw_p"] = 2.0 + 0.5 * r[:, 4] + 0.5 * masc
+    p["jaw_sq"] = 0.6 * r[:, 4] + 0.4 * masc
     tone = r[:, 5] ** 1.2
     p["tone"] = tone
     skin = _palette(_SKIN, tone)
@@ -286,7 +286,7 @@ def _fine(freq: float, px: float) -> float:
 
 def _mix(colour: Tensor, layer: Tensor, alpha: Tensor) -> Tensor:
     """Alpha-composite ``layer`` ([n,3,...] or [n,3,1,1]) over ``colour`` with ``alpha`` [n,...]."""
-    return torch.lerp(colour, layer.expand_as(colour), alpha.unsqueeze(1))
+    return colour + (layer - colour) * alpha.unsqueeze(1)
 
 
 def _rgb(c: Tensor) -> Tensor:
@@ -298,7 +298,12 @@ def _v(x: Tensor) -> Tensor:
 
 
 def _gauss(x: Tensor, y: Tensor, cx, cy, sx, sy) -> Tensor:
-    return torch.exp(-0.5 * (((x - cx) / sx) ** 2 + ((y - cy) / sy) ** 2))
+    """Unnormalised 2-D Gaussian; a sigma of None means "constant along that axis"."""
+    if sx is None:
+        return torch.exp((y - cy).square_().mul_(-0.5 / sy**2))
+    if sy is None:
+        return torch.exp((x - cx).square_().mul_(-0.5 / sx**2))
+    return torch.exp((x - cx).square_().mul_(-0.5 / sx**2).add_((y - cy).square_().mul_(-0.5 / sy**2)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,7 +311,7 @@ def _gauss(x: Tensor, y: Tensor, cx, cy, sx, sy) -> Tensor:
 # ----------------------------------------------------------------------------------------------
 _DOME = (0.45, 0.42, 0.75, 0.05)  # amplitude, sigma_x, sigma_y, centre_y
 _Z0 = 0.2  # depth of the rotation axis, so the head turns about its middle, not its tip
-_NEWTON_POSE = 5
+_NEWTON_POSE = 4
 
 
 def _pose_depth(x: Tensor, y: Tensor, yn: Tensor) -> tuple[Tensor, Tensor]:
@@ -327,6 +332,8 @@ def _pose_forward(w: Tensor, yn: Tensor, sin_t: Tensor, squash: Tensor) -> Tenso
 
 def _pose_inverse(px_: Tensor, py_: Tensor, yn: Tensor, sin_t: Tensor, squash: Tensor) -> Tensor:
     """Image points -> face-plane x (Newton on ``squash*x + sin*(z(x, y) - z0) = p_x``)."""
+    if not bool((sin_t != 0).any()):
+        return px_.clone()  # frontal: the pose map is the identity
     x = (px_ + sin_t * _Z0) / squash
     for _ in range(_NEWTON_POSE):
         z, dz = _pose_depth(x, py_, yn)
@@ -337,7 +344,7 @@ def _pose_inverse(px_: Tensor, py_: Tensor, yn: Tensor, sin_t: Tensor, squash: T
 # ----------------------------------------------------------------------------------------------
 # expression: anchored Gaussian displacements (inverse map u = v - D(v)) on a coarse grid
 # ----------------------------------------------------------------------------------------------
-_GRID = 40          # coarse grid nodes per side
+_GRID = 28          # coarse grid nodes per side
 _GRID_RANGE = 1.3   # the coarse grid spans [-R, R]^2 of the face plane
 
 # (name, sided, sigma, {AU code: (dx outward, dy) per AU unit})
@@ -412,8 +419,13 @@ def _displacement(vx: Tensor, vy: Tensor, P: dict, au_l: Tensor, au_r: Tensor) -
     mag = disp.norm(dim=-1, keepdim=True).clamp_min(1e-9)
     cap = 1.3 * sig[None, :, None]
     disp = disp * (cap * torch.tanh(mag / cap) / mag)
-    g = torch.exp(-0.5 * ((vx[:, None] - ax[..., None, None]) ** 2 + (vy[:, None] - ay[..., None, None]) ** 2)
-                  / (sig[None, :, None, None] ** 2))                                 # [n, K, H, W]
+    active = (disp.abs().amax((0, 2)) > 0).nonzero()[:, 0]  # anchors some image in the chunk moves
+    disp, ax, ay, sig = disp[:, active], ax[:, active], ay[:, active], sig[active]
+    # separable Gaussians on the grid rows and columns: [n, K, H, 1] * [n, K, 1, W]
+    inv2 = -0.5 / sig[None, :, None] ** 2
+    gx = torch.exp((vx[:, 0][:, None] - ax[..., None]) ** 2 * inv2)                  # [n, K, W]
+    gy = torch.exp((vy[:, :, 0][:, None] - ay[..., None]) ** 2 * inv2)               # [n, K, H]
+    g = gy[..., :, None] * gx[..., None, :]                                          # [n, K, H, W]
     dx = (g * disp[..., 0, None, None]).sum(1)
     dy = (g * disp[..., 1, None, None]).sum(1)
     # AU23 lip tightener: squeeze the lips toward the mouth line
@@ -463,6 +475,9 @@ def _like(value: Tensor, field: Tensor) -> Tensor:
     return value.reshape(-1, *([1] * (field.ndim - 1)))
 
 
+_LENS_REACH = 0.4
+
+
 def _mouth_line(ux: Tensor, P: dict) -> Tensor:
     return _like(P["ym"], ux) + _like(P["mouth_curve"], ux) * (ux / _like(P["mw"], ux)) ** 2
 
@@ -475,7 +490,9 @@ def _branches(ux: Tensor, uy: Tensor, P: dict, g_up: Tensor, g_low: Tensor):
     """
     t2 = (ux / _like(P["mw"], ux)) ** 2
     dy = uy - _mouth_line(ux, P)
-    lens = (1 - t2).clamp_min(0) ** 1.5 * torch.exp(-0.5 * (dy / 0.1) ** 2)
+    # lens-shaped opening: zero beyond the lip corners and beyond |dy| = _LENS_REACH
+    reach = (1 - (dy / _LENS_REACH) ** 2).clamp_min(0)
+    lens = (1 - t2).clamp_min(0) ** 1.5 * torch.exp(-0.5 * (dy / 0.1) ** 2) * reach * reach
     up = _like(g_up, ux) * lens
     low = _like(g_low, ux) * lens
     return uy + up, uy - low, dy + up, dy - low
@@ -500,298 +517,498 @@ def _sided(values: Tensor, right: Tensor) -> Tensor:
     return torch.where(right, values[:, 1, None, None], values[:, 0, None, None])
 
 
-def _appearance(ux: Tensor, uy: Tensor, P: dict, sv: dict, scene: dict, px: float, gap: tuple | None):
-    """Colour of canonical points.
+_ZMAX = 0.5  # largest depth of the pose surface (dome + nose)
 
-    ``ux, uy`` [n, H, W] canonical coordinates; ``sv`` per-side AU quantities; ``scene`` pose and
-    light; ``gap`` = (s_up, s_low) signed distances of the two lip branches to the mouth line,
-    or None when only the AU-dependent layers are wanted.
-    Returns colour [n, 3, H, W] in [0, 1] (before the background), head alpha, face-skin alpha
-    and the AU-dependent layer state [n, 3, H, W] (eye opening, lash line, wrinkles).
+
+class _Region:
+    """Where canonical boxes can appear on the pixel grid of a chunk (or of a crop of it).
+
+    Rows depend only on the expression map (yaw moves pixels sideways), so a canonical y-range
+    maps to image rows through the chunk's largest vertical displacement; columns also go
+    through the pose map's bounds. No pixel is tested: windows are exact upper bounds.
     """
-    n = ux.shape[0]
-    right = ux > 0
-    xm = ux.abs()
-    a, b = _v(P["a"]), _v(P["b"])
-    k = sv["k"]
-    sin_t, cos_t = scene["sin"], scene["cos"]
 
-    # --- face oval (with a tapering, squarer jaw)
-    t_low = (uy / b).clamp(0, 1)
-    ax = a * (1 - _v(P["jaw"]) * t_low * t_low)
-    rx, ry = xm / ax, uy / b
-    pw = torch.where(uy > 0, _v(P["jaw_p"]), torch.full_like(uy, 2.0))
-    r = (rx.pow(pw) + ry.abs().pow(pw)).pow(1 / pw)
-    face_sd = (r - 1) * torch.minimum(ax, b) * 0.9
-    face = _cover(face_sd, px)
+    def __init__(self, size: int, squash: Tensor, sin: Tensor, dx: float, dy: Tensor,
+                 r0: int = 0, c0: int = 0, h: int | None = None, w: int | None = None):
+        # dy: [G] largest vertical displacement on each coarse-grid row of the expression map
+        self.size, self.squash, self.sin, self.dx, self.dy = size, squash.reshape(-1), sin.reshape(-1), dx, dy
+        self.r0, self.c0 = r0, c0
+        self.h, self.w = (size if h is None else h), (size if w is None else w)
 
-    # --- shading normal from a bumpy depth (dome, nose, brow ridge, sockets, cheekbones, lips, chin)
-    ex, ye, yb, yn, ym = _v(P["ex"]), _v(P["ye"]), _v(P["yb"]), _v(P["yn"]), _v(P["ym"])
-    zx = torch.zeros_like(ux)
-    zy = torch.zeros_like(ux)
+    def crop(self, w) -> "_Region":
+        return _Region(self.size, self.squash, self.sin, self.dx, self.dy, self.r0 + w[0].start, self.c0 + w[1].start,
+                       w[0].stop - w[0].start, w[1].stop - w[1].start)
 
-    def bump(cx, cy, sx, sy, amp, x=ux):
-        nonlocal zx, zy
-        g = amp * _gauss(x, uy, cx, cy, sx, sy)
-        zx = zx - g * (x - cx) / sx**2
-        zy = zy - g * (uy - cy) / sy**2
-        return g
+    def sub(self, index: Tensor) -> "_Region":
+        return _Region(self.size, self.squash[index], self.sin[index], self.dx, self.dy, self.r0, self.c0, self.h, self.w)
 
+    def window(self, x0, x1, y0, y1, absolute: bool = True):
+        """Slices (relative to this region) covering the canonical box; None if it is empty here.
+
+        The box is ``x0 <= |ux| <= x1`` (``x0 <= ux <= x1`` if not ``absolute``) and
+        ``y0 <= uy <= y1``, bounds per image or scalars.
+        """
+        S = self.size
+        margin = 3.0 / S  # anti-aliasing reach: 1.5 pixels
+        y_lo, y_hi = float(torch.as_tensor(y0).min()), float(torch.as_tensor(y1).max())
+        # pixel rows whose canonical y can fall in [y_lo, y_hi]: widen by the displacement found on
+        # the grid rows that the widened band touches (two passes: global bound, then local)
+        d = float(self.dy.max())
+        spacing = 2 * _GRID_RANGE / _GRID
+        for _ in range(2):
+            j0 = max(0, math.floor((y_lo - d + _GRID_RANGE) / spacing - 0.5) - 1)
+            j1 = min(_GRID, math.ceil((y_hi + d + _GRID_RANGE) / spacing - 0.5) + 2)
+            d = float(self.dy[j0:j1].max()) if j1 > j0 else d
+        y_lo, y_hi = y_lo - d - margin, y_hi + d + margin
+        v_hi = float(torch.as_tensor(x1).max()) + self.dx + margin
+        v_lo = -v_hi if absolute else float(torch.as_tensor(x0).min()) - self.dx - margin
+        shift = torch.stack([self.sin * (0.0 - _Z0), self.sin * (_ZMAX - _Z0)])
+        x_lo = float((self.squash * v_lo + shift.amin(0)).min())
+        x_hi = float((self.squash * v_hi + shift.amax(0)).max())
+        rows = (max(self.r0, math.floor((y_lo + 1) * S / 2 - 0.5)), min(self.r0 + self.h, math.ceil((y_hi + 1) * S / 2 - 0.5) + 1))
+        cols = (max(self.c0, math.floor((x_lo + 1) * S / 2 - 0.5)), min(self.c0 + self.w, math.ceil((x_hi + 1) * S / 2 - 0.5) + 1))
+        if rows[1] <= rows[0] or cols[1] <= cols[0]:
+            return None
+        return slice(rows[0] - self.r0, rows[1] - self.r0), slice(cols[0] - self.c0, cols[1] - self.c0)
+
+
+def _bump_into(zx: Tensor, zy: Tensor, x: Tensor, y: Tensor, cx, cy, sx, sy, amp) -> None:
+    """Add a Gaussian bump's depth gradient to ``zx, zy`` (in place)."""
+    g = amp * _gauss(x, y, cx, cy, sx, sy)
+    zx.sub_(g * (x - cx) / (sx * sx))
+    zy.sub_(g * (y - cy) / (sy * sy))
+
+
+def _normals_shade(ux: Tensor, uy: Tensor, P: dict, scene: dict, R: _Region) -> tuple[Tensor, Tensor]:
+    """Diffuse shade and specular term of the canonical surface, lit after turning it by the yaw.
+
+    The surface is the pose dome plus local bumps: nose (bridge, tip, wings), brow ridge, eye
+    sockets, cheekbones, lips and chin. Shading is attached to the face, so two expressions of
+    one face under one light differ only by the deformation and the texture layers.
+    """
+    ex, ye, yb, yn, ym, b, nw = (_v(P[key]) for key in ("ex", "ye", "yb", "yn", "ym", "b", "nw"))
     amp, sx, sy, cy = _DOME
-    bump(0.0, cy, sx, sy, amp)
-    bump(0.0, yn - 0.09, 0.03, 0.09, 0.045)     # nose bridge
-    bump(0.0, yn - 0.01, 0.032, 0.03, 0.04)     # nose tip
-    sgn = torch.where(right, 1.0, -1.0)
-    bump(sgn * _v(P["nw"]) * 0.7, yn + 0.005, 0.03, 0.025, 0.018)  # nose wings
-    bump(sgn * 0.2, yb + 0.015, 0.12, 0.035, 0.025)                 # brow ridge
-    bump(sgn * ex, ye, 0.08, 0.05, -0.035)                          # eye sockets
-    bump(sgn * (ex + 0.06), ye + 0.15, 0.09, 0.07, 0.03)            # cheekbones
-    bump(0.0, ym - 0.01, 0.11, 0.03, 0.012)                         # upper lip
-    bump(0.0, ym + 0.035, 0.09, 0.025, 0.014)                       # lower lip
-    bump(0.0, b - 0.11, 0.11, 0.06, 0.025)                          # chin
+    dome = amp * _gauss(ux, uy, 0.0, cy, sx, sy)
+    zx = -dome * ux / sx**2
+    zy = -dome * (uy - cy) / sy**2
+    w = R.window(0.0, 0.16, yn - 0.38, yn + 0.12)
+    if w:
+        cux, cuy, czx, czy = ux[:, w[0], w[1]], uy[:, w[0], w[1]], zx[:, w[0], w[1]], zy[:, w[0], w[1]]
+        _bump_into(czx, czy, cux, cuy, 0.0, yn - 0.09, 0.03, 0.09, 0.045)    # nose bridge
+        _bump_into(czx, czy, cux, cuy, 0.0, yn - 0.01, 0.032, 0.03, 0.04)    # nose tip
+        dzx, dzy = torch.zeros_like(cux), torch.zeros_like(cux)
+        _bump_into(dzx, dzy, cux.abs(), cuy, nw * 0.7, yn + 0.005, 0.03, 0.025, 0.018)  # nose wings
+        czx += dzx * torch.sign(cux)
+        czy += dzy
+    w = R.window(0.0, 0.62, yb - 0.12, ye + 0.4)
+    if w:
+        cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
+        cxm = cux.abs()
+        dzx, dzy = torch.zeros_like(cux), torch.zeros_like(cux)
+        _bump_into(dzx, dzy, cxm, cuy, 0.2, yb + 0.015, 0.12, 0.035, 0.025)          # brow ridge
+        _bump_into(dzx, dzy, cxm, cuy, ex, ye, 0.08, 0.05, -0.035)                   # eye sockets
+        _bump_into(dzx, dzy, cxm, cuy, ex + 0.06, ye + 0.15, 0.09, 0.07, 0.03)       # cheekbones
+        zx[:, w[0], w[1]] += dzx * torch.sign(cux)
+        zy[:, w[0], w[1]] += dzy
+    w = R.window(0.0, 0.4, ym - 0.1, b + 0.15)
+    if w:
+        cux, cuy, czx, czy = ux[:, w[0], w[1]], uy[:, w[0], w[1]], zx[:, w[0], w[1]], zy[:, w[0], w[1]]
+        _bump_into(czx, czy, cux, cuy, 0.0, ym - 0.01, 0.11, 0.03, 0.012)   # upper lip
+        _bump_into(czx, czy, cux, cuy, 0.0, ym + 0.035, 0.09, 0.025, 0.014)  # lower lip
+        _bump_into(czx, czy, cux, cuy, 0.0, b - 0.11, 0.11, 0.06, 0.025)    # chin
     inv = torch.rsqrt(zx * zx + zy * zy + 1)
     nx, ny, nz = -zx * inv, -zy * inv, inv
+    sin_t, cos_t = scene["sin"], scene["cos"]
     nx, nz = nx * cos_t + nz * sin_t, nz * cos_t - nx * sin_t
-    L = scene["light"]  # [n, 3] unit direction towards the light, times strength
-    ndl = (nx * _v(L[:, 0]) + ny * _v(L[:, 1]) + nz * _v(L[:, 2])).clamp_min(0)
-    shade = _v(scene["ambient"]) + ndl
-    spec = (nx * _v(scene["half"][:, 0]) + ny * _v(scene["half"][:, 1]) + nz * _v(scene["half"][:, 2])).clamp_min(0)
+    L, H = scene["light"], scene["half"]
+    shade = _v(scene["ambient"]) + (nx * _v(L[:, 0]) + ny * _v(L[:, 1]) + nz * _v(L[:, 2])).clamp_min(0)
+    spec = (nx * _v(H[:, 0]) + ny * _v(H[:, 1]) + nz * _v(H[:, 2])).clamp_min(0)
     spec = spec * spec
     spec = spec * spec
-    spec = spec * spec * 0.08  # (n.h)^8
+    return shade, spec * spec * 0.08  # (n.h)^8
 
-    # --- skin with blush, under-eye darkening and stubble shadow
-    skin = _rgb(P["skin"]).expand(n, 3, *ux.shape[1:]).clone()
-    cheeks = _gauss(xm, uy, ex + 0.02, ye + 0.19, 0.09, 0.07) * _v(P["blush"])
-    skin = skin * (1 - cheeks.unsqueeze(1) * torch.tensor([0.0, 0.6, 0.5])[None, :, None, None])
-    under_eye = 0.06 * _gauss(xm, uy, ex, ye + 0.06, 0.07, 0.025)
-    skin = skin * (1 - under_eye.unsqueeze(1))
 
-    # wrinkles and other AU-dependent darkening (the "texture" part of an expression)
-    wr = torch.zeros_like(ux)
-    k4 = (k[4][:, 0] + k[4][:, 1]) / 2
-    furrow = _line(xm - 0.022, 0.004, px) * _gauss(xm, uy, 0.0, yb + 0.02, 1.0, 0.045)
-    wr = wr + 0.4 * _v(k4) * furrow
-    k9 = (k[9][:, 0] + k[9][:, 1]) / 2
-    bridge_y = ye + 0.03
-    nose_lines = (_line(uy - bridge_y, 0.004, px) + _line(uy - bridge_y - 0.03, 0.004, px)) * _gauss(xm, uy, 0.0, bridge_y, 0.04, 1.0)
-    wr = wr + 0.35 * _v(k9) * nose_lines
-    k1 = (k[1][:, 0] + k[1][:, 1]) / 2
-    k2 = _sided(k[2], right)
-    fh = torch.zeros_like(ux)
-    for i in range(3):
-        fy = yb - 0.11 - 0.055 * i - 0.06 * (xm / 0.3) ** 2 * 0.3
-        fh = fh + _line(uy - fy, 0.004, px)
-    wr = wr + 0.28 * (0.7 * _v(k1) * _gauss(xm, uy, 0.0, yb, 0.16, 1.0) + 0.6 * k2 * _gauss(xm, uy, 0.24, yb, 0.1, 1.0)) * fh
-    k6 = _sided(k[6], right)
-    corner_x = ex + _v(P["ew"]) + 0.012
-    crow = torch.zeros_like(ux)
-    for slope in (-0.55, 0.0, 0.55):
-        crow = crow + _line((uy - ye) - slope * (xm - corner_x), 0.0035, px)
-    crow = crow * ((xm - corner_x) / 0.012).clamp(0, 1) * _gauss(xm, uy, corner_x + 0.03, ye, 0.035, 0.05)
-    k7 = _sided(k[7], right)
-    eyebag = _line(uy - (ye + _v(P["eh"]) * 0.8 + 0.03), 0.004, px) * _gauss(xm, uy, ex, ye, 0.07, 1.0)
-    wr = wr + 0.35 * k6 * crow + 0.25 * (0.6 * k6 + 0.4 * k7) * eyebag
-    k12 = _sided(k[12], right)
-    k10 = _sided(k[10], right)
-    k9s = _sided(k[9], right)
-    fold_t = ((uy - yn + 0.03) / (ym - yn + 0.09)).clamp(0, 1)
-    fold_x = _v(P["nw"]) + 0.012 + (_v(P["mw"]) + 0.035 - _v(P["nw"]) - 0.012) * fold_t
-    fold_win = ((uy - yn + 0.03) / 0.02).clamp(0, 1) * ((ym + 0.06 - uy) / 0.03).clamp(0, 1)
-    fold = _line(xm - fold_x, 0.006, px) * fold_win
-    fold_k = torch.maximum(torch.maximum(k12, 0.8 * k9s), torch.maximum(0.8 * k10, 0.5 * k6))
-    wr = wr + 0.35 * fold_k * fold
-    k14 = _sided(k[14], right)
-    dimple = _line(xm - _v(P["mw"]) - 0.022, 0.005, px) * _gauss(xm, uy, 0.0, ym + 0.005, 1.0, 0.022)
-    wr = wr + 0.45 * k14 * dimple
-    k15 = _sided(k[15], right)
-    marionette = _line(xm - _v(P["mw"]) - 0.012 - 0.25 * (uy - ym), 0.005, px) * _gauss(xm, uy, 0.0, ym + 0.06, 1.0, 0.04) * (uy > ym).float()
-    wr = wr + 0.3 * k15 * marionette
-    k17 = (k[17][:, 0] + k[17][:, 1]) / 2
-    sulcus = _line(uy - (ym + _v(P["ll"]) + 0.035 + 0.15 * ux * ux), 0.006, px) * _gauss(xm, uy, 0.0, 0.0, 0.08, 1.0)
-    chin_y = b - 0.12
-    dimpling = (torch.sin(ux * 90) * torch.sin(uy * 80) * 0.5 + 0.5) * _fine(120, px) * _gauss(xm, uy, 0.0, chin_y, 0.06, 0.05)
-    wr = wr + _v(k17) * (0.3 * sulcus + 0.15 * dimpling)
-    # the cheek apple lifts and catches light when smiling (AU6/AU12): a brightening "texture"
-    apple = 0.07 * torch.maximum(k12, k6) * _gauss(xm, uy, ex + 0.03, ye + 0.14, 0.06, 0.04)
-    # baseline wrinkles from age (identity, not AU: flow explains them)
+def _wrinkles(ux: Tensor, uy: Tensor, P: dict, sv: dict, px: float, R: _Region) -> tuple[Tensor, Tensor]:
+    """Darkening by AU-dependent wrinkles (texture), and by the identity's own lines (geometry).
+
+    AU4 furrow, AU1/AU2 forehead lines, AU9 nose wrinkles, AU6 crow's feet, AU6/AU7 lower-lid
+    furrow, nasolabial folds deepened by AU12/AU9/AU10/AU6, AU14 dimples, AU15 marionette lines,
+    AU17 chin (mentolabial sulcus, dimpling); negative values brighten (cheek apples, AU6/AU12).
+    """
+    k = sv["k"]
+    ex, ew, eh, ye, yb, yn, ym, mw, nw, ll, b = (_v(P[key]) for key in ("ex", "ew", "eh", "ye", "yb", "yn", "ym", "mw", "nw", "ll", "b"))
     age = _v(P["age"])
-    age_lines = 0.1 * age * (fold + 0.5 * crow + 0.5 * fh * _gauss(xm, uy, 0.0, yb, 0.2, 1.0))
-    skin = skin * (1 - (wr + age_lines).clamp(0, 0.7).unsqueeze(1)) * (1 + apple.unsqueeze(1))
+    wr = torch.zeros_like(ux)
+    age_dark = torch.zeros_like(ux)
+    mean = {code: _v((k[code][:, 0] + k[code][:, 1]) / 2) for code in (1, 4, 9, 17)}
+    active = {code: bool((k[code] > 0).any()) for code in AU_CODES}
+    if active[4] or active[9] or active[1] or active[2]:
+        w = R.window(0.0, 0.42, yb - 0.3, ye + 0.12)
+        if w:
+            cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
+            cxm = cux.abs()
+            furrow = _line(cxm - 0.022, 0.004, px) * _gauss(cxm, cuy, 0.0, yb + 0.02, None, 0.045)
+            bridge_y = ye + 0.03
+            nose_lines = (_line(cuy - bridge_y, 0.004, px) + _line(cuy - bridge_y - 0.03, 0.004, px)) * _gauss(cxm, cuy, 0.0, bridge_y, 0.04, None)
+            fh = torch.zeros_like(cux)
+            bend = 0.018 * (cxm / 0.3) ** 2
+            for i in range(3):
+                fh = fh + _line(cuy - (yb - 0.11 - 0.055 * i - bend), 0.004, px)
+            forehead = (0.7 * mean[1] * _gauss(cxm, cuy, 0.0, yb, 0.16, None)
+                        + 0.6 * _sided(k[2], cux > 0) * _gauss(cxm, cuy, 0.24, yb, 0.1, None)) * fh
+            wr[:, w[0], w[1]] += 0.4 * mean[4] * furrow + 0.35 * mean[9] * nose_lines + 0.28 * forehead
+    w = R.window(ex + ew - 0.03, ex + ew + 0.14, ye - 0.1, ye + 0.1)
+    if w:
+        cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
+        cxm = cux.abs()
+        corner_x = ex + ew + 0.012
+        crow = torch.zeros_like(cux)
+        for slope in (-0.55, 0.0, 0.55):
+            crow = crow + _line((cuy - ye) - slope * (cxm - corner_x), 0.0035, px)
+        crow = crow * ((cxm - corner_x) / 0.012).clamp(0, 1) * _gauss(cxm, cuy, corner_x + 0.03, ye, 0.035, 0.05)
+        wr[:, w[0], w[1]] += 0.35 * _sided(k[6], cux > 0) * crow
+        age_dark[:, w[0], w[1]] += 0.05 * age * crow
+    if active[6] or active[7]:
+        w = R.window(ex - ew, ex + ew, ye + 0.02, ye + eh + 0.08)
+        if w:
+            cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
+            right = cux > 0
+            eyebag = _line(cuy - (ye + eh * 0.8 + 0.03), 0.004, px) * _gauss(cux.abs(), cuy, ex, ye, 0.07, 1.0)
+            wr[:, w[0], w[1]] += 0.25 * (0.6 * _sided(k[6], right) + 0.4 * _sided(k[7], right)) * eyebag
+    w = R.window(0.0, mw + 0.1, yn - 0.06, b)
+    if w:
+        cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
+        cxm, right = cux.abs(), cux > 0
+        k6, k12, k10, k9 = (_sided(k[c], right) for c in (6, 12, 10, 9))
+        fold_t = ((cuy - yn + 0.03) / (ym - yn + 0.09)).clamp(0, 1)
+        fold_x = nw + 0.012 + (mw + 0.035 - nw - 0.012) * fold_t
+        fold_win = ((cuy - yn + 0.03) / 0.02).clamp(0, 1) * ((ym + 0.06 - cuy) / 0.03).clamp(0, 1)
+        fold = _line(cxm - fold_x, 0.006, px) * fold_win
+        fold_k = torch.maximum(torch.maximum(k12, 0.8 * k9), torch.maximum(0.8 * k10, 0.5 * k6))
+        dimple = _line(cxm - mw - 0.022, 0.005, px) * _gauss(cxm, cuy, 0.0, ym + 0.005, None, 0.022)
+        marionette = _line(cxm - mw - 0.012 - 0.25 * (cuy - ym), 0.005, px) * _gauss(cxm, cuy, 0.0, ym + 0.06, None, 0.04) * (cuy > ym)
+        sulcus = _line(cuy - (ym + ll + 0.035 + 0.15 * cux * cux), 0.006, px) * _gauss(cxm, cuy, 0.0, 0.0, 0.08, None)
+        dimpling = (torch.sin(cux * 90) * torch.sin(cuy * 80) * 0.5 + 0.5) * _fine(120, px) * _gauss(cxm, cuy, 0.0, b - 0.12, 0.06, 0.05)
+        apple = 0.07 * torch.maximum(k12, k6) * _gauss(cxm, cuy, ex + 0.03, ye + 0.14, 0.06, 0.04)
+        wr[:, w[0], w[1]] += (0.35 * fold_k * fold + 0.45 * _sided(k[14], right) * dimple
+                             + 0.3 * _sided(k[15], right) * marionette + mean[17] * (0.3 * sulcus + 0.15 * dimpling) - apple)
+        age_dark[:, w[0], w[1]] += 0.1 * age * fold
+    return wr, age_dark
 
-    # --- nose details: nostrils and alar creases
-    nwv = _v(P["nw"])
-    nostril = _cover(torch.sqrt(((xm - 0.42 * nwv) / 0.021) ** 2 + ((uy - yn - 0.022) / 0.010) ** 2) * 0.01 - 0.01, px)
-    skin = skin * (1 - 0.6 * nostril.unsqueeze(1))
-    alar = _line(torch.sqrt((xm - 0.55 * nwv) ** 2 + ((uy - yn) * 1.3) ** 2) - 0.5 * nwv, 0.004, px) * (uy > yn - 0.04).float() * (xm > 0.3 * nwv).float()
-    skin = skin * (1 - 0.25 * alar.unsqueeze(1))
-    philtrum = _line(xm - 0.018, 0.004, px) * _gauss(xm, uy, 0.0, (yn + ym) / 2, 1.0, 0.035)
-    skin = skin * (1 - 0.12 * philtrum.unsqueeze(1))
 
-    colour = skin
+def _eye_window(R: _Region, P: dict):
+    ex, ew, eh, ye = (_v(P[key]) for key in ("ex", "ew", "eh", "ye"))
+    return R.window(ex - ew - 0.01, ex + ew + 0.01, ye - eh * 1.4 - 0.03, ye + eh + 0.02)
 
-    # --- facial hair (under the lips, over the skin)
-    beard = _v(P["beard"])
-    lip_top = _mouth_line(ux, P) - _v(P["lu"]) * 1.4
-    region_full = _cover(yn + 0.07 + 0.25 * (xm / a) ** 2 - uy, px * 4) * face
-    region_must = _cover(_mouth_line(ux, P) - 0.02 - uy, px * 2) * _cover(uy - lip_top + 0.04, px * 2) * _cover(xm - _v(P["mw"]) - 0.04, px * 2)
-    region_goat = _cover(xm - 0.1, px * 3) * _cover(_mouth_line(ux, P) + 0.02 - uy, px) * face
-    bd = torch.where(beard == 4, region_full, torch.where(beard == 3, torch.maximum(region_goat, region_must),
-                     torch.where(beard == 2, region_must, 0.4 * region_full * (beard == 1).float())))
-    lips_zone = _cover(torch.maximum((uy - _mouth_line(ux, P)).abs() - _v(P["lu"] + P["ll"]) * 0.6, xm - _v(P["mw"])), px * 2)
-    bd = bd * (1 - lips_zone)
-    hair_tex = 0.8 + 0.2 * torch.sin(ux * 220 + torch.sin(uy * 150) * 2) * _fine(220, px)
-    colour = _mix(colour, _rgb(P["hair"]) * hair_tex.unsqueeze(1), 0.85 * bd)
 
-    # --- lips
-    mwv = _v(P["mw"])
-    t = ux / mwv
-    t2 = t * t
-    dy = uy - _mouth_line(ux, P)
-    bow = torch.exp(-(((xm - 0.032) / 0.022) ** 2)) - 0.7 * torch.exp(-((ux / 0.013) ** 2))
-    base_t = (1 - t2).clamp_min(0)
-    e_u = _v(P["lu"]) * base_t**0.55 * (1 + 0.22 * bow)
-    e_l = _v(P["ll"]) * base_t**0.6
-    lip_sd = torch.maximum(torch.maximum(-dy - e_u, dy - e_l), (xm - mwv) * 0.5)
-    lip_a = _cover(lip_sd, px)
-    lip_col = _rgb(P["lip"]) * torch.where(dy < 0, 0.88, 1.0).unsqueeze(1)
-    gloss = 0.18 * torch.exp(-0.5 * ((dy - 0.45 * e_l) / (0.25 * e_l + 1e-3)) ** 2) * base_t
-    lip_col = lip_col * (1 + gloss.unsqueeze(1))
-    colour = _mix(colour, lip_col, lip_a)
-    mouth_line = _line(dy, 0.004, px) * (1 - t2 * t2).clamp(0, 1)
-    corner = _gauss(xm, dy, mwv, 0.0, 0.012, 0.01)
-    colour = colour * (1 - (0.55 * mouth_line + 0.25 * corner).clamp(0, 0.8).unsqueeze(1))
-
-    # --- eyes: sclera, iris, pupil, highlight; lids are AU-dependent (texture)
-    ew, eh = _v(P["ew"]), _v(P["eh"])
-    te = (xm - ex) / ew
+def _eyelids(cux: Tensor, cuy: Tensor, P: dict, sv: dict, px: float) -> dict[str, Tensor]:
+    """Eye opening between the lids and the lash line (AU5/6/7/45 move the lids: texture)."""
+    ex, ew, eh, ye = (_v(P[key]) for key in ("ex", "ew", "eh", "ye"))
+    right = cux > 0
+    te = (cux.abs() - ex) / ew
     base = (1 - te * te).clamp_min(0)
     tilt = _v(P["tilt"]) * te
     y_u = ye - eh * base**0.7 - tilt
     y_l = ye + 0.75 * eh * base**0.9 - 0.3 * tilt
     y_close = ye + 0.35 * eh * base
-    openness = _sided(sv["open"], right)
-    lift = _sided(sv["raise"], right)
-    y_lid = y_close + openness * (y_u - y_close)
-    y_low = y_l - lift * (y_l - y_close)
-    eye_sd = torch.maximum(torch.maximum(y_lid - uy, uy - y_low), (te.abs() - 1) * ew)
-    eye_open = _cover(eye_sd, px)
-    sclera = torch.tensor([0.93, 0.91, 0.87])[None, :, None, None] * (0.72 + 0.28 * base).unsqueeze(1)
-    lid_shadow = 1 - 0.35 * torch.exp(-((uy - y_lid).clamp_min(0) / 0.012))
-    iris_r = 0.44 * ew
-    iy = ye - 0.1 * eh
-    gx = _v(P["gaze"]) * iris_r
-    di = torch.sqrt((ux - sgn * ex - gx) ** 2 + (uy - iy) ** 2)
-    iris_a = _cover(di - iris_r, px)
-    ring = 1 - 0.55 * ((di / iris_r - 0.7) / 0.3).clamp(0, 1)
-    iris_col = _rgb(P["iris"]) * (ring * (0.8 + 0.3 * (uy > iy).float())).unsqueeze(1)
-    eye_col = _mix(sclera, iris_col, iris_a)
-    pupil = _cover(di - 0.42 * iris_r, px)
-    eye_col = _mix(eye_col, torch.tensor([0.02, 0.02, 0.03])[None, :, None, None], pupil)
-    hx = sgn * ex + gx - 0.35 * iris_r * torch.sign(_v(scene["light"][:, 0]) - 1e-6) * -1
-    hl = _cover(torch.sqrt((ux - hx) ** 2 + (uy - iy + 0.35 * iris_r) ** 2) - 0.2 * iris_r, px)
-    eye_col = _mix(eye_col, torch.tensor([1.0, 1.0, 1.0])[None, :, None, None], 0.85 * hl)
-    eye_col = eye_col * lid_shadow.unsqueeze(1)
-    colour = _mix(colour, eye_col, eye_open)
-    lash_w = 0.0045 + 0.003 * te.clamp(0, 1)
-    lash = _line(uy - y_lid + 0.002, lash_w, px) * (1.15 - te.abs()).clamp(0, 0.15) / 0.15
-    lash_low = 0.35 * _line(uy - y_low, 0.003, px) * base
-    crease = 0.22 * _line(uy - (y_u - 0.02 * base - 0.006), 0.004, px) * base
-    lid_dark = (crease + lash_low).clamp(0, 1)
-    colour = colour * (1 - lid_dark.unsqueeze(1))
-    colour = _mix(colour, torch.tensor([0.05, 0.035, 0.03])[None, :, None, None], (0.9 * lash).clamp(0, 1))
+    y_lid = y_close + _sided(sv["open"], right) * (y_u - y_close)
+    y_low = y_l - _sided(sv["raise"], right) * (y_l - y_close)
+    opening = _cover(torch.maximum(torch.maximum(y_lid - cuy, cuy - y_low), (te.abs() - 1) * ew), px)
+    lash = _line(cuy - y_lid + 0.002, 0.0045 + 0.003 * te.clamp(0, 1), px) * (1.15 - te.abs()).clamp(0, 0.15) / 0.15
+    return {"opening": opening, "lash": lash, "te": te, "base": base, "y_u": y_u, "y_lid": y_lid, "y_low": y_low}
 
-    # --- brows
+
+def _texture_state(ux: Tensor, uy: Tensor, P: dict, sv: dict, px: float, R: _Region) -> Tensor:
+    """The AU-dependent layers at canonical points: [n, 3, H, W] = (eye opening, lash line, wrinkles)."""
+    state = torch.zeros(ux.shape[0], 3, *ux.shape[1:])
+    state[:, 2] = _wrinkles(ux, uy, P, sv, px, R)[0]
+    w = _eye_window(R, P)
+    if w:
+        lids = _eyelids(ux[:, w[0], w[1]], uy[:, w[0], w[1]], P, sv, px)
+        state[:, 0, w[0], w[1]] = lids["opening"]
+        state[:, 1, w[0], w[1]] = lids["lash"]
+    return state
+
+
+def _face_layer(ux: Tensor, uy: Tensor, P: dict, sv: dict, scene: dict, px: float, gap, shade: Tensor, spec: Tensor, R: _Region):
+    """Colour of the face (skin, wrinkles, nose, beard, lips, eyes, brows, shading, mouth interior).
+
+    Inputs are already cropped to the face's window. Returns colour [n, 3, h, w], the texture
+    state [n, 3, h, w] and the mouth-interior coverage [n, h, w] (zeros without ``gap``).
+    """
+    n = ux.shape[0]
+    ex, ew, eh, ye, yb, yn, ym = (_v(P[key]) for key in ("ex", "ew", "eh", "ye", "yb", "yn", "ym"))
+    mw, nw, lu, ll = (_v(P[key]) for key in ("mw", "nw", "lu", "ll"))
+    state = torch.zeros(n, 3, *ux.shape[1:])
+
+    # skin: base colour, blush and under-eye darkening, wrinkles
+    colour = _rgb(P["skin"]).expand(n, 3, *ux.shape[1:]).clone()
+    w = R.window(0.0, 0.62, ye - 0.05, ye + 0.4)
+    if w:
+        cxm, cuy = ux[:, w[0], w[1]].abs(), uy[:, w[0], w[1]]
+        blush = _gauss(cxm, cuy, ex + 0.02, ye + 0.19, 0.09, 0.07) * _v(P["blush"])
+        under = 0.06 * _gauss(cxm, cuy, ex, ye + 0.06, 0.07, 0.025)
+        tint = 1 - blush.unsqueeze(1) * torch.tensor([0.0, 0.6, 0.5])[None, :, None, None]
+        colour[:, :, w[0], w[1]] *= tint * (1 - under.unsqueeze(1))
+    wr, age_dark = _wrinkles(ux, uy, P, sv, px, R)
+    state[:, 2] = wr
+    colour = colour * (1 - (wr + age_dark).clamp(-0.2, 0.7).unsqueeze(1))
+
+    # nose details: nostrils, alar creases, philtrum
+    w = R.window(0.0, nw + 0.03, yn - 0.06, ym)
+    if w:
+        cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
+        cxm = cux.abs()
+        nostril = _cover(torch.sqrt(((cxm - 0.42 * nw) / 0.021) ** 2 + ((cuy - yn - 0.022) / 0.010) ** 2) * 0.01 - 0.01, px)
+        alar = _line(torch.sqrt((cxm - 0.55 * nw) ** 2 + ((cuy - yn) * 1.3) ** 2) - 0.5 * nw, 0.004, px) * (cuy > yn - 0.04) * (cxm > 0.3 * nw)
+        philtrum = _line(cxm - 0.018, 0.004, px) * _gauss(cxm, cuy, 0.0, (yn + ym) / 2, 1.0, 0.035)
+        colour[:, :, w[0], w[1]] *= (1 - (0.6 * nostril + 0.25 * alar + 0.12 * philtrum).unsqueeze(1))
+
+    # facial hair (only the images that have some)
+    bidx = (P["beard"] > 0).nonzero()[:, 0]
+    w = R.sub(bidx).window(0.0, 1.0, _v(P["yn"][bidx]) - 0.02, 2.0) if len(bidx) else None
+    if w:
+        Pb = {key: P[key][bidx] for key in ("beard", "a", "b", "yn", "mw", "lu", "ll", "ym", "mouth_curve", "hair", "jaw")}
+        cux, cuy = ux[bidx][:, w[0], w[1]], uy[bidx][:, w[0], w[1]]
+        cxm = cux.abs()
+        beard, ab, ynb, mwb = _v(Pb["beard"]), _v(Pb["a"]), _v(Pb["yn"]), _v(Pb["mw"])
+        line_y = _mouth_line(cux, Pb)
+        lip_top = line_y - _v(Pb["lu"]) * 1.4
+        full = _cover(ynb + 0.07 + 0.25 * (cxm / ab) ** 2 - cuy, px * 4)
+        must = _cover(line_y - 0.02 - cuy, px * 2) * _cover(cuy - lip_top + 0.04, px * 2) * _cover(cxm - mwb - 0.04, px * 2)
+        goat = _cover(cxm - 0.1, px * 3) * _cover(line_y + 0.02 - cuy, px)
+        bd = torch.where(beard == 4, full, torch.where(beard == 3, torch.maximum(goat, must),
+                         torch.where(beard == 2, must, 0.4 * full)))
+        lips_zone = _cover(torch.maximum((cuy - line_y).abs() - _v(Pb["lu"] + Pb["ll"]) * 0.6, cxm - mwb), px * 2)
+        tex = 0.8 + 0.2 * torch.sin(cux * 220 + torch.sin(cuy * 150) * 2) * _fine(220, px)
+        sub = colour[bidx][:, :, w[0], w[1]]
+        colour[bidx, :, w[0], w[1]] = _mix(sub, _rgb(Pb["hair"]) * tex.unsqueeze(1), 0.85 * bd * (1 - lips_zone))
+
+    # lips and the mouth line
+    w = R.window(0.0, mw + 0.02, ym - lu * 1.3 - 0.03, ym + ll + 0.03)
+    if w:
+        cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
+        cxm = cux.abs()
+        t2 = (cux / mw) ** 2
+        dy = cuy - _mouth_line(cux, P)
+        bow = torch.exp(-(((cxm - 0.032) / 0.022) ** 2)) - 0.7 * torch.exp(-((cux / 0.013) ** 2))
+        base_t = (1 - t2).clamp_min(0)
+        e_u = lu * base_t**0.55 * (1 + 0.22 * bow)
+        e_l = ll * base_t**0.6
+        lip_a = _cover(torch.maximum(torch.maximum(-dy - e_u, dy - e_l), (cxm - mw) * 0.5), px)
+        gloss = 0.18 * torch.exp(-0.5 * ((dy - 0.45 * e_l) / (0.25 * e_l + 1e-3)) ** 2) * base_t
+        lip_col = _rgb(P["lip"]) * (torch.where(dy < 0, 0.88, 1.0) * (1 + gloss)).unsqueeze(1)
+        sub = _mix(colour[:, :, w[0], w[1]], lip_col, lip_a)
+        mouth_line = _line(dy, 0.004, px) * (1 - t2 * t2).clamp(0, 1)
+        corner = _gauss(cxm, dy, mw, 0.0, 0.012, 0.01)
+        colour[:, :, w[0], w[1]] = sub * (1 - (0.55 * mouth_line + 0.25 * corner).clamp(0, 0.8).unsqueeze(1))
+
+    # eyes: sclera, iris, pupil, catch light; lids and lashes
+    eye_open = torch.zeros_like(ux)
+    w = _eye_window(R, P)
+    if w:
+        cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
+        lids = _eyelids(cux, cuy, P, sv, px)
+        sgn = torch.where(cux > 0, 1.0, -1.0)
+        te, base = lids["te"], lids["base"]
+        sclera = torch.tensor([0.93, 0.91, 0.87])[None, :, None, None] * (0.72 + 0.28 * base).unsqueeze(1)
+        lid_shadow = 1 - 0.35 * torch.exp(-((cuy - lids["y_lid"]).clamp_min(0) / 0.012))
+        iris_r = 0.44 * ew
+        iy = ye - 0.1 * eh
+        gx = _v(P["gaze"]) * iris_r
+        di = torch.sqrt((cux - sgn * ex - gx) ** 2 + (cuy - iy) ** 2)
+        ring = 1 - 0.55 * ((di / iris_r - 0.7) / 0.3).clamp(0, 1)
+        iris_col = _rgb(P["iris"]) * (ring * (0.8 + 0.3 * (cuy > iy))).unsqueeze(1)
+        eye_col = _mix(sclera, iris_col, _cover(di - iris_r, px))
+        eye_col = _mix(eye_col, torch.tensor([0.02, 0.02, 0.03])[None, :, None, None], _cover(di - 0.42 * iris_r, px))
+        hx = sgn * ex + gx + 0.35 * iris_r * torch.sign(_v(scene["light"][:, 0]) + 1e-6)
+        glint = _cover(torch.sqrt((cux - hx) ** 2 + (cuy - iy + 0.35 * iris_r) ** 2) - 0.2 * iris_r, px)
+        eye_col = _mix(eye_col, torch.ones(1, 3, 1, 1), 0.85 * glint) * lid_shadow.unsqueeze(1)
+        sub = _mix(colour[:, :, w[0], w[1]], eye_col, lids["opening"])
+        lash_low = 0.35 * _line(cuy - lids["y_low"], 0.003, px) * base
+        crease = 0.22 * _line(cuy - (lids["y_u"] - 0.02 * base - 0.006), 0.004, px) * base
+        sub = sub * (1 - (crease + lash_low).clamp(0, 1).unsqueeze(1))
+        colour[:, :, w[0], w[1]] = _mix(sub, torch.tensor([0.05, 0.035, 0.03])[None, :, None, None], (0.9 * lids["lash"]).clamp(0, 1))
+        eye_open[:, w[0], w[1]] = lids["opening"]
+        state[:, 0, w[0], w[1]] = lids["opening"]
+        state[:, 1, w[0], w[1]] = lids["lash"]
+
+    # brows
     brow_in = 0.07
-    blen = _v(P["brow_out"]) - brow_in
-    bt = (xm - brow_in) / blen
-    yc = yb - _v(P["brow_arch"]) * torch.sin(math.pi * bt.clamp(0, 1) ** 0.8)
-    th = _v(P["brow_th"]) * (1.15 - 0.6 * bt.clamp(0, 1))
-    brow_sd = torch.maximum(torch.maximum((uy - yc).abs() - th / 2, -bt * blen), (bt - 1) * blen)
-    brow_a = _cover(brow_sd, px) * (0.9 - 0.25 * bt.clamp(0, 1))
-    streak = 0.85 + 0.15 * torch.sin((uy - yc) * 300 + xm * 90) * _fine(300, px)
-    colour = _mix(colour, _rgb(P["brow"]) * streak.unsqueeze(1), brow_a)
+    brow_out, arch, thick = _v(P["brow_out"]), _v(P["brow_arch"]), _v(P["brow_th"])
+    w = R.window(brow_in - 0.01, brow_out + 0.01, yb - arch - thick - 0.01, yb + thick + 0.01)
+    if w:
+        cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
+        cxm = cux.abs()
+        blen = brow_out - brow_in
+        bt = (cxm - brow_in) / blen
+        yc = yb - arch * torch.sin(math.pi * bt.clamp(0, 1) ** 0.8)
+        th = thick * (1.15 - 0.6 * bt.clamp(0, 1))
+        brow_a = _cover(torch.maximum(torch.maximum((cuy - yc).abs() - th / 2, -bt * blen), (bt - 1) * blen), px) * (0.9 - 0.25 * bt.clamp(0, 1))
+        streak = 0.85 + 0.15 * torch.sin((cuy - yc) * 300 + cxm * 90) * _fine(300, px)
+        colour[:, :, w[0], w[1]] = _mix(colour[:, :, w[0], w[1]], _rgb(P["brow"]) * streak.unsqueeze(1), brow_a)
 
-    # lighting of everything on the face
-    colour = colour * shade.unsqueeze(1) + spec.unsqueeze(1) * (1 - eye_open).unsqueeze(1)
-
-    # --- mouth interior between the parted lips (texture: teeth, tongue, dark cavity)
-    gap_cov = None
+    # light, then the mouth interior between the parted lips (teeth, tongue, dark cavity)
+    colour = colour * shade.unsqueeze(1) + (spec * (1 - eye_open)).unsqueeze(1)
+    gap_cov = torch.zeros_like(ux)
     if gap is not None:
         s_up, s_low = gap
-        h_up = (0.5 + s_up / (1.2 * px)).clamp(0, 1)
-        h_low = (0.5 + s_low / (1.2 * px)).clamp(0, 1)
-        gap_cov = (h_up - h_low).clamp_min(0)
-        cavity = torch.tensor([0.22, 0.06, 0.06])[None, :, None, None] * (1 - 0.6 * t2.clamp(0, 1)).unsqueeze(1)
-        teeth_x = _cover(xm - 0.8 * mwv, px)
-        gaps = 1 - 0.3 * (0.5 + 0.5 * torch.cos(2 * math.pi * ux / 0.034)) ** 8 * _fine(2 * math.pi / 0.034 * 3, px)
-        tooth = torch.tensor([0.95, 0.93, 0.85])[None, :, None, None] * ((1 - 0.65 * t2.clamp(0, 1)) * gaps).unsqueeze(1)
-        upper_teeth = teeth_x * _cover(s_up - 0.04, px)
-        lower_teeth = teeth_x * _cover(-s_low - 0.028, px) * 0.9
-        tongue = _cover(torch.maximum(-s_low - 0.09, 0.035 - (-s_low)), px * 2) * _cover(xm - 0.6 * mwv, px * 2)
-        inside = _mix(cavity, torch.tensor([0.62, 0.28, 0.30])[None, :, None, None], 0.8 * tongue)
-        inside = _mix(inside, tooth, torch.maximum(upper_teeth, lower_teeth))
-        inside = inside * (0.55 + 0.45 * shade.clamp(0, 1.2)).unsqueeze(1)
-        colour = _mix(colour, inside, gap_cov)
+        w = R.window(0.0, mw, ym - _v(P["mouth_curve"]).abs() - 0.25, ym + _v(P["mouth_curve"]).abs() + 0.25)
+        if w:
+            cux = ux[:, w[0], w[1]]
+            su, sl = s_up[:, w[0], w[1]], s_low[:, w[0], w[1]]
+            cxm = cux.abs()
+            t2 = (cux / mw) ** 2
+            cov = ((0.5 + su / (1.2 * px)).clamp(0, 1) - (0.5 + sl / (1.2 * px)).clamp(0, 1)).clamp_min(0)
+            cavity = torch.tensor([0.22, 0.06, 0.06])[None, :, None, None] * (1 - 0.6 * t2.clamp(0, 1)).unsqueeze(1)
+            teeth_x = _cover(cxm - 0.8 * mw, px)
+            gaps = 1 - 0.3 * (0.5 + 0.5 * torch.cos(2 * math.pi * cux / 0.034)) ** 8 * _fine(2 * math.pi / 0.034 * 3, px)
+            tooth = torch.tensor([0.95, 0.93, 0.85])[None, :, None, None] * ((1 - 0.65 * t2.clamp(0, 1)) * gaps).unsqueeze(1)
+            teeth = teeth_x * torch.maximum(_cover(su - 0.04, px), 0.9 * _cover(-sl - 0.028, px))
+            tongue = _cover(torch.maximum(-sl - 0.09, 0.035 + sl), px * 2) * _cover(cxm - 0.6 * mw, px * 2)
+            inside = _mix(cavity, torch.tensor([0.62, 0.28, 0.30])[None, :, None, None], 0.8 * tongue)
+            inside = _mix(inside, tooth, teeth) * (0.55 + 0.45 * shade[:, w[0], w[1]].clamp(0, 1.2)).unsqueeze(1)
+            colour[:, :, w[0], w[1]] = _mix(colour[:, :, w[0], w[1]], inside, cov)
+            gap_cov[:, w[0], w[1]] = cov
+    return colour, state, gap_cov
 
-    # --- neck, shirt and ears behind the face; hair around and in front
-    neck_w = 0.2 + 0.05 * _v(P["masc"])
-    neck = _cover(xm - neck_w, px) * (uy > 0).float()
-    chin_shadow = 1 - 0.35 * torch.exp(-((uy - b * 0.9).clamp_min(0) / 0.12))
-    neck_col = _rgb(P["skin"]) * (0.82 * chin_shadow * (0.6 + 0.4 * shade)).unsqueeze(1)
-    shoulder_y = 0.86 + 0.7 * (neck_w - xm).clamp_min(0) - 0.1 * (xm - neck_w).clamp_min(0)
-    shirt = _cover(shoulder_y - uy, px)
-    back = _mix(neck_col, _rgb(P["shirt"]) * (0.75 + 0.25 * shade).unsqueeze(1), shirt)
-    back_a = torch.maximum(neck, shirt)
+
+def _paint(out: Tensor, head: Tensor, w, colour: Tensor, alpha: Tensor, bidx=None) -> None:
+    """Composite ``colour`` with ``alpha`` into window ``w`` of ``out`` and grow the head mask."""
+    if bidx is None:
+        out[:, :, w[0], w[1]] = _mix(out[:, :, w[0], w[1]], colour, alpha)
+        head[:, w[0], w[1]] = torch.maximum(head[:, w[0], w[1]], alpha)
+    else:
+        out[bidx, :, w[0], w[1]] = _mix(out[bidx][:, :, w[0], w[1]], colour, alpha)
+        head[bidx, w[0], w[1]] = torch.maximum(head[bidx][:, w[0], w[1]], alpha)
+
+
+def _appearance(ux: Tensor, uy: Tensor, P: dict, sv: dict, scene: dict, px: float, gap: tuple | None, out: Tensor, R: _Region):
+    """Paint the head over ``out`` (the background, [n, 3, H, W] in [0, 1], modified in place).
+
+    ``ux, uy`` [n, H, W] canonical coordinates; ``sv`` per-side AU quantities; ``scene`` pose and
+    light; ``gap`` = (s_up, s_low) signed distances of the two lip branches to the mouth line.
+    Layers back to front: hair behind the head, neck and shirt, ears, face, hair in front,
+    glasses; each is evaluated only in its window.
+    Returns head alpha [n, H, W], face-skin alpha, texture state [n, 3, H, W] (eye opening, lash
+    line, wrinkles) and the coverage of the mouth interior.
+    """
+    n = ux.shape[0]
+    a, b, ye = _v(P["a"]), _v(P["b"]), _v(P["ye"])
+    head = torch.zeros_like(ux)
+    skin_alpha = torch.zeros_like(ux)
+    state = torch.zeros(n, 3, *ux.shape[1:])
+    gap_cov = torch.zeros_like(ux)
+    shade, spec = _normals_shade(ux, uy, P, scene, R)
 
     style = _v(P["hair_style"])
+    has_hair = style != 5
+    long_hair = (style == 2) | (style == 1)
+    buzz = torch.where(style == 4, 0.75, 1.0)
     vol = _v(P["hair_vol"]) * torch.where(style == 4, 0.1, 1.0)
     hair_len = _v(P["hair_len"])
     scalp_w = a * 1.04 + vol
-    scalp_h = 0.83 + vol
-    scalp_r = torch.sqrt((ux / scalp_w) ** 2 + ((uy + 0.02).clamp_max(0) / scalp_h) ** 2 + ((uy + 0.02).clamp_min(0) / (hair_len + 0.05 - (-0.02))).clamp_min(0) ** 6)
-    hair_back = _cover((scalp_r - 1) * 0.5, px) * (style != 5).float()
-    # long hair falls in curtains past the jaw
-    curtain = _cover(torch.maximum(xm - scalp_w + 0.04 * uy.clamp_min(0), uy - hair_len), px) * ((style == 2) | (style == 1)).float()
-    hair_back = torch.maximum(hair_back, curtain)
-    ear_x = a * 1.0
-    ear = _cover((torch.sqrt(((xm - ear_x) / (0.055 * _v(P["ear"]))) ** 2 + ((uy - ye - 0.07) / (0.11 * _v(P["ear"]))) ** 2) - 1) * 0.05, px)
-    ear_cover = ((style == 2) | (style == 1)).float()
-    ear_col = _rgb(P["skin"]) * (0.78 * (0.7 + 0.3 * shade)).unsqueeze(1)
-    ear_col = ear_col * (1 - 0.3 * _line(torch.sqrt(((xm - ear_x - 0.01) / 0.035) ** 2 + ((uy - ye - 0.07) / 0.075) ** 2) - 1, 0.15, px * 20)).unsqueeze(1)
-    hairline = _v(P["hairline"]) + (ye + 0.02 - _v(P["hairline"])) * (xm / a).clamp(0, 1) ** 3
-    fringe = style == 3
-    hairline = hairline + torch.where(fringe, 0.015 * torch.sin(ux * 40), 0.0)
-    hair_front = face * _cover(uy - hairline, px) * (style != 5).float()
-    strands = torch.sin(60 * ux / (uy + 1.25) + 3 * torch.sin(uy * 9)) * _fine(60, px)
-    hair_light = 0.7 + 0.35 * torch.exp(-0.5 * ((uy + 0.55) / 0.12) ** 2) * (1 - xm)
-    hair_col = _rgb(P["hair"]) * ((hair_light + 0.12 * strands) * (0.75 + 0.25 * shade.clamp(0, 1.3))).unsqueeze(1)
-    buzz = torch.where(style == 4, 0.75, 1.0)
 
-    head = torch.maximum(torch.maximum(back_a, hair_back), torch.maximum(face, ear * (1 - ear_cover)))
-    out = _mix(back, hair_col, hair_back * buzz / head.clamp_min(1e-6) * (1 - back_a) + hair_back * back_a * buzz)
-    out = _mix(out, ear_col, ear * (1 - ear_cover))
-    out = _mix(out, colour, face)
-    out = _mix(out, hair_col, hair_front * buzz)
-    skin_alpha = face * (1 - hair_front * buzz)
+    def hair_colour(cux, cuy, cshade):
+        strands = torch.sin(40 * cux / (cuy + 1.6) + 3 * torch.sin(cuy * 9)) * _fine(40, px)
+        light = 0.7 + 0.35 * torch.exp(-0.5 * ((cuy + 0.55) / 0.12) ** 2) * (1 - cux.abs())
+        return _rgb(P["hair"]) * ((light + 0.12 * strands) * (0.75 + 0.25 * cshade.clamp(0, 1.3))).unsqueeze(1)
 
-    # --- glasses
-    glasses = _v(P["glasses"])
-    gw, gh = ew + 0.045, 0.07 + 0 * ew
-    gdx, gdy = (xm - ex) / gw, (uy - ye - 0.005) / gh
-    pwr = torch.where(_v(P["glasses_round"]) > 0, 2.0, 4.0)
-    gr = (gdx.abs().pow(pwr) + gdy.abs().pow(pwr)).pow(1 / pwr)
-    ring_sd = (gr - 1).abs() * gh - 0.006
-    bridge_sd = torch.maximum((uy - ye + 0.012).abs() - 0.005, xm - (ex - gw * 0.95))
-    temple_sd = torch.maximum((uy - ye + 0.01).abs() - 0.006, (ex + gw * 0.95) - xm)
-    temple_sd = torch.maximum(temple_sd, xm - a - 0.05)
-    frame = _cover(torch.minimum(torch.minimum(ring_sd, bridge_sd), temple_sd), px) * glasses
-    lens = _cover((gr - 1) * gh, px) * glasses
-    out = _mix(out, torch.tensor([0.75, 0.85, 0.95])[None, :, None, None] * (0.6 + 0.4 * shade).unsqueeze(1), 0.12 * lens)
-    out = _mix(out, _rgb(P["frame"]) * (0.6 + 0.5 * shade).unsqueeze(1), frame)
+    # hair behind the head: the scalp, and curtains of long hair past the jaw
+    w = R.window(0.0, scalp_w + 0.02, -2.0, torch.maximum(hair_len, ye) + 0.12)
+    hair_win = w
+    if w:
+        cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
+        cxm = cux.abs()
+        top = (cuy + 0.02).clamp_max(0) / (0.83 + vol)
+        bottom = ((cuy + 0.02).clamp_min(0) / (hair_len + 0.07)) ** 2
+        scalp = _cover((torch.sqrt((cux / scalp_w) ** 2 + top * top + bottom * bottom * bottom) - 1) * 0.5, px)
+        curtain = _cover(torch.maximum(cxm - scalp_w + 0.04 * cuy.clamp_min(0), cuy - hair_len), px) * long_hair
+        hair_col = hair_colour(cux, cuy, shade[:, w[0], w[1]])
+        _paint(out, head, w, hair_col, torch.maximum(scalp, curtain) * has_hair * buzz)
 
-    state = torch.stack([eye_open, lash, wr + apple], 1)
-    return out.clamp(0, 1), head.clamp(0, 1), skin_alpha, state, gap_cov
+    # neck and shirt
+    w = R.window(0.0, 10.0, 0.3, 10.0)
+    if w:
+        cux, cuy, cshade = ux[:, w[0], w[1]], uy[:, w[0], w[1]], shade[:, w[0], w[1]]
+        cxm = cux.abs()
+        neck_w = 0.2 + 0.05 * _v(P["masc"])
+        neck = _cover(cxm - neck_w, px)
+        chin_shadow = 1 - 0.35 * torch.exp(-((cuy - b * 0.9).clamp_min(0) / 0.12))
+        neck_col = _rgb(P["skin"]) * (0.82 * chin_shadow * (0.6 + 0.4 * cshade)).unsqueeze(1)
+        shoulder_y = torch.where(cxm < neck_w, 0.97 - 0.13 * (cxm / neck_w) ** 2, 0.84 + 0.2 * (cxm - neck_w))
+        shirt = _cover(shoulder_y - cuy, px)
+        back = _mix(neck_col, _rgb(P["shirt"]) * (0.75 + 0.25 * cshade).unsqueeze(1), shirt)
+        _paint(out, head, w, back, torch.maximum(neck, shirt))
+
+    # ears (hidden by medium and long hair)
+    ear_s = _v(P["ear"])
+    w = R.window(a - 0.07, a + 0.07, ye - 0.05, ye + 0.2)
+    if w:
+        cux, cuy, cshade = ux[:, w[0], w[1]], uy[:, w[0], w[1]], shade[:, w[0], w[1]]
+        ear_r = torch.sqrt(((cux.abs() - a) / (0.055 * ear_s)) ** 2 + ((cuy - ye - 0.07) / (0.11 * ear_s)) ** 2)
+        ear = _cover((ear_r - 1) * 0.05, px) * ~long_hair
+        ear_col = _rgb(P["skin"]) * (0.78 * (0.7 + 0.3 * cshade) * (1 - 0.3 * torch.exp(-((ear_r - 0.55) / 0.15) ** 2))).unsqueeze(1)
+        _paint(out, head, w, ear_col, ear)
+
+    # the face
+    w = R.window(0.0, a + 0.01, -b - 0.01, b + 0.01)
+    if w:
+        cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
+        t_low = (cuy / b).clamp(0, 1)
+        ax = a * (1 - _v(P["jaw"]) * t_low * t_low)
+        rx2, ry2 = (cux / ax) ** 2, (cuy / b) ** 2
+        # the lower half blends an ellipse with a squarer superellipse (jaw squareness)
+        r = torch.lerp(torch.sqrt(rx2 + ry2), torch.sqrt(torch.sqrt(rx2 * rx2 + ry2 * ry2)), t_low.clamp(0, 0.5) * 2 * _v(P["jaw_sq"]))
+        face = _cover((r - 1) * torch.minimum(ax, b) * 0.9, px)
+        cgap = None if gap is None else (gap[0][:, w[0], w[1]], gap[1][:, w[0], w[1]])
+        colour, cstate, cgap_cov = _face_layer(cux, cuy, P, sv, scene, px, cgap, shade[:, w[0], w[1]], spec[:, w[0], w[1]], R.crop(w))
+        _paint(out, head, w, colour, face)
+        state[:, :, w[0], w[1]] = cstate
+        gap_cov[:, w[0], w[1]] = cgap_cov
+        skin_alpha[:, w[0], w[1]] = face
+
+    # hair in front: over the forehead down to the hairline (with a fringe for that style)
+    w = R.window(0.0, a + 0.02, -2.0, ye + 0.04)
+    if w and hair_win:
+        cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
+        cxm = cux.abs()
+        hairline = _v(P["hairline"]) + (ye + 0.02 - _v(P["hairline"])) * (cxm / a).clamp(0, 1) ** 3
+        hairline = hairline + torch.where(style == 3, 0.015 * torch.sin(cux * 40), 0.0)
+        front = head[:, w[0], w[1]] * _cover(cuy - hairline, px) * has_hair * buzz
+        front = front * (skin_alpha[:, w[0], w[1]] > 0)
+        inside = all(w[i].start >= hair_win[i].start and w[i].stop <= hair_win[i].stop for i in (0, 1))
+        if inside:  # reuse the colour computed for the hair behind
+            rows = slice(w[0].start - hair_win[0].start, w[0].stop - hair_win[0].start)
+            cols = slice(w[1].start - hair_win[1].start, w[1].stop - hair_win[1].start)
+            front_col = hair_col[:, :, rows, cols]
+        else:
+            front_col = hair_colour(cux, cuy, shade[:, w[0], w[1]])
+        _paint(out, head, w, front_col, front)
+        skin_alpha[:, w[0], w[1]] *= 1 - front
+
+    # glasses (only the images that wear them)
+    gidx = (P["glasses"] > 0).nonzero()[:, 0]
+    w = R.sub(gidx).window(0.0, _v(P["a"][gidx]) + 0.06, _v(P["ye"][gidx]) - 0.09, _v(P["ye"][gidx]) + 0.09) if len(gidx) else None
+    if w:
+        cux, cuy = ux[gidx][:, w[0], w[1]], uy[gidx][:, w[0], w[1]]
+        cxm = cux.abs()
+        exg, yeg, ewg = _v(P["ex"][gidx]), _v(P["ye"][gidx]), _v(P["ew"][gidx])
+        gw, gh = ewg + 0.045, 0.07
+        gdx, gdy = (cxm - exg) / gw, (cuy - yeg - 0.005) / gh
+        gx2, gy2 = gdx * gdx, gdy * gdy
+        gr = torch.where(_v(P["glasses_round"][gidx]) > 0, torch.sqrt(gx2 + gy2), torch.sqrt(torch.sqrt(gx2 * gx2 + gy2 * gy2)))
+        ring_sd = (gr - 1).abs() * gh - 0.006
+        bridge_sd = torch.maximum((cuy - yeg + 0.012).abs() - 0.005, cxm - (exg - gw * 0.95))
+        temple_sd = torch.maximum(torch.maximum((cuy - yeg + 0.01).abs() - 0.006, (exg + gw * 0.95) - cxm), cxm - _v(P["a"][gidx]) - 0.05)
+        frame = _cover(torch.minimum(torch.minimum(ring_sd, bridge_sd), temple_sd), px)
+        lens = _cover((gr - 1) * gh, px)
+        gshade = shade[gidx][:, w[0], w[1]]
+        tint = torch.tensor([0.75, 0.85, 0.95])[None, :, None, None] * (0.6 + 0.4 * gshade).unsqueeze(1)
+        out[gidx, :, w[0], w[1]] = _mix(out[gidx][:, :, w[0], w[1]], tint, 0.12 * lens * head[gidx][:, w[0], w[1]])
+        _paint(out, head, w, _rgb(P["frame"][gidx]) * (0.6 + 0.5 * gshade).unsqueeze(1), frame, gidx)
+
+    return head.clamp_(0, 1), skin_alpha, state, gap_cov
 
 
 # ----------------------------------------------------------------------------------------------
@@ -881,6 +1098,8 @@ def _background(bg: dict, px_: Tensor, py_: Tensor) -> Tensor:
     """Background colour at image points ``[n, H, W]`` (static: it never moves with the face)."""
     c1, c2 = _rgb(bg["colours"][:, 0]), _rgb(bg["colours"][:, 1])
     kind = bg["kind"][:, None, None, None]
+    if not bool((kind != 0).any()):
+        return c1.expand(-1, -1, *px_.shape[1:]).clone()  # plain everywhere
     w = bg["waves"]
     ramp = (0.5 + 0.35 * (px_ * _v(w[:, 0, 0]) + py_ * _v(w[:, 0, 1]))).clamp(0, 1).unsqueeze(1)
     gradient = torch.lerp(c1.expand(-1, -1, *px_.shape[1:]), c2.expand(-1, -1, *px_.shape[1:]), ramp)
@@ -958,16 +1177,34 @@ class _Face:
         self.vy = py_
         ux, uy = _sample_grid(self.grid, self.vx, self.vy)
         self.ux = ux
-        self.uy_up, self.uy_low, self.s_up, self.s_low = _branches(ux, uy, P, self.g_up, self.g_low)
+        # bounds of the displacement between pixel and canonical point, for the layer windows
+        nodes = (torch.arange(_GRID, dtype=torch.float32) + 0.5) * (2 * _GRID_RANGE / _GRID) - _GRID_RANGE
+        dx = float((self.grid[:, 0] - nodes[None, None, :]).abs().max()) + 0.05
+        dy = (self.grid[:, 1] - nodes[None, :, None]).abs().amax((0, 2))                      # [G] rows
+        # the lips' opening adds up to g near the mouth line (its lens has sigma 0.1)
+        g = float(torch.maximum(self.g_up, self.g_low).max())
+        reach = _LENS_REACH + 0.25
+        near_mouth = (nodes - float(P["ym"].min()) > -reach) & (nodes - float(P["ym"].max()) < reach)
+        self.region = _Region(size, scene["squash"], scene["sin"], dx, dy + g * near_mouth)
+        # the two lip branches differ only inside the mouth's window
+        self.s_up = uy - _mouth_line(ux, P)
+        self.s_low = self.s_up.clone()
+        self.uy_up, self.uy_low = uy, uy.clone()
+        w = self.region.window(0.0, _v(P["mw"]), _v(P["ym"] - P["mouth_curve"].abs()) - _LENS_REACH,
+                               _v(P["ym"] + P["mouth_curve"].abs()) + _LENS_REACH)
+        if w and bool((self.g_up + self.g_low > 0).any()):
+            self.uy_up = uy.clone()
+            y_up, y_low, s_up, s_low = _branches(ux[:, w[0], w[1]], uy[:, w[0], w[1]], P, self.g_up, self.g_low)
+            self.uy_up[:, w[0], w[1]], self.uy_low[:, w[0], w[1]] = y_up, y_low
+            self.s_up[:, w[0], w[1]], self.s_low[:, w[0], w[1]] = s_up, s_low
         self.upper = (self.s_up + self.s_low) < 0
         self.uy = torch.where(self.upper, self.uy_up, self.uy_low)
 
     def shade(self):
-        colour, head, skin, state, gap = _appearance(self.ux, self.uy, self.P, self.sv, self.scene, self.px,
-                                                     (self.s_up, self.s_low))
-        bg = _background(self.scene["background"], self.px_, self.py_)
-        image = _mix(bg, colour, head)
-        return image, head, skin, state, gap
+        image = _background(self.scene["background"], self.px_, self.py_)
+        head, skin, state, gap = _appearance(self.ux, self.uy, self.P, self.sv, self.scene, self.px,
+                                             (self.s_up, self.s_low), image, self.region)
+        return image.clamp_(0, 1), head, skin, state, gap
 
 
 def _canonical_landmarks(P: dict, sv: dict) -> tuple[Tensor, Tensor]:
@@ -1051,7 +1288,7 @@ def _landmarks(face: _Face) -> Tensor:
 
 
 def _chunks(n: int, size: int):
-    step = max(1, (160_000 if size <= 96 else 120_000) // (size * size))
+    step = max(1, 320_000 // (size * size))
     for start in range(0, n, step):
         yield slice(start, min(n, start + step))
 
@@ -1171,7 +1408,7 @@ def _flow_and_visibility(src: _Face, tgt: _Face, s_head, s_gap, t_head, t_state,
     q = q.clamp(-1.5, 1.5)  # where no solution exists (outside the visible mask) keep the flow finite
     flow = torch.where(background.unsqueeze(1), torch.zeros_like(q), (q - p) * (size / 2))   # [n, 2, S, S] pixels
     # layer state of the source at the target's canonical points: differs where texture changed
-    _, _, _, s_state, _ = _appearance(tgt.ux, tgt.uy, src.P, src.sv, src.scene, src.px, None)
+    s_state = _texture_state(tgt.ux, tgt.uy, src.P, src.sv, src.px, tgt.region)
     changed = (t_state - s_state).abs().amax(1) > _STATE_TOL
     changed |= t_gap > 0.002
     grid = torch.stack([q[:, 0], q[:, 1]], -1)
