@@ -53,6 +53,7 @@ SSIM_SIGMA = 1.5
 #: Names the evaluation tables use; they say what the instruments are.
 FD_NAME = "FD (facelib expression features)"
 VERIFICATION_NAME = "identity verification (facelib embedder)"
+VERIFICATION_REAL_NAME = "identity verification, real pairs (facelib embedder)"
 
 
 # ----------------------------------------------------------------------------------------
@@ -813,8 +814,7 @@ def evaluate(edit_fn: Callable[[torch.Tensor, dict], torch.Tensor], split: str =
 
     embedder = models.get("identity_embedder")
     if embedder is None:
-        skipped([VERIFICATION_NAME, VERIFICATION_NAME.replace("verification", "verification, real pairs")],
-                "identity_embedder")
+        skipped([VERIFICATION_NAME, VERIFICATION_REAL_NAME], "identity_embedder")
     else:
         with _EvalMode(embedder):
             emb_source = _batched(embedder, source, batch_size, device)
@@ -823,7 +823,8 @@ def evaluate(edit_fn: Callable[[torch.Tensor, dict], torch.Tensor], split: str =
         partner = _different_identity_partner(data["identity"].long(), seed)
         has_partner = partner >= 0
         if not has_partner.any():
-            rows.append(_row(VERIFICATION_NAME, math.nan, 0, "skipped: all pairs show one identity"))
+            rows.extend(_row(metric, math.nan, 0, "skipped: all pairs show one identity, no different pairs")
+                        for metric in (VERIFICATION_NAME, VERIFICATION_REAL_NAME))
         else:
             anchors = torch.cat([torch.arange(count), torch.nonzero(has_partner).flatten()])
             others = torch.cat([torch.arange(count), partner[has_partner]])
@@ -834,7 +835,7 @@ def evaluate(edit_fn: Callable[[torch.Tensor, dict], torch.Tensor], split: str =
                              verification_accuracy(emb_source[anchors], emb_edited[others], same, real_threshold),
                              len(same), f"source vs edited, {pairs}, threshold {real_threshold:.3f} from real pairs"))
             folds = min(10, len(same))
-            rows.append(_row(VERIFICATION_NAME.replace("verification", "verification, real pairs"),
+            rows.append(_row(VERIFICATION_REAL_NAME,
                              verification_accuracy(emb_source[anchors], emb_target[others], same, folds=folds),
                              len(same), f"source vs real target, {pairs}, {folds}-fold cross-validated threshold"))
 
