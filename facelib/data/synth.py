@@ -157,7 +157,7 @@ def identity_params(identity: Tensor) -> dict[str, Tensor]:
     p["tilt"] = (r[:, 12] - 0.4) * 0.03
     iris_t = torch.where(tone > 0.5, r[:, 13] * 0.3, r[:, 13])
     p["iris"] = _palette(_IRIS, iris_t) * (0.8 + 0.3 * r[:, 14])[:, None]
-    p["brow_th"] = 0.015 + 0.014 * r[:, 15] + 0.008 * masc
+    p["brow_th"] = 0.034 + 0.02 * r[:, 15] + 0.01 * masc
     p["brow_arch"] = 0.006 + 0.025 * r[:, 16] * (1.2 - 0.6 * masc)
     p["yb"] = p["ye"] - p["eh"] - 0.05 - 0.03 * r[:, 17]
     p["brow_out"] = p["ex"] + p["ew"] + 0.01 + 0.035 * r[:, 18]
@@ -264,19 +264,42 @@ def emotion_asymmetry(emotion, identity) -> Tensor:
 # ----------------------------------------------------------------------------------------------
 # small analytic helpers
 # ----------------------------------------------------------------------------------------------
+#: Width of anti-aliased edges in pixels: wide enough that bilinear resampling (a warp by a
+#: fractional flow) reproduces them, the premise of the ground-truth check.
+_EDGE = 1.6
+#: Smallest standard deviation of a line in pixels, for the same reason.
+_LINE_MIN = 0.6
+
+
 def _cover(sd: Tensor, px: float) -> Tensor:
     """Anti-aliased coverage of the region ``sd < 0`` (``sd`` a signed distance in normalised units)."""
-    return (0.5 - sd * (1.0 / (1.2 * px))).clamp_(0, 1)
+    return (0.5 - sd * (1.0 / (_EDGE * px))).clamp_(0, 1)
 
 
 def _line(d: Tensor, width, px: float) -> Tensor:
     """A soft line of half-width ``width`` at ``d = 0``, pre-filtered to the pixel size.
 
     Lines thinner than a pixel widen and fade instead of aliasing: the integrated darkness is
-    the same at every resolution.
+    the same at every resolution. The profile is :func:`_bell`, zero beyond 2.83 widths.
     """
-    w2 = width * width + (0.45 * px) ** 2
-    return (width / w2**0.5) * torch.exp(-0.5 * d * d / w2)
+    w2 = width * width + (_LINE_MIN * px) ** 2
+    return (width / w2**0.5) * _bell(d * d / w2)
+
+
+def _reach(width: float, px: float) -> float:
+    """Distance beyond which a :func:`_line` of this half-width is exactly zero."""
+    return 2.83 * math.sqrt(width * width + (_LINE_MIN * px) ** 2)
+
+
+def _bell(q: Tensor) -> Tensor:
+    """``(1 - q/8)^4`` for ``q < 8``, else 0: a Gaussian ``exp(-q/2)`` look-alike with compact support.
+
+    Every soft layer uses it, so a layer is exactly zero outside its window (|offset| < 2.83 sigma):
+    rendering a face alone or inside any batch gives bit-identical pixels.
+    """
+    t = (1 - q * 0.125).clamp_(min=0)
+    t = t * t
+    return t * t
 
 
 def _fine(freq: float, px: float) -> float:
@@ -298,12 +321,12 @@ def _v(x: Tensor) -> Tensor:
 
 
 def _gauss(x: Tensor, y: Tensor, cx, cy, sx, sy) -> Tensor:
-    """Unnormalised 2-D Gaussian; a sigma of None means "constant along that axis"."""
+    """Compact 2-D bell (see :func:`_bell`) with "sigmas" ``sx, sy``; None means constant along that axis."""
     if sx is None:
-        return torch.exp((y - cy).square_().mul_(-0.5 / sy**2))
+        return _bell((y - cy).square_().mul_(1 / sy**2))
     if sy is None:
-        return torch.exp((x - cx).square_().mul_(-0.5 / sx**2))
-    return torch.exp((x - cx).square_().mul_(-0.5 / sx**2).add_((y - cy).square_().mul_(-0.5 / sy**2)))
+        return _bell((x - cx).square_().mul_(1 / sx**2))
+    return _bell((x - cx).square_().mul_(1 / sx**2).add_((y - cy).square_().mul_(1 / sy**2)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -357,7 +380,7 @@ _ANCHORS = (
     ("cheek", True, 0.09, {6: (0.002, -0.014), 12: (0.006, -0.010), 10: (0.0, -0.003), 9: (0.0, -0.003)}),
     ("nose_wing", True, 0.055, {9: (0.002, -0.012), 10: (0.001, -0.006), 12: (0.001, -0.003)}),
     ("lip_upper_side", True, 0.055, {10: (0.0, -0.012), 9: (0.0, -0.006), 12: (0.003, -0.003)}),
-    ("mouth_corner", True, 0.055, {12: (0.012, -0.016), 14: (0.005, -0.003), 15: (0.003, 0.018),
+    ("mouth_corner", True, 0.055, {12: (0.012, -0.016), 14: (0.008, -0.002), 15: (0.003, 0.018),
                                    20: (0.020, 0.004), 23: (-0.007, 0.0), 26: (-0.004, 0.012),
                                    25: (0.0, 0.003), 10: (0.002, -0.004), 6: (0.001, -0.003)}),
     ("lip_upper_mid", False, 0.05, {10: (0.0, -0.011), 9: (0.0, -0.005)}),
@@ -429,7 +452,7 @@ def _displacement(vx: Tensor, vy: Tensor, P: dict, au_l: Tensor, au_r: Tensor) -
     dx = (g * disp[..., 0, None, None]).sum(1)
     dy = (g * disp[..., 1, None, None]).sum(1)
     # AU23 lip tightener: squeeze the lips toward the mouth line
-    k23 = 0.08 * (au_l[:, _A[23]] + au_r[:, _A[23]]) / 2
+    k23 = 0.12 * (au_l[:, _A[23]] + au_r[:, _A[23]]) / 2
     mouth = torch.exp(-0.5 * ((vx / _v(P["mw"])) ** 2 + ((vy - _v(P["ym"])) / 0.05) ** 2))
     dy = dy - _v(k23) * (vy - _v(P["ym"])) * mouth
     # AU12 / AU15 bend the mouth into a U / an arch (the corners move, the middle stays)
@@ -534,10 +557,15 @@ class _Region:
         self.size, self.squash, self.sin, self.dx, self.dy = size, squash.reshape(-1), sin.reshape(-1), dx, dy
         self.r0, self.c0 = r0, c0
         self.h, self.w = (size if h is None else h), (size if w is None else w)
+        self.px = 2.0 / size
 
     def crop(self, w) -> "_Region":
         return _Region(self.size, self.squash, self.sin, self.dx, self.dy, self.r0 + w[0].start, self.c0 + w[1].start,
                        w[0].stop - w[0].start, w[1].stop - w[1].start)
+
+    def rigid(self) -> "_Region":
+        """The same region for boxes in face-plane coordinates (no expression displacement)."""
+        return _Region(self.size, self.squash, self.sin, 0.0, torch.zeros_like(self.dy), self.r0, self.c0, self.h, self.w)
 
     def sub(self, index: Tensor) -> "_Region":
         return _Region(self.size, self.squash[index], self.sin[index], self.dx, self.dy, self.r0, self.c0, self.h, self.w)
@@ -549,7 +577,7 @@ class _Region:
         ``y0 <= uy <= y1``, bounds per image or scalars.
         """
         S = self.size
-        margin = 3.0 / S  # anti-aliasing reach: 1.5 pixels
+        margin = 3.0 / S  # anti-aliasing reach of an edge: 1.5 pixels
         y_lo, y_hi = float(torch.as_tensor(y0).min()), float(torch.as_tensor(y1).max())
         # pixel rows whose canonical y can fall in [y_lo, y_hi]: widen by the displacement found on
         # the grid rows that the widened band touches (two passes: global bound, then local)
@@ -591,7 +619,7 @@ def _normals_shade(ux: Tensor, uy: Tensor, P: dict, scene: dict, R: _Region) -> 
     dome = amp * _gauss(ux, uy, 0.0, cy, sx, sy)
     zx = -dome * ux / sx**2
     zy = -dome * (uy - cy) / sy**2
-    w = R.window(0.0, 0.16, yn - 0.38, yn + 0.12)
+    w = R.window(0.0, 0.17, yn - 0.35, yn + 0.17)  # supports of the nose bumps
     if w:
         cux, cuy, czx, czy = ux[:, w[0], w[1]], uy[:, w[0], w[1]], zx[:, w[0], w[1]], zy[:, w[0], w[1]]
         _bump_into(czx, czy, cux, cuy, 0.0, yn - 0.09, 0.03, 0.09, 0.045)    # nose bridge
@@ -600,7 +628,7 @@ def _normals_shade(ux: Tensor, uy: Tensor, P: dict, scene: dict, R: _Region) -> 
         _bump_into(dzx, dzy, cux.abs(), cuy, nw * 0.7, yn + 0.005, 0.03, 0.025, 0.018)  # nose wings
         czx += dzx * torch.sign(cux)
         czy += dzy
-    w = R.window(0.0, 0.62, yb - 0.12, ye + 0.4)
+    w = R.window(0.0, 0.56, yb - 0.09, ye + 0.35)  # brow ridge, sockets, cheekbones
     if w:
         cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
         cxm = cux.abs()
@@ -610,7 +638,7 @@ def _normals_shade(ux: Tensor, uy: Tensor, P: dict, scene: dict, R: _Region) -> 
         _bump_into(dzx, dzy, cxm, cuy, ex + 0.06, ye + 0.15, 0.09, 0.07, 0.03)       # cheekbones
         zx[:, w[0], w[1]] += dzx * torch.sign(cux)
         zy[:, w[0], w[1]] += dzy
-    w = R.window(0.0, 0.4, ym - 0.1, b + 0.15)
+    w = R.window(0.0, 0.32, ym - 0.1, b + 0.07)  # lips and chin
     if w:
         cux, cuy, czx, czy = ux[:, w[0], w[1]], uy[:, w[0], w[1]], zx[:, w[0], w[1]], zy[:, w[0], w[1]]
         _bump_into(czx, czy, cux, cuy, 0.0, ym - 0.01, 0.11, 0.03, 0.012)   # upper lip
@@ -638,12 +666,13 @@ def _wrinkles(ux: Tensor, uy: Tensor, P: dict, sv: dict, px: float, R: _Region) 
     k = sv["k"]
     ex, ew, eh, ye, yb, yn, ym, mw, nw, ll, b = (_v(P[key]) for key in ("ex", "ew", "eh", "ye", "yb", "yn", "ym", "mw", "nw", "ll", "b"))
     age = _v(P["age"])
+    reach = _reach(0.006, px)  # how far the widest line reaches
     wr = torch.zeros_like(ux)
     age_dark = torch.zeros_like(ux)
-    mean = {code: _v((k[code][:, 0] + k[code][:, 1]) / 2) for code in (1, 4, 9, 17)}
+    mean = {code: _v((k[code][:, 0] + k[code][:, 1]) / 2) for code in (1, 4, 9, 17, 23)}
     active = {code: bool((k[code] > 0).any()) for code in AU_CODES}
     if active[4] or active[9] or active[1] or active[2]:
-        w = R.window(0.0, 0.42, yb - 0.3, ye + 0.12)
+        w = R.window(0.0, 0.53, yb - 0.24 - reach, ye + 0.06 + reach)
         if w:
             cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
             cxm = cux.abs()
@@ -657,7 +686,7 @@ def _wrinkles(ux: Tensor, uy: Tensor, P: dict, sv: dict, px: float, R: _Region) 
             forehead = (0.7 * mean[1] * _gauss(cxm, cuy, 0.0, yb, 0.16, None)
                         + 0.6 * _sided(k[2], cux > 0) * _gauss(cxm, cuy, 0.24, yb, 0.1, None)) * fh
             wr[:, w[0], w[1]] += 0.4 * mean[4] * furrow + 0.35 * mean[9] * nose_lines + 0.28 * forehead
-    w = R.window(ex + ew - 0.03, ex + ew + 0.14, ye - 0.1, ye + 0.1)
+    w = R.window(ex + ew, ex + ew + 0.15, ye - 0.15, ye + 0.15)
     if w:
         cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
         cxm = cux.abs()
@@ -669,13 +698,13 @@ def _wrinkles(ux: Tensor, uy: Tensor, P: dict, sv: dict, px: float, R: _Region) 
         wr[:, w[0], w[1]] += 0.35 * _sided(k[6], cux > 0) * crow
         age_dark[:, w[0], w[1]] += 0.05 * age * crow
     if active[6] or active[7]:
-        w = R.window(ex - ew, ex + ew, ye + 0.02, ye + eh + 0.08)
+        w = R.window(ex - 0.2, ex + 0.2, ye + 0.8 * eh + 0.03 - reach, ye + 0.8 * eh + 0.03 + reach)
         if w:
             cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
             right = cux > 0
             eyebag = _line(cuy - (ye + eh * 0.8 + 0.03), 0.004, px) * _gauss(cux.abs(), cuy, ex, ye, 0.07, 1.0)
             wr[:, w[0], w[1]] += 0.25 * (0.6 * _sided(k[6], right) + 0.4 * _sided(k[7], right)) * eyebag
-    w = R.window(0.0, mw + 0.1, yn - 0.06, b)
+    w = R.window(0.0, mw + 0.06 + reach, yn - 0.04, b + 0.06)
     if w:
         cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
         cxm, right = cux.abs(), cux > 0
@@ -689,16 +718,26 @@ def _wrinkles(ux: Tensor, uy: Tensor, P: dict, sv: dict, px: float, R: _Region) 
         marionette = _line(cxm - mw - 0.012 - 0.25 * (cuy - ym), 0.005, px) * _gauss(cxm, cuy, 0.0, ym + 0.06, None, 0.04) * (cuy > ym)
         sulcus = _line(cuy - (ym + ll + 0.035 + 0.15 * cux * cux), 0.006, px) * _gauss(cxm, cuy, 0.0, 0.0, 0.08, None)
         dimpling = (torch.sin(cux * 90) * torch.sin(cuy * 80) * 0.5 + 0.5) * _fine(120, px) * _gauss(cxm, cuy, 0.0, b - 0.12, 0.06, 0.05)
-        apple = 0.07 * torch.maximum(k12, k6) * _gauss(cxm, cuy, ex + 0.03, ye + 0.14, 0.06, 0.04)
-        wr[:, w[0], w[1]] += (0.35 * fold_k * fold + 0.45 * _sided(k[14], right) * dimple
-                             + 0.3 * _sided(k[15], right) * marionette + mean[17] * (0.3 * sulcus + 0.15 * dimpling) - apple)
+        # AU23 presses the lips together: a deeper, darker mouth line
+        press = _line(cuy - _mouth_line(cux, P), 0.005, px) * (1 - (cux / mw) ** 4).clamp(0, 1)
+        wr[:, w[0], w[1]] += (0.35 * fold_k * fold + 0.6 * _sided(k[14], right) * dimple + 0.35 * mean[23] * press
+                             + 0.3 * _sided(k[15], right) * marionette + mean[17] * (0.3 * sulcus + 0.15 * dimpling))
         age_dark[:, w[0], w[1]] += 0.1 * age * fold
+    if active[6] or active[12]:
+        # the cheek apple lifts and catches light when smiling (AU6/AU12): a brightening texture
+        w = R.window(ex + 0.03 - 0.17, ex + 0.03 + 0.17, ye + 0.14 - 0.115, ye + 0.14 + 0.115)
+        if w:
+            cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
+            right = cux > 0
+            lift = torch.maximum(_sided(k[12], right), _sided(k[6], right))
+            wr[:, w[0], w[1]] -= 0.07 * lift * _gauss(cux.abs(), cuy, ex + 0.03, ye + 0.14, 0.06, 0.04)
     return wr, age_dark
 
 
 def _eye_window(R: _Region, P: dict):
     ex, ew, eh, ye = (_v(P[key]) for key in ("ex", "ew", "eh", "ye"))
-    return R.window(ex - ew - 0.01, ex + ew + 0.01, ye - eh * 1.4 - 0.03, ye + eh + 0.02)
+    reach = _reach(0.0075, R.px)
+    return R.window(ex - ew - 0.01, ex + 1.15 * ew + 0.01, ye - eh - 0.05 - reach, ye + eh + 0.02 + reach)
 
 
 def _eyelids(cux: Tensor, cuy: Tensor, P: dict, sv: dict, px: float) -> dict[str, Tensor]:
@@ -740,10 +779,11 @@ def _face_layer(ux: Tensor, uy: Tensor, P: dict, sv: dict, scene: dict, px: floa
     ex, ew, eh, ye, yb, yn, ym = (_v(P[key]) for key in ("ex", "ew", "eh", "ye", "yb", "yn", "ym"))
     mw, nw, lu, ll = (_v(P[key]) for key in ("mw", "nw", "lu", "ll"))
     state = torch.zeros(n, 3, *ux.shape[1:])
+    reach = _reach(0.006, px)  # how far the widest line reaches
 
     # skin: base colour, blush and under-eye darkening, wrinkles
     colour = _rgb(P["skin"]).expand(n, 3, *ux.shape[1:]).clone()
-    w = R.window(0.0, 0.62, ye - 0.05, ye + 0.4)
+    w = R.window(0.0, 0.56, ye - 0.02, ye + 0.4)  # blush and under-eye
     if w:
         cxm, cuy = ux[:, w[0], w[1]].abs(), uy[:, w[0], w[1]]
         blush = _gauss(cxm, cuy, ex + 0.02, ye + 0.19, 0.09, 0.07) * _v(P["blush"])
@@ -755,7 +795,7 @@ def _face_layer(ux: Tensor, uy: Tensor, P: dict, sv: dict, scene: dict, px: floa
     colour = colour * (1 - (wr + age_dark).clamp(-0.2, 0.7).unsqueeze(1))
 
     # nose details: nostrils, alar creases, philtrum
-    w = R.window(0.0, nw + 0.03, yn - 0.06, ym)
+    w = R.window(0.0, nw + 0.01 + reach, yn - 0.06, ym + 0.06)
     if w:
         cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
         cxm = cux.abs()
@@ -766,7 +806,7 @@ def _face_layer(ux: Tensor, uy: Tensor, P: dict, sv: dict, scene: dict, px: floa
 
     # facial hair (only the images that have some)
     bidx = (P["beard"] > 0).nonzero()[:, 0]
-    w = R.sub(bidx).window(0.0, 1.0, _v(P["yn"][bidx]) - 0.02, 2.0) if len(bidx) else None
+    w = R.sub(bidx).window(0.0, 1.0, _v(P["yn"][bidx]) - 0.05 - 4 * px, 2.0) if len(bidx) else None
     if w:
         Pb = {key: P[key][bidx] for key in ("beard", "a", "b", "yn", "mw", "lu", "ll", "ym", "mouth_curve", "hair", "jaw")}
         cux, cuy = ux[bidx][:, w[0], w[1]], uy[bidx][:, w[0], w[1]]
@@ -785,7 +825,7 @@ def _face_layer(ux: Tensor, uy: Tensor, P: dict, sv: dict, scene: dict, px: floa
         colour[bidx, :, w[0], w[1]] = _mix(sub, _rgb(Pb["hair"]) * tex.unsqueeze(1), 0.85 * bd * (1 - lips_zone))
 
     # lips and the mouth line
-    w = R.window(0.0, mw + 0.02, ym - lu * 1.3 - 0.03, ym + ll + 0.03)
+    w = R.window(0.0, mw + 0.04, ym - lu * 1.3 - 0.02 - reach, ym + ll + 0.02 + reach)
     if w:
         cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
         cxm = cux.abs()
@@ -859,7 +899,7 @@ def _face_layer(ux: Tensor, uy: Tensor, P: dict, sv: dict, scene: dict, px: floa
             su, sl = s_up[:, w[0], w[1]], s_low[:, w[0], w[1]]
             cxm = cux.abs()
             t2 = (cux / mw) ** 2
-            cov = ((0.5 + su / (1.2 * px)).clamp(0, 1) - (0.5 + sl / (1.2 * px)).clamp(0, 1)).clamp_min(0)
+            cov = ((0.5 + su / (_EDGE * px)).clamp(0, 1) - (0.5 + sl / (_EDGE * px)).clamp(0, 1)).clamp_min(0)
             cavity = torch.tensor([0.22, 0.06, 0.06])[None, :, None, None] * (1 - 0.6 * t2.clamp(0, 1)).unsqueeze(1)
             teeth_x = _cover(cxm - 0.8 * mw, px)
             gaps = 1 - 0.3 * (0.5 + 0.5 * torch.cos(2 * math.pi * cux / 0.034)) ** 8 * _fine(2 * math.pi / 0.034 * 3, px)
@@ -883,15 +923,17 @@ def _paint(out: Tensor, head: Tensor, w, colour: Tensor, alpha: Tensor, bidx=Non
         head[bidx, w[0], w[1]] = torch.maximum(head[bidx][:, w[0], w[1]], alpha)
 
 
-def _appearance(ux: Tensor, uy: Tensor, P: dict, sv: dict, scene: dict, px: float, gap: tuple | None, out: Tensor, R: _Region):
+def _appearance(ux: Tensor, uy: Tensor, vx: Tensor, vy: Tensor, P: dict, sv: dict, scene: dict, px: float,
+                gap: tuple | None, out: Tensor, R: _Region):
     """Paint the head over ``out`` (the background, [n, 3, H, W] in [0, 1], modified in place).
 
     ``ux, uy`` [n, H, W] canonical coordinates; ``sv`` per-side AU quantities; ``scene`` pose and
     light; ``gap`` = (s_up, s_low) signed distances of the two lip branches to the mouth line.
     Layers back to front: hair behind the head, neck and shirt, ears, face, hair in front,
     glasses; each is evaluated only in its window.
+    ``vx, vy`` are the face-plane points (pose only), where the rigid glasses live.
     Returns head alpha [n, H, W], face-skin alpha, texture state [n, 3, H, W] (eye opening, lash
-    line, wrinkles) and the coverage of the mouth interior.
+    line, wrinkles), the coverage of the mouth interior and the glasses' alpha.
     """
     n = ux.shape[0]
     a, b, ye = _v(P["a"]), _v(P["b"]), _v(P["ye"])
@@ -933,7 +975,7 @@ def _appearance(ux: Tensor, uy: Tensor, P: dict, sv: dict, scene: dict, px: floa
         cux, cuy, cshade = ux[:, w[0], w[1]], uy[:, w[0], w[1]], shade[:, w[0], w[1]]
         cxm = cux.abs()
         neck_w = 0.2 + 0.05 * _v(P["masc"])
-        neck = _cover(cxm - neck_w, px)
+        neck = _cover(cxm - neck_w, px) * (cuy > 0.3)  # above 0.3 the face covers the neck
         chin_shadow = 1 - 0.35 * torch.exp(-((cuy - b * 0.9).clamp_min(0) / 0.12))
         neck_col = _rgb(P["skin"]) * (0.82 * chin_shadow * (0.6 + 0.4 * cshade)).unsqueeze(1)
         shoulder_y = torch.where(cxm < neck_w, 0.97 - 0.13 * (cxm / neck_w) ** 2, 0.84 + 0.2 * (cxm - neck_w))
@@ -943,7 +985,7 @@ def _appearance(ux: Tensor, uy: Tensor, P: dict, sv: dict, scene: dict, px: floa
 
     # ears (hidden by medium and long hair)
     ear_s = _v(P["ear"])
-    w = R.window(a - 0.07, a + 0.07, ye - 0.05, ye + 0.2)
+    w = R.window(a - 0.075, a + 0.075, ye - 0.07, ye + 0.21)
     if w:
         cux, cuy, cshade = ux[:, w[0], w[1]], uy[:, w[0], w[1]], shade[:, w[0], w[1]]
         ear_r = torch.sqrt(((cux.abs() - a) / (0.055 * ear_s)) ** 2 + ((cuy - ye - 0.07) / (0.11 * ear_s)) ** 2)
@@ -987,28 +1029,30 @@ def _appearance(ux: Tensor, uy: Tensor, P: dict, sv: dict, scene: dict, px: floa
         _paint(out, head, w, front_col, front)
         skin_alpha[:, w[0], w[1]] *= 1 - front
 
-    # glasses (only the images that wear them)
+    # --- glasses: rigid, they sit on the head and do not follow the expression (face-plane v)
+    glasses = torch.zeros_like(ux)
     gidx = (P["glasses"] > 0).nonzero()[:, 0]
-    w = R.sub(gidx).window(0.0, _v(P["a"][gidx]) + 0.06, _v(P["ye"][gidx]) - 0.09, _v(P["ye"][gidx]) + 0.09) if len(gidx) else None
+    w = R.sub(gidx).rigid().window(0.0, _v(P["a"][gidx]) + 0.06, _v(P["ye"][gidx]) - 0.09, _v(P["ye"][gidx]) + 0.09) if len(gidx) else None
     if w:
-        cux, cuy = ux[gidx][:, w[0], w[1]], uy[gidx][:, w[0], w[1]]
+        cux, cuy = vx[gidx][:, w[0], w[1]], vy[gidx][:, w[0], w[1]]
         cxm = cux.abs()
         exg, yeg, ewg = _v(P["ex"][gidx]), _v(P["ye"][gidx]), _v(P["ew"][gidx])
         gw, gh = ewg + 0.045, 0.07
         gdx, gdy = (cxm - exg) / gw, (cuy - yeg - 0.005) / gh
         gx2, gy2 = gdx * gdx, gdy * gdy
         gr = torch.where(_v(P["glasses_round"][gidx]) > 0, torch.sqrt(gx2 + gy2), torch.sqrt(torch.sqrt(gx2 * gx2 + gy2 * gy2)))
-        ring_sd = (gr - 1).abs() * gh - 0.006
-        bridge_sd = torch.maximum((cuy - yeg + 0.012).abs() - 0.005, cxm - (exg - gw * 0.95))
-        temple_sd = torch.maximum(torch.maximum((cuy - yeg + 0.01).abs() - 0.006, (exg + gw * 0.95) - cxm), cxm - _v(P["a"][gidx]) - 0.05)
+        ring_sd = (gr - 1).abs() * gh - 0.011
+        bridge_sd = torch.maximum((cuy - yeg + 0.012).abs() - 0.009, cxm - (exg - gw * 0.95))
+        temple_sd = torch.maximum(torch.maximum((cuy - yeg + 0.01).abs() - 0.009, (exg + gw * 0.95) - cxm), cxm - _v(P["a"][gidx]) - 0.05)
         frame = _cover(torch.minimum(torch.minimum(ring_sd, bridge_sd), temple_sd), px)
         lens = _cover((gr - 1) * gh, px)
         gshade = shade[gidx][:, w[0], w[1]]
         tint = torch.tensor([0.75, 0.85, 0.95])[None, :, None, None] * (0.6 + 0.4 * gshade).unsqueeze(1)
         out[gidx, :, w[0], w[1]] = _mix(out[gidx][:, :, w[0], w[1]], tint, 0.12 * lens * head[gidx][:, w[0], w[1]])
         _paint(out, head, w, _rgb(P["frame"][gidx]) * (0.6 + 0.5 * gshade).unsqueeze(1), frame, gidx)
+        glasses[gidx, w[0], w[1]] = torch.maximum(frame, 0.12 * lens)
 
-    return head.clamp_(0, 1), skin_alpha, state, gap_cov
+    return head.clamp_(0, 1), skin_alpha, state, gap_cov, glasses
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1202,9 +1246,9 @@ class _Face:
 
     def shade(self):
         image = _background(self.scene["background"], self.px_, self.py_)
-        head, skin, state, gap = _appearance(self.ux, self.uy, self.P, self.sv, self.scene, self.px,
-                                             (self.s_up, self.s_low), image, self.region)
-        return image.clamp_(0, 1), head, skin, state, gap
+        head, skin, state, gap, glasses = _appearance(self.ux, self.uy, self.vx, self.vy, self.P, self.sv, self.scene,
+                                                      self.px, (self.s_up, self.s_low), image, self.region)
+        return image.clamp_(0, 1), head, skin, state, gap, glasses
 
 
 def _canonical_landmarks(P: dict, sv: dict) -> tuple[Tensor, Tensor]:
@@ -1334,7 +1378,7 @@ def render(identity, aus, yaw=None, size: int = 64, *, light=None, background=No
     images, masks, heads, marks = [], [], [], []
     for sl in _chunks(n, size):
         face = _Face(_select(P, sl), au_l[sl], au_r[sl], _select_scene(scene, sl), size)
-        image, head, skin, _, _ = face.shade()
+        image, head, skin, _, _, _ = face.shade()
         images.append(image)
         masks.append(skin)
         heads.append(head)
@@ -1347,7 +1391,7 @@ def render(identity, aus, yaw=None, size: int = 64, *, light=None, background=No
     }
 
 
-_STATE_TOL = 0.02
+_STATE_TOL = 0.03
 
 
 def render_pair(identity, source_aus, target_aus, yaw=None, size: int = 64, *, light=None, background=None,
@@ -1377,9 +1421,9 @@ def render_pair(identity, source_aus, target_aus, yaw=None, size: int = 64, *, l
         Pc, sc = _select(P, sl), _select_scene(scene, sl)
         src = _Face(Pc, sl_[sl], sr_[sl], sc, size)
         tgt = _Face(Pc, tl_[sl], tr_[sl], sc, size)
-        s_img, s_head, _, _, s_gap = src.shade()
-        t_img, t_head, t_skin, t_state, t_gap = tgt.shade()
-        flow, vis = _flow_and_visibility(src, tgt, s_head, s_gap, t_head, t_state, t_gap)
+        s_img, s_head, _, _, s_gap, _ = src.shade()
+        t_img, t_head, t_skin, t_state, t_gap, glasses = tgt.shade()
+        flow, vis = _flow_and_visibility(src, tgt, s_head, s_gap, t_head, t_state, t_gap, glasses)
         out["source"].append(s_img)
         out["target"].append(t_img)
         out["flow"].append(flow)
@@ -1397,7 +1441,7 @@ def _dilate(mask: Tensor) -> Tensor:
     return F.max_pool2d(mask.float().unsqueeze(1), 3, 1, 1)[:, 0] > 0
 
 
-def _flow_and_visibility(src: _Face, tgt: _Face, s_head, s_gap, t_head, t_state, t_gap):
+def _flow_and_visibility(src: _Face, tgt: _Face, s_head, s_gap, t_head, t_state, t_gap, glasses):
     size = tgt.size
     lower = ~tgt.upper
     # target canonical point -> source face-plane point (Newton) -> source pixel (forward pose)
@@ -1410,12 +1454,16 @@ def _flow_and_visibility(src: _Face, tgt: _Face, s_head, s_gap, t_head, t_state,
     # layer state of the source at the target's canonical points: differs where texture changed
     s_state = _texture_state(tgt.ux, tgt.uy, src.P, src.sv, src.px, tgt.region)
     changed = (t_state - s_state).abs().amax(1) > _STATE_TOL
-    changed |= t_gap > 0.002
     grid = torch.stack([q[:, 0], q[:, 1]], -1)
     s_gap_near = F.grid_sample(_dilate(s_gap > 0.002).float().unsqueeze(1), grid, align_corners=False)[:, 0] > 0
     s_head_at_q = F.grid_sample(s_head.unsqueeze(1), grid, align_corners=False, padding_mode="border")[:, 0]
-    moving = flow.abs().amax(1) > 0.02
+    # a head/background edge may move a little: the background behind it is static, and the
+    # error that leaves is (1 - alpha) * (background(q) - background(p)), small for small moves
+    moving = flow.abs().amax(1) > 0.25
     edge = (t_head > 1e-3) & (t_head < 1 - 1e-3) & moving
-    inside = (q.abs() <= 1 - 1.0 / size).all(1)
-    bad = _dilate(changed | edge) | s_gap_near | ((s_head_at_q - t_head).abs() > 0.02) | ~inside | (resid > 1e-4)
+    inside = (q.abs() <= 1 - 1.0 / size + 1e-4).all(1)  # the bilinear support stays in the image
+    # the glasses stay put while the face moves under them (same pose: same glasses in both)
+    rigid = _dilate(glasses > 0.01)
+    rigid = (rigid | (F.grid_sample(rigid.float().unsqueeze(1), grid, align_corners=False)[:, 0] > 0)) & (flow.abs().amax(1) > 0.05)
+    bad = changed | rigid | _dilate(edge | (t_gap > 0.002)) | s_gap_near | ((s_head_at_q - t_head).abs() > 0.02) | ~inside | (resid > 1e-4)
     return flow, (~bad).float().unsqueeze(1)
