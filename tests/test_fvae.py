@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from facelib.models.fvae import (
-    FVAE, Config, ConfidenceNet, FVAETrainingTask, PixelVAE, TrainConfig, random_horizontal_flip,
+    FVAE, Config, ConfidenceNet, ExpressionPairs, FVAETrainingTask, PixelVAE, TrainConfig, random_horizontal_flip,
     reinhard_color_transfer,
 )
 from facelib.warp import bilinear_sample, pixel_grid, warp
@@ -46,6 +46,8 @@ def test_bad_configs_and_images_are_refused():
         Config(image_size=96)
     with pytest.raises(ValueError, match="latent_channels"):
         Config(latent_channels=0)
+    with pytest.raises(ValueError, match="max_flow"):
+        Config(max_flow=0.0)
     fvae = FVAE(SMALL)
     with pytest.raises(ValueError, match=r"\[B, 3, 32, 32\].*got \[1, 3, 64, 64\]"):
         fvae.encode(torch.zeros(1, 3, 64, 64))
@@ -64,6 +66,15 @@ def test_eq2_reparameterisation_samples_around_mu_with_sigma():
     torch.testing.assert_close(out["z"], out["mu"])
 
 
+def test_training_starts_from_the_identity_warp():
+    fvae = FVAE(SMALL).eval()
+    source = smooth_images(2, 32)
+    with torch.no_grad():
+        out = fvae(source, smooth_images(2, 32, seed=1))
+    assert float(out["flow"].abs().max()) == 0.0
+    torch.testing.assert_close(out["output"], source, atol=1e-6, rtol=0)
+
+
 def test_output_is_the_eq5_bilinear_sample_of_the_source_along_the_flow():
     torch.manual_seed(0)
     fvae = FVAE(SMALL).eval()
@@ -80,8 +91,8 @@ def test_tanh_head_is_a_displacement_in_normalised_coordinates():
     fvae = FVAE(SMALL).eval()
     with torch.no_grad():
         fvae.decoder.head.weight.zero_()
-        # normalised displacement 2 / (W - 1) is exactly one pixel
-        fvae.decoder.head.bias.copy_(torch.atanh(torch.tensor([2 / 31, -4 / 31])))
+        # normalised displacement 2 / (W - 1) is exactly one pixel; the tanh spans +-max_flow
+        fvae.decoder.head.bias.copy_(torch.atanh(torch.tensor([2 / 31, -4 / 31]) / SMALL.max_flow))
         source = smooth_images(1, 32)
         out = fvae.decode(source, torch.zeros(1, 4, 4, 4))
     torch.testing.assert_close(out["flow"][0, :, 5, 5], torch.tensor([1.0, -2.0]), atol=1e-5, rtol=0)
@@ -107,6 +118,7 @@ def test_flips_apply_the_same_decision_to_both_images():
     assert 10 < int(changed.sum()) < 54
 
 
+@pytest.mark.slow
 def test_tiny_overfit_learns_a_shift_through_the_flow():
     """A few hundred steps of Eq. 1 on one pair (target = source shifted by 2 px) beat the identity."""
     torch.manual_seed(0)
@@ -130,3 +142,33 @@ def test_tiny_overfit_learns_a_shift_through_the_flow():
     learnt_error = float(((out["output"] - target)[inside] ** 2).mean())
     assert learnt_error < 0.2 * identity_error, (identity_error, learnt_error)
     assert abs(float(out["flow"][inside][:, 0].mean()) - 2.0) < 0.5
+
+
+def test_expression_pairs_are_all_ordered_pairs_per_identity():
+    singles = [{"image": torch.full((3, 4, 4), float(i)), "identity": torch.tensor(i // 3), "emotion": torch.tensor(i % 3)}
+               for i in range(6)]
+    pairs = ExpressionPairs(singles, batch_size=4, progress=False)
+    assert len(pairs) == 2 * 3 * 2
+    for item in (pairs[k] for k in range(len(pairs))):
+        assert item["source_emotion"] != item["target_emotion"]
+        assert int(item["source"][0, 0, 0]) // 3 == int(item["target"][0, 0, 0]) // 3 == int(item["identity"])
+
+
+def test_fvae_editor_slider_redraws_through_the_plain_callback():
+    from facelib.widgets import fvae_edit_png, fvae_editor
+
+    torch.manual_seed(0)
+    fvae = FVAE(SMALL).eval()
+    with torch.no_grad():
+        fvae.decoder.head.weight.normal_(0, 0.02)  # a flow that depends on Z without saturating the tanh
+    images = smooth_images(3, 32, seed=4)
+    latents = {"neutral": torch.zeros(4, 4, 4), "happy": torch.full((4, 4, 4), 3.0)}
+    editor = fvae_editor(fvae, images[2], latents, "happy", "neutral")
+    first = editor.image.value
+    editor.slider.value = -1.0  # suppress
+    assert editor.image.value != first
+    assert editor.image.value == fvae_edit_png(fvae, images[2], latents, "happy", "neutral", -1.0)
+    editor.slider.value = 0.0  # the source's own latent: whatever flow g(S, Z(S)) gives
+    assert editor.image.value == fvae_edit_png(fvae, images[2], latents, "happy", "neutral", 0.0)
+    with pytest.raises(ValueError, match="valid expressions"):
+        fvae_edit_png(fvae, images[2], latents, "angry", "neutral", 1.0)

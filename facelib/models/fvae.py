@@ -47,6 +47,9 @@ class Config:
     max_channels: cap on the doubling (the paper reaches 1024 at 4x4).
     latent_channels: channels of the spatial latent Z (``latent_size`` x ``latent_size``).
     latent_size: spatial side of Z; the paper's central block is 4x4.
+    max_flow: range of the flow head's tanh in normalised coordinates (1 = half the image side,
+        the paper's full range); 0.25 (8 px at 64x64) covers SynthFaces' expression flows (under
+        5 px) with four times finer steps per unit of network output.
     """
 
     image_size: int = 64
@@ -54,6 +57,7 @@ class Config:
     max_channels: int = 256
     latent_channels: int = 16
     latent_size: int = 4
+    max_flow: float = 0.25
 
     def __post_init__(self) -> None:
         ratio = self.image_size / self.latent_size
@@ -65,11 +69,13 @@ class Config:
         for name in ("base_channels", "max_channels", "latent_channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if not 0 < self.max_flow <= 2:
+            raise ValueError(f"max_flow must be in (0, 2] (normalised units, 1 = half the image side), got {self.max_flow}")
 
     @classmethod
     def paper(cls) -> "Config":
         """The paper's 128x128 network: 64 -> 1024 channels, latent the central 4x4x1024 block."""
-        return cls(image_size=128, base_channels=64, max_channels=1024, latent_channels=1024, latent_size=4)
+        return cls(image_size=128, base_channels=64, max_channels=1024, latent_channels=1024, latent_size=4, max_flow=1.0)
 
     @property
     def num_stages(self) -> int:
@@ -180,6 +186,9 @@ class _LatentVariableModel(nn.Module):
         self.source_encoder = ConvEncoder(self.config)
         self.decoder = SkipDecoder(self.config, self.out_channels)
         _init_weights(self)
+        # Departure from Sec. 5.3's init: the output layer starts at zero, so the FVAE starts from the
+        # identity warp (and the pixel VAE from grey) instead of a random flow of several pixels.
+        nn.init.zeros_(self.decoder.head.weight)
 
     def encode(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """f(T) -> (mu, logvar), each ``[B, latent_channels, latent_size, latent_size]``."""
@@ -225,7 +234,7 @@ class FVAE(_LatentVariableModel):
         # Sec. 5.3: the flow head ends in tanh because it outputs normalised coordinates.
         # Departure: tanh gives the displacement from the pixel's own normalised position rather than
         # the absolute position, so a zero output is the identity warp and training starts from it.
-        normalised = torch.tanh(raw)  # [B, 2, H, W] in [-1, 1]; 1 = half the image side
+        normalised = self.config.max_flow * torch.tanh(raw)  # [B, 2, H, W]; 1 = half the image side
         return normalised * (self.config.image_size - 1) / 2  # [B, 2, H, W] pixels
 
     def decode(self, source: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -318,6 +327,37 @@ def random_horizontal_flip(*images: torch.Tensor, generator: torch.Generator | N
     flip = torch.rand(len(images[0]), generator=generator) < 0.5
     flip = flip.to(images[0].device).view(-1, 1, 1, 1)
     return tuple(torch.where(flip, x.flip(-1), x) for x in images)
+
+
+class ExpressionPairs(torch.utils.data.Dataset):
+    """Sec. 5.2's training pairs: every ordered (S, T) pair of expressions of each identity.
+
+    Built from a single-image dataset (``SynthFaces(..., pairs=False)``): its images are rendered
+    once, then pairs are indexed, so an epoch costs no rendering. Training needs no true flow;
+    evaluation uses ``SynthFaces(..., pairs=True)``, which has it. Items: ``source``, ``target``
+    ``[3, S, S]``, ``identity``, ``source_emotion``, ``target_emotion``.
+    """
+
+    def __init__(self, singles, batch_size: int = 128, progress: bool = True):
+        loader = torch.utils.data.DataLoader(singles, batch_size=batch_size, shuffle=False)
+        parts = [(b["image"], b["identity"], b["emotion"])
+                 for b in tqdm(loader, desc="rendering training images", disable=not progress)]
+        self.images = torch.cat([p[0] for p in parts])  # [N, 3, S, S]
+        self.identity = torch.cat([p[1] for p in parts])  # [N]
+        self.emotion = torch.cat([p[2] for p in parts])  # [N]
+        same = (self.identity[:, None] == self.identity[None, :]) & ~torch.eye(len(self.identity), dtype=torch.bool)
+        self.pairs = same.nonzero()  # [P, 2] (source index, target index)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitems__(self, indices) -> list[dict[str, torch.Tensor]]:
+        pairs = self.pairs[torch.as_tensor(indices, dtype=torch.long)]
+        return [{"source": self.images[i], "target": self.images[j], "identity": self.identity[i],
+                 "source_emotion": self.emotion[i], "target_emotion": self.emotion[j]} for i, j in pairs.tolist()]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([index])[0]
 
 
 # ----------------------------------------------------------------------------------------
@@ -455,10 +495,20 @@ SMOKE_STEPS = 4
 
 
 def _pairs(split: str, size: int):
-    """All expression pairs per identity of the multipie preset (Sec. 5.2)."""
+    """Held-out pairs of the multipie preset with their true flow and visible mask."""
     from facelib.data import SynthFaces
 
     return SynthFaces(preset=PRESET, split=split, size=size, pairs=True, seed=0)
+
+
+def _training_pairs(size: int, smoke: bool) -> ExpressionPairs:
+    """All expression pairs per identity of the multipie training identities (Sec. 5.2)."""
+    from facelib.data import SynthFaces
+
+    singles = SynthFaces(preset=PRESET, split="train", size=size, seed=0)
+    if smoke:
+        singles = torch.utils.data.Subset(singles, range(12))  # two identities
+    return ExpressionPairs(singles)
 
 
 def _first_items(dataset, count: int) -> dict[str, torch.Tensor]:
@@ -494,8 +544,8 @@ def train_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: b
 
     out_dir = Path(out_dir)
     size = Config().image_size
-    train_set, val_set = _pairs("train", size), _pairs("val", size)
-    val_batch = _first_items(val_set, 8 if smoke else 128)
+    train_set = _training_pairs(size, smoke)
+    val_batch = _first_items(_pairs("val", size), 8 if smoke else 128)
     schedule = TrainConfig()
     fvae_steps = _steps(FVAE_STEPS, steps, smoke)
     fvae_task = FVAETrainingTask(FVAE, Config(), schedule, train_set, val_batch)
@@ -530,7 +580,7 @@ def train_pixel_vae_recipe(*, steps: int | None, seed: int, out_dir, device: str
     size = Config().image_size
     val_batch = _first_items(_pairs("val", size), 8 if smoke else 128)
     total = _steps(PIXEL_VAE_STEPS, steps, smoke)
-    task = FVAETrainingTask(PixelVAE, Config(), TrainConfig(), _pairs("train", size), val_batch)
+    task = FVAETrainingTask(PixelVAE, Config(), TrainConfig(), _training_pairs(size, smoke), val_batch)
     model, _ = _fit(task, steps=total, seed=seed, out_dir=out_dir, device=device, smoke=smoke, name="pixel_vae")
     stem = save_model(model.cpu(), out_dir / "fvae_pixel_vae", extra={"best_val_step": task.best_step})
     table = measure_table1(None, pixel_vae=model, split="val" if smoke else "test", n=8 if smoke else 256,
