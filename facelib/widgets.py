@@ -88,3 +88,47 @@ def au_editor(identity: int = 0, size: int = 128, yaw: float = 0.0):
 
 
 __all__ = ["au_editor", "image_png", "render_face_png"]
+
+
+def fvae_edit_png(model, source: torch.Tensor, latents: dict, target_expression: str,
+                  source_expression: str | None, factor: float) -> bytes:
+    """The FVAE editor's callback: Algorithm 1 at one ``factor`` (< 0 suppresses, > 1 magnifies).
+
+    ``source`` is one image ``[3, H, W]`` in [-1, 1]; returns PNG bytes of the source, the edited
+    face and the flow's colour wheel (``facelib.warp.flow_to_rgb``) side by side.
+    """
+    from .edit import expression_edit, to_model_size
+    from .warp import flow_to_rgb
+
+    source = to_model_size(source, model.config.image_size, "source")  # [1, 3, H, W]
+    result = expression_edit(model, source, target_expression, latents, source_expression=source_expression,
+                             factors=[float(factor)])
+    flow_rgb = flow_to_rgb(result["flows"][0], max_magnitude=2.0)[0] * 2 - 1  # [3, H, W] in [-1, 1]
+    return image_png(torch.cat([source[0], result["outputs"][0, 0], flow_rgb], dim=-1))
+
+
+def fvae_editor(model, source: torch.Tensor, latents: dict, target_expression: str = "happy",
+                source_expression: str | None = "neutral", width: int = 480):
+    """A slider from "suppress" (-1) through the source (0) and the target (1) to "magnify" (2).
+
+    Shows source | edited | flow for FVAE Algorithm 1. Returns an ``ipywidgets.VBox`` with
+    attributes ``slider`` (FloatSlider), ``expression`` (Dropdown of ``latents``' names) and
+    ``image`` (Image widget); setting either ``.value`` redraws through :func:`fvae_edit_png`.
+    """
+    import ipywidgets as widgets
+
+    slider = widgets.FloatSlider(value=1.0, min=-1.0, max=2.0, step=0.25, continuous_update=False,
+                                 description="suppress <-> magnify", style={"description_width": "initial"},
+                                 layout=widgets.Layout(width="420px"))
+    expression = widgets.Dropdown(options=sorted(latents), value=target_expression, description="target")
+    image = widgets.Image(format="png", width=width)
+
+    def redraw(_change=None) -> None:
+        image.value = fvae_edit_png(model, source, latents, expression.value, source_expression, slider.value)
+
+    slider.observe(redraw, names="value")
+    expression.observe(redraw, names="value")
+    redraw()
+    box = widgets.VBox([widgets.HBox([expression, slider]), image])
+    box.slider, box.expression, box.image = slider, expression, image
+    return box
