@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from ..conventions import AU_MAX, EXPRESSIONS, NUM_AUS
 from ..train import TrainingTask
@@ -117,11 +118,11 @@ class ConvTrunk(nn.Module):
         h = self.stem(x)
         for stage in self.stages:
             h = stage(h)
-        return h.mean(dim=(2, 3))  # [B, C_last], global average pooling
+        return h  # [B, C_last, H / 2**stages, W / 2**stages]
 
 
 class Evaluator(nn.Module):
-    """What the three evaluators share: config, trunk, input checks, feature maps."""
+    """What the three evaluators share: config, trunk, feature layer, input checks, feature maps."""
 
     config: "ExpressionClassifierConfig | AURegressorConfig | IdentityEmbedderConfig"
 
@@ -130,9 +131,19 @@ class Evaluator(nn.Module):
         config.channels = tuple(int(c) for c in config.channels)  # JSON gives lists back
         self.config = config
         self.trunk = ConvTrunk(config.channels)
+        side = config.image_size // 2 ** (len(config.channels) - 1)
+        # Faces are aligned, so where a pattern appears matters (a mouth corner up or down):
+        # the last map is flattened into a fully connected layer instead of averaged away.
+        self.feature_layer = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(config.channels[-1] * side * side, config.feature_dim, bias=False),
+            nn.BatchNorm1d(config.feature_dim),
+            nn.ReLU(inplace=True),
+        )
 
-    def _pooled(self, x: Tensor) -> Tensor:
-        return self.trunk(check_images(x, self.config.image_size, type(self).__name__))
+    def _features(self, x: Tensor) -> Tensor:
+        x = check_images(x, self.config.image_size, type(self).__name__)
+        return self.feature_layer(self.trunk(x))  # [B, feature_dim]
 
     def feature_maps(self, x: Tensor) -> list[Tensor]:
         """Trunk feature maps at every depth (see :class:`PerceptualFeatures`)."""
@@ -145,7 +156,8 @@ class Evaluator(nn.Module):
 @dataclass
 class ExpressionClassifierConfig:
     image_size: int = 64
-    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    channels: tuple[int, ...] = (16, 32, 64, 128, 128)
+    feature_dim: int = 256
     expressions: tuple[str, ...] = EXPRESSIONS
 
 
@@ -156,11 +168,11 @@ class ExpressionClassifier(Evaluator):
         config = config or ExpressionClassifierConfig()
         config.expressions = tuple(config.expressions)
         super().__init__(config)
-        self.head = nn.Linear(config.channels[-1], len(config.expressions))
+        self.head = nn.Linear(config.feature_dim, len(config.expressions))
 
     def features(self, x: Tensor) -> Tensor:
         """Penultimate features ``[B, D]`` (LEED's Psi; the Fréchet-distance features)."""
-        return self._pooled(x)
+        return self._features(x)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))  # [B, len(expressions)]
@@ -174,7 +186,8 @@ class ExpressionClassifier(Evaluator):
 @dataclass
 class AURegressorConfig:
     image_size: int = 64
-    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    channels: tuple[int, ...] = (16, 32, 64, 128, 128)
+    feature_dim: int = 256
     num_aus: int = NUM_AUS
     au_max: float = AU_MAX
 
@@ -184,17 +197,20 @@ class AURegressor(Evaluator):
 
     def __init__(self, config: AURegressorConfig | None = None):
         super().__init__(config or AURegressorConfig())
-        self.head = nn.Linear(self.config.channels[-1], self.config.num_aus)
+        self.head = nn.Linear(self.config.feature_dim, self.config.num_aus)
 
-    def forward(self, x: Tensor) -> Tensor:
-        # A sigmoid keeps every prediction inside the FACS range without dead gradients.
-        return self.config.au_max * torch.sigmoid(self.head(self._pooled(x)))  # [B, 17]
+    def forward(self, x: Tensor, clamp: bool = True) -> Tensor:
+        """Intensities ``[B, 17]``; ``clamp=False`` gives the raw linear output that training fits."""
+        intensities = self.head(self._features(x))
+        # Clamped, not squashed: a sigmoid's vanishing gradient at 0 stalls the many absent AUs.
+        return intensities.clamp(0.0, self.config.au_max) if clamp else intensities
 
 
 @dataclass
 class IdentityEmbedderConfig:
     image_size: int = 64
-    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    channels: tuple[int, ...] = (16, 32, 64, 128, 128)
+    feature_dim: int = 256
     embedding_dim: int = 128
     #: Two faces are "the same person" when the cosine of their embeddings exceeds
     #: this; chosen on validation identities after training.
@@ -206,10 +222,10 @@ class IdentityEmbedder(Evaluator):
 
     def __init__(self, config: IdentityEmbedderConfig | None = None):
         super().__init__(config or IdentityEmbedderConfig())
-        self.head = nn.Linear(self.config.channels[-1], self.config.embedding_dim)
+        self.head = nn.Linear(self.config.feature_dim, self.config.embedding_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(self.head(self._pooled(x)), dim=1)  # [B, D], unit length
+        return F.normalize(self.head(self._features(x)), dim=1)  # [B, D], unit length
 
     @torch.no_grad()
     def similarity(self, a: Tensor, b: Tensor) -> Tensor:
@@ -304,48 +320,63 @@ class FaceSampler:
         active = self._rand(n, NUM_AUS) < p_active
         return active * AU_MAX * self._rand(n, NUM_AUS)  # [N, 17]
 
-    def emotions(self, n: int, identity: Tensor, min_intensity: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
-        """Random emotion prototypes: ``(emotion [N], intensity [N], aus [N, 17])``."""
-        from ..data.synth import emotion_aus
+    def emotions(self, n: int, identity: Tensor, min_intensity: float = 0.0) -> dict[str, Tensor]:
+        """Random emotion prototypes on ``identity``: emotion, intensity, aus ``[N, 17]``, asymmetry."""
+        from ..data.synth import emotion_asymmetry, emotion_aus
 
         emotion = self._randint(len(EXPRESSIONS), n)
         intensity = min_intensity + (AU_MAX - min_intensity) * self._rand(n)
-        return emotion, intensity, emotion_aus(emotion, intensity, identity=identity)
+        return {"emotion": emotion, "intensity": intensity,
+                "aus": emotion_aus(emotion, intensity, identity=identity),
+                "asymmetry": emotion_asymmetry(emotion, identity)}
 
-    def render(self, identity: Tensor, aus: Tensor) -> Tensor:
-        """Images ``[N, 3, S, S]`` in ``[-1, 1]`` under random conditions."""
+    def expressive(self, identity: Tensor, p_random: float) -> tuple[Tensor, Tensor]:
+        """``(aus, asymmetry)``: an emotion prototype or, with ``p_random``, a random AU combination."""
+        from ..data.synth import emotion_asymmetry
+
+        n = len(identity)
+        prototype = self.emotions(n, identity)
+        use_random = self._rand(n, 1) < p_random
+        aus = torch.where(use_random, self.random_aus(n), prototype["aus"])
+        # a random combination keeps the person's own mild asymmetry (that of "neutral")
+        asymmetry = torch.where(use_random, emotion_asymmetry(0, identity), prototype["asymmetry"])
+        return aus, asymmetry
+
+    def render(self, identity: Tensor, aus: Tensor, asymmetry: Tensor) -> Tensor:
+        """Images ``[N, 3, S, S]`` in ``[-1, 1]``: about half in the studio, half in the wild."""
         from ..data.synth import render
 
         n = len(identity)
-        # Multi-PIE is frontal; RaFD and EmotioNet turn the head (SynthFaces keeps |yaw| <= 45).
-        yaw = torch.where(self._rand(n) < 0.3, torch.zeros(n), 90.0 * self._rand(n) - 45.0)
-        noise = torch.where(self._rand(n) < 0.5, torch.zeros(n), 0.03 * self._rand(n))
-        out = render(identity, aus, yaw, self.size, light=self.light(n), background=self.background(n),
-                     noise=noise, generator=self.generator)
-        return out["image"]
+        studio = self._rand(n) < 0.5
+        # Studio (Multi-PIE frontal, RaFD's yaw steps): default light and background.
+        # Wild (EmotioNet): random light and background, any yaw within +-45 degrees.
+        rafd_yaw = 22.5 * (self._randint(5, n) - 2).float()
+        studio_yaw = torch.where(self._rand(n) < 0.4, torch.zeros(n), rafd_yaw)
+        yaw = torch.where(studio, studio_yaw, 90.0 * self._rand(n) - 45.0)
+        image = torch.empty(n, 3, self.size, self.size)
+        for chosen, scene in ((studio, {}), (~studio, {"light": "random", "background": "random"})):
+            if chosen.any():
+                image[chosen] = render(identity[chosen], aus[chosen], yaw[chosen], self.size,
+                                       asymmetry=asymmetry[chosen], generator=self.generator, **scene)["image"]
+        # Sensor noise on half of the faces, its strength drawn per face.
+        sigma = 0.02 * self._rand(n) * (self._rand(n) < 0.5)
+        return (image + sigma[:, None, None, None] * torch.randn(image.shape, generator=self.generator)).clamp(-1, 1)
 
     def expression_batch(self, n: int, min_intensity: float = 0.5) -> dict[str, Tensor]:
         identity = self.pick_identities(n)
-        emotion, intensity, aus = self.emotions(n, identity, min_intensity)
-        return {"image": self.render(identity, aus), "emotion": emotion, "intensity": intensity}
+        face = self.emotions(n, identity, min_intensity)
+        return {"image": self.render(identity, face["aus"], face["asymmetry"]),
+                "emotion": face["emotion"], "intensity": face["intensity"]}
 
     def au_batch(self, n: int) -> dict[str, Tensor]:
         identity = self.pick_identities(n)
-        _, _, aus = self.emotions(n, identity)
-        use_random = self._rand(n, 1) < 0.5
-        aus = torch.where(use_random, self.random_aus(n), aus)
-        return {"image": self.render(identity, aus), "aus": aus}
-
-    def any_expression(self, identity: Tensor) -> Tensor:
-        """AUs of an emotion prototype or (30%) a random AU combination, for each identity."""
-        n = len(identity)
-        _, _, aus = self.emotions(n, identity)
-        return torch.where(self._rand(n, 1) < 0.3, self.random_aus(n), aus)
+        aus, asymmetry = self.expressive(identity, p_random=0.5)
+        return {"image": self.render(identity, aus, asymmetry), "aus": aus}
 
     def identity_batch(self, num_identities: int, views: int) -> dict[str, Tensor]:
         """``views`` renders of each of ``num_identities`` distinct identities, grouped by identity."""
         identity = self.pick_identities(num_identities, distinct=True).repeat_interleave(views)
-        return {"image": self.render(identity, self.any_expression(identity)), "identity": identity}
+        return {"image": self.render(identity, *self.expressive(identity, p_random=0.3)), "identity": identity}
 
     def verification_pairs(self, n: int) -> dict[str, Tensor]:
         """``n`` image pairs, half of one person and half of two, each side under its own conditions."""
@@ -359,8 +390,8 @@ class FaceSampler:
             clash = ~same & (second == first)
         second = torch.where(same, first, second)
         return {
-            "a": self.render(first, self.any_expression(first)),
-            "b": self.render(second, self.any_expression(second)),
+            "a": self.render(first, *self.expressive(first, p_random=0.3)),
+            "b": self.render(second, *self.expressive(second, p_random=0.3)),
             "same": same,
         }
 
@@ -452,7 +483,9 @@ def evaluate_identity(model: IdentityEmbedder, sampler: FaceSampler, n: int = 10
 
 def split_identities(split: str) -> Tensor:
     """Every identity of ``split`` ("train", "val" or "test") over all SynthFaces presets."""
-    raise NotImplementedError
+    from ..data.presets import PRESETS
+
+    return torch.cat([torch.tensor(preset.identity_range(split)) for preset in PRESETS.values()])
 
 
 def held_out_sampler(split: str = "test", seed: int = 0, size: int = 64) -> FaceSampler:
@@ -477,45 +510,87 @@ def evaluate_evaluators(expression: ExpressionClassifier | None = None, au: AURe
 # --------------------------------------------------------------------------- training
 
 
+class RenderPool:
+    """A replay buffer of renders, so that training is not bound by the renderer's speed.
+
+    ``make(n)`` renders ``n`` items (a dict of tensors, first dimension = item). The pool holds
+    ``capacity`` items; each :meth:`refresh` replaces ``fresh`` random items with new renders, and
+    :meth:`sample` draws distinct items. Over a run every item is replaced many times, so the
+    data stays unlimited; ``fresh >= capacity`` makes every batch brand new.
+    """
+
+    def __init__(self, make, capacity: int, fresh: int, chunk: int = 256):
+        self.make, self.capacity, self.fresh = make, capacity, min(fresh, capacity)
+        parts = [make(min(chunk, capacity - start))
+                 for start in tqdm(range(0, capacity, chunk), desc="filling the render pool", leave=False)]
+        # images are stored in half precision (a quarter of the memory of float32)
+        self.items = {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
+        self.items = {k: v.half() if v.is_floating_point() else v for k, v in self.items.items()}
+
+    def refresh(self) -> None:
+        slots = torch.randperm(self.capacity)[:self.fresh]
+        for key, value in self.make(self.fresh).items():
+            self.items[key][slots] = value.to(self.items[key].dtype)
+
+    def sample(self, n: int) -> dict[str, Tensor]:
+        chosen = torch.randperm(self.capacity)[:n]
+        return {k: v[chosen].float() if v.is_floating_point() else v[chosen] for k, v in self.items.items()}
+
+
 @dataclass
 class TrainingPlan:
-    """How one evaluator trains: fresh renders every step, AdamW with a one-cycle schedule."""
+    """How one evaluator trains: AdamW with a one-cycle schedule on a refreshing pool of renders."""
 
     steps: int
     batch_size: int
     lr: float = 3e-3
     weight_decay: float = 1e-4
+    pool: int = 4096  # renders held at once (identity: renders of all views of pool // views people)
+    fresh: int = 16  # renders replaced before every step
 
 
 #: What ``python -m facelib train evaluators`` ships (steps per evaluator).
 PLANS: dict[str, TrainingPlan] = {
-    "expression_classifier": TrainingPlan(steps=600, batch_size=64),
-    "au_regressor": TrainingPlan(steps=1200, batch_size=64),
-    "identity_embedder": TrainingPlan(steps=1200, batch_size=96),
+    "expression_classifier": TrainingPlan(steps=1000, batch_size=64),
+    "au_regressor": TrainingPlan(steps=1500, batch_size=64),
+    "identity_embedder": TrainingPlan(steps=500, batch_size=96),
 }
 
 
+def _flip_half(image: Tensor) -> Tensor:
+    """Mirror a random half of the faces (expressions and AU intensities do not change)."""
+    flip = torch.rand(image.shape[0]) < 0.5
+    return torch.where(flip[:, None, None, None], image.flip(-1), image)
+
+
 class EvaluatorTask(TrainingTask):
-    """Trains one evaluator; ``training_step`` renders its own batch (no dataset: data is unlimited)."""
+    """Trains one evaluator on a :class:`RenderPool` of training identities (no dataset: data is unlimited)."""
 
     dataset = None
     model_class: type[Evaluator]
+    views = 1  # renders per pool item (the identity task keeps several views of one person together)
 
     def __init__(self, plan: TrainingPlan, identities: Tensor, size: int = 64):
         self.plan = plan
-        self.sampler = FaceSampler(identities, size)  # global RNG: seeded and checkpointed by the Trainer
+        self.sampler = FaceSampler(identities, size)  # global RNG: seeded by the Trainer
 
     def build(self, device):
         model = self.model_class().to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.plan.lr, weight_decay=self.plan.weight_decay)
         self.schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.plan.lr,
                                                             total_steps=self.plan.steps, pct_start=0.15)
+        self.pool = RenderPool(self.render, self.plan.pool // self.views, max(1, self.plan.fresh // self.views))
         return {"model": model}, {"adamw": optimizer}
 
     def stateful(self):
         return {"schedule": self.schedule}
 
+    def sample(self) -> dict[str, Tensor]:
+        batch = self.pool.sample(self.plan.batch_size)
+        return {**batch, "image": _flip_half(batch["image"])}
+
     def training_step(self, batch, step):
+        self.pool.refresh()
         batch = {k: v.to(self.device) for k, v in self.sample().items()}
         loss, logs = self.loss(self.modules["model"], batch)
         optimizer = self.optimizers["adamw"]
@@ -529,8 +604,8 @@ class EvaluatorTask(TrainingTask):
 class ExpressionTask(EvaluatorTask):
     model_class = ExpressionClassifier
 
-    def sample(self):
-        return self.sampler.expression_batch(self.plan.batch_size)
+    def render(self, n):
+        return self.sampler.expression_batch(n)
 
     def loss(self, model, batch):
         logits = model(batch["image"])
@@ -541,21 +616,29 @@ class ExpressionTask(EvaluatorTask):
 class AUTask(EvaluatorTask):
     model_class = AURegressor
 
-    def sample(self):
-        return self.sampler.au_batch(self.plan.batch_size)
+    def render(self, n):
+        return self.sampler.au_batch(n)
 
     def loss(self, model, batch):
-        pred = model(batch["image"])
-        # Smooth L1 with a small beta: close to the reported mean absolute error, smooth near 0.
-        return F.smooth_l1_loss(pred, batch["aus"], beta=0.1), {"mae": (pred - batch["aus"]).abs().mean().detach()}
+        pred = model(batch["image"], clamp=False)
+        # Squared error: an absolute error lets a regressor settle on the median, 0 for sparse AUs.
+        mae = (pred.detach().clamp(0, AU_MAX) - batch["aus"]).abs().mean()
+        return F.mse_loss(pred, batch["aus"]), {"mae": mae}
 
 
 class IdentityTask(EvaluatorTask):
     model_class = IdentityEmbedder
     views = 4
 
+    def render(self, n):
+        """``n`` people, each as a group of ``views`` renders: image ``[n, views, 3, S, S]``."""
+        batch = self.sampler.identity_batch(n, self.views)
+        return {k: v.view(n, self.views, *v.shape[1:]) for k, v in batch.items()}
+
     def sample(self):
-        return self.sampler.identity_batch(self.plan.batch_size // self.views, self.views)
+        # whole people, never mirrored (a mirrored face is not quite the same person)
+        groups = self.pool.sample(self.plan.batch_size // self.views)
+        return {k: v.flatten(0, 1) for k, v in groups.items()}
 
     def loss(self, model, batch):
         return centroid_margin_softmax(model(batch["image"]), self.views), {}
@@ -582,14 +665,16 @@ def train_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: b
     from ..train import Trainer
 
     out_dir = Path(out_dir)
-    eval_n = 64 if smoke else 2000
+    eval_n = 64 if smoke else 1000
     train_ids = split_identities("train")
     checkpoints, metrics, steps_run = {}, {}, {}
     for name, task_class in TASKS.items():
         plan = PLANS[name]
         n_steps = 3 if smoke else (steps or plan.steps)
-        plan = TrainingPlan(steps=n_steps, batch_size=16 if smoke else plan.batch_size, lr=plan.lr,
-                            weight_decay=plan.weight_decay)
+        if smoke:
+            plan = TrainingPlan(steps=n_steps, batch_size=16, lr=plan.lr, pool=64, fresh=16)
+        else:
+            plan = TrainingPlan(**{**plan.__dict__, "steps": n_steps})
         task = task_class(plan, train_ids)
         result = Trainer(task, steps=n_steps, batch_size=plan.batch_size, seed=seed, out_dir=out_dir / name,
                          device=device, progress=True).fit()
@@ -599,6 +684,7 @@ def train_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: b
                 *pair_embeddings(model, held_out_sampler("val", seed), eval_n))
         measured = evaluate_evaluators(**{_ARG[name]: model}, n=eval_n, seed=seed)[name]
         measured["train_seconds"] = result.seconds
+        measured["train_steps"] = n_steps
         if name == "identity_embedder":
             measured["verification_threshold"] = model.config.verification_threshold
         metrics[name] = measured
