@@ -67,13 +67,13 @@ _A = {code: au_index(code) for code in AU_CODES}
 #: FACS/EMFACS prototypes at peak intensity (AU code -> intensity in [0, 5]).
 PROTOTYPES: dict[str, dict[int, float]] = {
     "neutral": {},
-    "angry": {4: 4.5, 5: 3.0, 7: 3.5, 23: 4.0},
-    "contemptuous": {12: 3.5, 14: 4.0},  # unilateral: see emotion_asymmetry
-    "disgusted": {9: 4.0, 10: 3.5, 15: 2.5, 17: 2.5},
-    "fearful": {1: 4.0, 2: 3.5, 4: 2.5, 5: 4.0, 20: 4.0, 25: 3.0, 26: 2.5},
+    "angry": {4: 5.0, 5: 3.0, 7: 3.5, 23: 4.5},
+    "contemptuous": {12: 5.0, 14: 5.0},  # unilateral: see emotion_asymmetry
+    "disgusted": {9: 5.0, 10: 4.0, 15: 3.0, 17: 3.0},
+    "fearful": {1: 4.5, 2: 3.0, 4: 3.0, 5: 4.5, 20: 5.0, 25: 3.5, 26: 1.5},
     "happy": {6: 4.0, 12: 5.0, 25: 3.0},
-    "sad": {1: 4.5, 4: 3.0, 15: 4.0, 17: 2.5},
-    "surprised": {1: 4.5, 2: 4.5, 5: 3.5, 25: 3.0, 26: 4.0},
+    "sad": {1: 5.0, 4: 3.0, 15: 5.0, 17: 3.0},
+    "surprised": {1: 4.5, 2: 4.5, 5: 4.0, 25: 3.0, 26: 5.0},
     "squint": {6: 3.5, 7: 4.5, 45: 2.0},
     "scream": {4: 4.0, 6: 3.5, 7: 4.0, 9: 3.5, 10: 4.0, 20: 3.5, 25: 5.0, 26: 5.0},
 }
@@ -150,8 +150,8 @@ def identity_params(identity: Tensor) -> dict[str, Tensor]:
     warm = (r[:, 6] - 0.5) * 0.08
     p["skin"] = (skin + torch.stack([warm, 0 * warm, -warm], 1)).clamp(0, 1)
     p["blush"] = 0.05 + 0.10 * r[:, 7] * (1 - 0.6 * masc)
-    p["ew"] = 0.085 + 0.02 * r[:, 8]
-    p["eh"] = (0.37 + 0.12 * r[:, 9]) * p["ew"]
+    p["ew"] = 0.09 + 0.02 * r[:, 8]
+    p["eh"] = (0.42 + 0.12 * r[:, 9]) * p["ew"]
     p["ex"] = 0.19 + 0.045 * r[:, 10]
     p["ye"] = -0.06 + 0.06 * r[:, 11]
     p["tilt"] = (r[:, 12] - 0.4) * 0.03
@@ -163,8 +163,8 @@ def identity_params(identity: Tensor) -> dict[str, Tensor]:
     p["brow_out"] = p["ex"] + p["ew"] + 0.01 + 0.035 * r[:, 18]
     p["yn"] = 0.20 + 0.08 * r[:, 19]
     p["nw"] = 0.065 + 0.03 * r[:, 20] + 0.008 * masc
-    p["lu"] = 0.02 + 0.02 * r[:, 21] * (1.2 - 0.5 * masc)
-    p["ll"] = 0.028 + 0.022 * r[:, 22] * (1.2 - 0.4 * masc)
+    p["lu"] = 0.026 + 0.02 * r[:, 21] * (1.2 - 0.5 * masc)
+    p["ll"] = 0.034 + 0.022 * r[:, 22] * (1.2 - 0.4 * masc)
     p["mw"] = 0.14 + 0.045 * r[:, 23]
     p["ym"] = p["yn"] + 0.15 + 0.05 * r[:, 24]
     p["mouth_curve"] = (r[:, 25] - 0.5) * 0.02
@@ -179,7 +179,7 @@ def identity_params(identity: Tensor) -> dict[str, Tensor]:
     hair_t = torch.where(tone > 0.55, r[:, 28] * 0.3, r[:, 28])
     hair_rgb = _palette(_HAIR, hair_t) * (0.85 + 0.3 * r[:, 29])[:, None]
     p["hair"] = hair_rgb.clamp(0, 1)
-    p["brow"] = (hair_rgb * (0.55 + 0.25 * r[:, 30])[:, None] + 0.02).clamp(0, 1)
+    p["brow"] = (hair_rgb * (0.35 + 0.25 * r[:, 30])[:, None] + 0.02).clamp(0, 1)
     p["hair_vol"] = 0.02 + 0.09 * r[:, 31]
     long_len = 0.55 + 0.45 * r[:, 32]
     p["hair_len"] = torch.where(style == 2, long_len, torch.where(style == 1, 0.25 + 0.2 * r[:, 32], p["ye"]))
@@ -196,8 +196,8 @@ def identity_params(identity: Tensor) -> dict[str, Tensor]:
     p["age"] = r[:, 41]
     p["gaze"] = (r[:, 42] - 0.5) * 0.3
     p["contempt_side"] = torch.where(r[:, 43] < 0.5, -1.0, 1.0)
-    # expression idiosyncrasy: per-AU gains (0.75-1.25) and left/right imbalance (+-0.3)
-    p["au_gain"] = 0.75 + 0.5 * g[:, :NUM_AUS]
+    # expression idiosyncrasy: per-AU gains (0.85-1.15) and left/right imbalance (+-0.3)
+    p["au_gain"] = 0.85 + 0.3 * g[:, :NUM_AUS]
     p["au_asym"] = (g[:, NUM_AUS:] - 0.5) * 0.6
     return p
 
@@ -266,7 +266,7 @@ def emotion_asymmetry(emotion, identity) -> Tensor:
 # ----------------------------------------------------------------------------------------------
 #: Width of anti-aliased edges in pixels: wide enough that bilinear resampling (a warp by a
 #: fractional flow) reproduces them, the premise of the ground-truth check.
-_EDGE = 1.6
+_EDGE = 2.0
 #: Smallest standard deviation of a line in pixels, for the same reason.
 _LINE_MIN = 0.6
 
@@ -372,20 +372,20 @@ _GRID_RANGE = 1.3   # the coarse grid spans [-R, R]^2 of the face plane
 
 # (name, sided, sigma, {AU code: (dx outward, dy) per AU unit})
 _ANCHORS = (
-    ("brow_inner", True, 0.07, {1: (0.0, -0.022), 4: (-0.010, 0.014), 9: (-0.003, 0.008)}),
-    ("brow_mid", True, 0.08, {1: (0.0, -0.010), 2: (0.0, -0.016), 4: (-0.005, 0.010)}),
-    ("brow_outer", True, 0.07, {2: (0.0, -0.020), 4: (0.0, 0.004), 6: (0.0, 0.004)}),
+    ("brow_inner", True, 0.085, {1: (0.0, -0.030), 4: (-0.014, 0.020), 9: (-0.004, 0.010)}),
+    ("brow_mid", True, 0.09, {1: (0.0, -0.012), 2: (0.0, -0.020), 4: (-0.007, 0.014)}),
+    ("brow_outer", True, 0.085, {2: (0.0, -0.026), 4: (0.0, 0.005), 6: (0.0, 0.005)}),
     ("lid_upper", True, 0.05, {5: (0.0, -0.006), 7: (0.0, 0.003)}),
-    ("lid_lower", True, 0.05, {6: (0.0, -0.008), 7: (0.0, -0.004)}),
-    ("cheek", True, 0.09, {6: (0.002, -0.014), 12: (0.006, -0.010), 10: (0.0, -0.003), 9: (0.0, -0.003)}),
-    ("nose_wing", True, 0.055, {9: (0.002, -0.012), 10: (0.001, -0.006), 12: (0.001, -0.003)}),
-    ("lip_upper_side", True, 0.055, {10: (0.0, -0.012), 9: (0.0, -0.006), 12: (0.003, -0.003)}),
-    ("mouth_corner", True, 0.055, {12: (0.012, -0.016), 14: (0.008, -0.002), 15: (0.003, 0.018),
-                                   20: (0.020, 0.004), 23: (-0.007, 0.0), 26: (-0.004, 0.012),
-                                   25: (0.0, 0.003), 10: (0.002, -0.004), 6: (0.001, -0.003)}),
-    ("lip_upper_mid", False, 0.05, {10: (0.0, -0.011), 9: (0.0, -0.005)}),
-    ("lip_lower_mid", False, 0.06, {17: (0.0, -0.014), 15: (0.0, 0.003), 20: (0.0, 0.003)}),
-    ("chin", False, 0.09, {17: (0.0, -0.012)}),
+    ("lid_lower", True, 0.05, {6: (0.0, -0.008), 7: (0.0, -0.005)}),
+    ("cheek", True, 0.09, {6: (0.002, -0.016), 12: (0.007, -0.012), 10: (0.0, -0.004), 9: (0.0, -0.004)}),
+    ("nose_wing", True, 0.055, {9: (0.003, -0.014), 10: (0.001, -0.007), 12: (0.001, -0.003)}),
+    ("lip_upper_side", True, 0.055, {10: (0.0, -0.014), 9: (0.0, -0.007), 12: (0.003, -0.003)}),
+    ("mouth_corner", True, 0.055, {12: (0.014, -0.020), 14: (0.010, -0.002), 15: (0.003, 0.022),
+                                   20: (0.026, 0.004), 23: (-0.012, 0.0), 26: (-0.005, 0.014),
+                                   25: (0.0, 0.003), 10: (0.002, -0.005), 6: (0.001, -0.003)}),
+    ("lip_upper_mid", False, 0.05, {10: (0.0, -0.013), 9: (0.0, -0.006)}),
+    ("lip_lower_mid", False, 0.06, {17: (0.0, -0.016), 15: (0.0, 0.004), 20: (0.0, 0.003)}),
+    ("chin", False, 0.09, {17: (0.0, -0.014)}),
 )
 
 
@@ -440,29 +440,33 @@ def _displacement(vx: Tensor, vy: Tensor, P: dict, au_l: Tensor, au_r: Tensor) -
     disp = torch.einsum("nka,kad->nkd", au_k, coef)                                 # [n, K, 2]
     # soft saturation keeps every anchor's gradient below ~0.8, so the map never folds
     mag = disp.norm(dim=-1, keepdim=True).clamp_min(1e-9)
-    cap = 1.3 * sig[None, :, None]
+    cap = 1.2 * sig[None, :, None]
     disp = disp * (cap * torch.tanh(mag / cap) / mag)
     active = (disp.abs().amax((0, 2)) > 0).nonzero()[:, 0]  # anchors some image in the chunk moves
     disp, ax, ay, sig = disp[:, active], ax[:, active], ay[:, active], sig[active]
-    # separable Gaussians on the grid rows and columns: [n, K, H, 1] * [n, K, 1, W]
-    inv2 = -0.5 / sig[None, :, None] ** 2
-    gx = torch.exp((vx[:, 0][:, None] - ax[..., None]) ** 2 * inv2)                  # [n, K, W]
-    gy = torch.exp((vy[:, :, 0][:, None] - ay[..., None]) ** 2 * inv2)               # [n, K, H]
-    g = gy[..., :, None] * gx[..., None, :]                                          # [n, K, H, W]
+    # compact bells (zero beyond 2.8 sigma: far regions do not move at all) on the grid
+    inv2 = 1.0 / sig[None, :, None, None] ** 2
+    dxk = (vx[:, 0][:, None] - ax[..., None]) ** 2                                   # [n, K, W]
+    dyk = (vy[:, :, 0][:, None] - ay[..., None]) ** 2                                # [n, K, H]
+    g = _bell((dyk[..., :, None] + dxk[..., None, :]) * inv2)                        # [n, K, H, W]
     dx = (g * disp[..., 0, None, None]).sum(1)
     dy = (g * disp[..., 1, None, None]).sum(1)
     # AU23 lip tightener: squeeze the lips toward the mouth line
-    k23 = 0.12 * (au_l[:, _A[23]] + au_r[:, _A[23]]) / 2
-    mouth = torch.exp(-0.5 * ((vx / _v(P["mw"])) ** 2 + ((vy - _v(P["ym"])) / 0.05) ** 2))
+    k23 = 0.14 * (au_l[:, _A[23]] + au_r[:, _A[23]]) / 2
+    mouth = _bell((vx / _v(P["mw"])) ** 2 + ((vy - _v(P["ym"])) / 0.05) ** 2)
     dy = dy - _v(k23) * (vy - _v(P["ym"])) * mouth
     # AU12 / AU15 bend the mouth into a U / an arch (the corners move, the middle stays)
-    bend = 0.009 * (au_l[:, _A[15]] + au_r[:, _A[15]]) / 2 - 0.011 * (au_l[:, _A[12]] + au_r[:, _A[12]]) / 2
-    mouth_wide = torch.exp(-0.5 * ((vx / (1.2 * _v(P["mw"]))) ** 4 + ((vy - _v(P["ym"])) / 0.08) ** 2))
-    dy = dy + _v(bend) * (vx / _v(P["mw"])) ** 2 * mouth_wide
+    # (per side: a one-sided smile bends one corner only)
+    bend_l = 0.013 * au_l[:, _A[15]] - 0.016 * au_l[:, _A[12]]
+    bend_r = 0.013 * au_r[:, _A[15]] - 0.016 * au_r[:, _A[12]]
+    bend = torch.where(vx < 0, _v(bend_l), _v(bend_r))
+    mouth_wide = _bell((vx / (1.2 * _v(P["mw"]))) ** 4 + ((vy - _v(P["ym"])) / 0.08) ** 2)
+    dy = dy + bend * (vx / _v(P["mw"])) ** 2 * mouth_wide
     # AU26 jaw drop: the lower face below the mouth slides down, fading below the chin
-    jaw = 0.025 * (au_l[:, _A[26]] + au_r[:, _A[26]]) / 2
-    below = torch.sigmoid((vy - _v(P["ym"]) - 0.03) / 0.04)
-    fade = torch.exp(-0.5 * ((vx / 0.32) ** 2 + ((vy - _v(P["b"])).clamp_min(0) / 0.12) ** 2))
+    jaw = 0.03 * (au_l[:, _A[26]] + au_r[:, _A[26]]) / 2
+    t = ((vy - _v(P["ym"]) - 0.03) / 0.16 + 0.5).clamp(0, 1)
+    below = t * t * (3 - 2 * t)  # smoothstep over 0.16 around 0.03 below the mouth
+    fade = _bell((vx / 0.32) ** 2 + ((vy - _v(P["b"])).clamp_min(0) / 0.06) ** 2)
     dy = dy + _v(jaw) * below * fade
     return dx, dy
 
@@ -489,7 +493,7 @@ def _opening(P: dict, au_l: Tensor, au_r: Tensor) -> tuple[Tensor, Tensor]:
     """How far the upper / lower lip branch separate at the mouth centre, ``[n]`` each."""
     au = (au_l + au_r) / 2
     g_up = 0.006 * au[:, _A[25]] + 0.004 * au[:, _A[10]] + 0.003 * au[:, _A[26]]
-    g_low = 0.011 * au[:, _A[25]] + 0.02 * au[:, _A[26]]
+    g_low = 0.011 * au[:, _A[25]] + 0.024 * au[:, _A[26]]
     return g_up, g_low
 
 
@@ -529,8 +533,8 @@ def _side_values(au_l: Tensor, au_r: Tensor) -> dict[str, Tensor]:
     au = torch.stack([au_l, au_r], 1) / AU_MAX  # [n, 2, 17] in [0, 1]
     k = {code: au[..., _A[code]] for code in AU_CODES}
     return {
-        "open": (1 + 0.3 * k[5] - 0.25 * k[7] - 0.1 * k[6] - 1.0 * k[45]).clamp(0, 1.35),
-        "raise": (0.3 * k[6] + 0.4 * k[7]).clamp(0, 0.7),
+        "open": (1 + 0.45 * k[5] - 0.3 * k[7] - 0.15 * k[6] - 1.0 * k[45]).clamp(0, 1.45),
+        "raise": (0.35 * k[6] + 0.45 * k[7]).clamp(0, 0.75),
         "k": k,
     }
 
@@ -666,7 +670,7 @@ def _wrinkles(ux: Tensor, uy: Tensor, P: dict, sv: dict, px: float, R: _Region) 
     k = sv["k"]
     ex, ew, eh, ye, yb, yn, ym, mw, nw, ll, b = (_v(P[key]) for key in ("ex", "ew", "eh", "ye", "yb", "yn", "ym", "mw", "nw", "ll", "b"))
     age = _v(P["age"])
-    reach = _reach(0.006, px)  # how far the widest line reaches
+    reach = _reach(0.007, px)  # how far the widest line reaches
     wr = torch.zeros_like(ux)
     age_dark = torch.zeros_like(ux)
     mean = {code: _v((k[code][:, 0] + k[code][:, 1]) / 2) for code in (1, 4, 9, 17, 23)}
@@ -685,7 +689,7 @@ def _wrinkles(ux: Tensor, uy: Tensor, P: dict, sv: dict, px: float, R: _Region) 
                 fh = fh + _line(cuy - (yb - 0.11 - 0.055 * i - bend), 0.004, px)
             forehead = (0.7 * mean[1] * _gauss(cxm, cuy, 0.0, yb, 0.16, None)
                         + 0.6 * _sided(k[2], cux > 0) * _gauss(cxm, cuy, 0.24, yb, 0.1, None)) * fh
-            wr[:, w[0], w[1]] += 0.4 * mean[4] * furrow + 0.35 * mean[9] * nose_lines + 0.28 * forehead
+            wr[:, w[0], w[1]] += 0.6 * mean[4] * furrow + 0.5 * mean[9] * nose_lines + 0.4 * forehead
     w = R.window(ex + ew, ex + ew + 0.15, ye - 0.15, ye + 0.15)
     if w:
         cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
@@ -695,7 +699,7 @@ def _wrinkles(ux: Tensor, uy: Tensor, P: dict, sv: dict, px: float, R: _Region) 
         for slope in (-0.55, 0.0, 0.55):
             crow = crow + _line((cuy - ye) - slope * (cxm - corner_x), 0.0035, px)
         crow = crow * ((cxm - corner_x) / 0.012).clamp(0, 1) * _gauss(cxm, cuy, corner_x + 0.03, ye, 0.035, 0.05)
-        wr[:, w[0], w[1]] += 0.35 * _sided(k[6], cux > 0) * crow
+        wr[:, w[0], w[1]] += 0.45 * _sided(k[6], cux > 0) * crow
         age_dark[:, w[0], w[1]] += 0.05 * age * crow
     if active[6] or active[7]:
         w = R.window(ex - 0.2, ex + 0.2, ye + 0.8 * eh + 0.03 - reach, ye + 0.8 * eh + 0.03 + reach)
@@ -714,13 +718,13 @@ def _wrinkles(ux: Tensor, uy: Tensor, P: dict, sv: dict, px: float, R: _Region) 
         fold_win = ((cuy - yn + 0.03) / 0.02).clamp(0, 1) * ((ym + 0.06 - cuy) / 0.03).clamp(0, 1)
         fold = _line(cxm - fold_x, 0.006, px) * fold_win
         fold_k = torch.maximum(torch.maximum(k12, 0.8 * k9), torch.maximum(0.8 * k10, 0.5 * k6))
-        dimple = _line(cxm - mw - 0.022, 0.005, px) * _gauss(cxm, cuy, 0.0, ym + 0.005, None, 0.022)
+        dimple = _line(cxm - mw - 0.022, 0.006, px) * _gauss(cxm, cuy, 0.0, ym + 0.005, None, 0.028)
         marionette = _line(cxm - mw - 0.012 - 0.25 * (cuy - ym), 0.005, px) * _gauss(cxm, cuy, 0.0, ym + 0.06, None, 0.04) * (cuy > ym)
         sulcus = _line(cuy - (ym + ll + 0.035 + 0.15 * cux * cux), 0.006, px) * _gauss(cxm, cuy, 0.0, 0.0, 0.08, None)
         dimpling = (torch.sin(cux * 90) * torch.sin(cuy * 80) * 0.5 + 0.5) * _fine(120, px) * _gauss(cxm, cuy, 0.0, b - 0.12, 0.06, 0.05)
         # AU23 presses the lips together: a deeper, darker mouth line
-        press = _line(cuy - _mouth_line(cux, P), 0.005, px) * (1 - (cux / mw) ** 4).clamp(0, 1)
-        wr[:, w[0], w[1]] += (0.35 * fold_k * fold + 0.6 * _sided(k[14], right) * dimple + 0.35 * mean[23] * press
+        press = _line(cuy - _mouth_line(cux, P), 0.007, px) * (1 - (cux / mw) ** 4).clamp(0, 1)
+        wr[:, w[0], w[1]] += (0.5 * fold_k * fold + 0.8 * _sided(k[14], right) * dimple + 1.0 * mean[23] * press
                              + 0.3 * _sided(k[15], right) * marionette + mean[17] * (0.3 * sulcus + 0.15 * dimpling))
         age_dark[:, w[0], w[1]] += 0.1 * age * fold
     if active[6] or active[12]:
@@ -952,7 +956,7 @@ def _appearance(ux: Tensor, uy: Tensor, vx: Tensor, vy: Tensor, P: dict, sv: dic
     scalp_w = a * 1.04 + vol
 
     def hair_colour(cux, cuy, cshade):
-        strands = torch.sin(40 * cux / (cuy + 1.6) + 3 * torch.sin(cuy * 9)) * _fine(40, px)
+        strands = torch.sin(28 * cux / (cuy + 1.6) + 3 * torch.sin(cuy * 9)) * _fine(28, px)
         light = 0.7 + 0.35 * torch.exp(-0.5 * ((cuy + 0.55) / 0.12) ** 2) * (1 - cux.abs())
         return _rgb(P["hair"]) * ((light + 0.12 * strands) * (0.75 + 0.25 * cshade.clamp(0, 1.3))).unsqueeze(1)
 
@@ -965,7 +969,11 @@ def _appearance(ux: Tensor, uy: Tensor, vx: Tensor, vy: Tensor, P: dict, sv: dic
         top = (cuy + 0.02).clamp_max(0) / (0.83 + vol)
         bottom = ((cuy + 0.02).clamp_min(0) / (hair_len + 0.07)) ** 2
         scalp = _cover((torch.sqrt((cux / scalp_w) ** 2 + top * top + bottom * bottom * bottom) - 1) * 0.5, px)
-        curtain = _cover(torch.maximum(cxm - scalp_w + 0.04 * cuy.clamp_min(0), cuy - hair_len), px) * long_hair
+        # long hair falls in curtains that narrow a little, wave, and end in a rounded line
+        t = (cuy / hair_len).clamp(0, 1)
+        edge = scalp_w - 0.05 * t + 0.012 * torch.sin(cuy * 30)
+        bottom = hair_len - 0.12 * (cxm / scalp_w) ** 2
+        curtain = _cover(torch.maximum(cxm - edge, cuy - bottom), px) * long_hair
         hair_col = hair_colour(cux, cuy, shade[:, w[0], w[1]])
         _paint(out, head, w, hair_col, torch.maximum(scalp, curtain) * has_hair * buzz)
 
@@ -978,8 +986,10 @@ def _appearance(ux: Tensor, uy: Tensor, vx: Tensor, vy: Tensor, P: dict, sv: dic
         neck = _cover(cxm - neck_w, px) * (cuy > 0.3)  # above 0.3 the face covers the neck
         chin_shadow = 1 - 0.35 * torch.exp(-((cuy - b * 0.9).clamp_min(0) / 0.12))
         neck_col = _rgb(P["skin"]) * (0.82 * chin_shadow * (0.6 + 0.4 * cshade)).unsqueeze(1)
-        shoulder_y = torch.where(cxm < neck_w, 0.97 - 0.13 * (cxm / neck_w) ** 2, 0.84 + 0.2 * (cxm - neck_w))
-        shirt = _cover(shoulder_y - cuy, px)
+        inner = cxm < neck_w
+        shoulder_y = torch.where(inner, 0.97 - 0.13 * (cxm / neck_w) ** 2, 0.84 + 0.2 * (cxm - neck_w))
+        slope = torch.where(inner, 0.26 * cxm / neck_w**2, torch.full_like(cxm, 0.2))
+        shirt = _cover((shoulder_y - cuy) * torch.rsqrt(1 + slope * slope), px)  # distance across the line
         back = _mix(neck_col, _rgb(P["shirt"]) * (0.75 + 0.25 * cshade).unsqueeze(1), shirt)
         _paint(out, head, w, back, torch.maximum(neck, shirt))
 
@@ -1050,7 +1060,7 @@ def _appearance(ux: Tensor, uy: Tensor, vx: Tensor, vy: Tensor, P: dict, sv: dic
         tint = torch.tensor([0.75, 0.85, 0.95])[None, :, None, None] * (0.6 + 0.4 * gshade).unsqueeze(1)
         out[gidx, :, w[0], w[1]] = _mix(out[gidx][:, :, w[0], w[1]], tint, 0.12 * lens * head[gidx][:, w[0], w[1]])
         _paint(out, head, w, _rgb(P["frame"][gidx]) * (0.6 + 0.5 * gshade).unsqueeze(1), frame, gidx)
-        glasses[gidx, w[0], w[1]] = torch.maximum(frame, 0.12 * lens)
+        glasses[gidx, w[0], w[1]] = frame  # the faint lens tint varies slowly: warps fine
 
     return head.clamp_(0, 1), skin_alpha, state, gap_cov, glasses
 
@@ -1304,20 +1314,21 @@ def _solve_expression(face: _Face, ux: Tensor, uy: Tensor, lower: Tensor, wx: Te
         y_up, y_low, _, _ = _branches(bx, by, face.P, face.g_up, face.g_low)
         return bx, torch.where(lower, y_low, y_up)
 
-    for _ in range(_NEWTON_EXPR):
-        fx, fy = e(wx, wy)
-        ax_, ay_ = e(wx + h, wy)
-        bx_, by_ = e(wx, wy + h)
-        j11, j21 = (ax_ - fx) / h, (ay_ - fy) / h
-        j12, j22 = (bx_ - fx) / h, (by_ - fy) / h
+    fx, fy = e(wx, wy)
+    for step in range(_NEWTON_EXPR):
+        if step % 3 == 0:  # Newton-chord: refresh the Jacobian every third step
+            ax_, ay_ = e(wx + h, wy)
+            bx_, by_ = e(wx, wy + h)
+            j11, j21 = (ax_ - fx) / h, (ay_ - fy) / h
+            j12, j22 = (bx_ - fx) / h, (by_ - fy) / h
+            det = (j11 * j22 - j12 * j21)
+            det = torch.where(det.abs() < 1e-4, torch.full_like(det, 1e-4), det)
         rx, ry = fx - ux, fy - uy
-        det = (j11 * j22 - j12 * j21)
-        det = torch.where(det.abs() < 1e-4, torch.full_like(det, 1e-4), det)
         # damped step: a full Newton step from a far start can jump across the lips
         sx, sy = (j22 * rx - j12 * ry) / det, (-j21 * rx + j11 * ry) / det
         scale = (_MAX_STEP / torch.maximum(sx.abs(), sy.abs()).clamp_min(1e-12)).clamp(max=1.0)
         wx, wy = wx - sx * scale, wy - sy * scale
-    fx, fy = e(wx, wy)
+        fx, fy = e(wx, wy)
     return wx, wy, torch.maximum((fx - ux).abs(), (fy - uy).abs())
 
 
@@ -1421,9 +1432,9 @@ def render_pair(identity, source_aus, target_aus, yaw=None, size: int = 64, *, l
         Pc, sc = _select(P, sl), _select_scene(scene, sl)
         src = _Face(Pc, sl_[sl], sr_[sl], sc, size)
         tgt = _Face(Pc, tl_[sl], tr_[sl], sc, size)
-        s_img, s_head, _, _, s_gap, _ = src.shade()
+        s_img, s_head, s_skin, s_state, s_gap, _ = src.shade()
         t_img, t_head, t_skin, t_state, t_gap, glasses = tgt.shade()
-        flow, vis = _flow_and_visibility(src, tgt, s_head, s_gap, t_head, t_state, t_gap, glasses)
+        flow, vis = _flow_and_visibility(src, tgt, (s_head, s_skin, s_state, s_gap), (t_head, t_skin, t_state, t_gap), glasses)
         out["source"].append(s_img)
         out["target"].append(t_img)
         out["flow"].append(flow)
@@ -1437,11 +1448,13 @@ def render_pair(identity, source_aus, target_aus, yaw=None, size: int = 64, *, l
     return result
 
 
-def _dilate(mask: Tensor) -> Tensor:
-    return F.max_pool2d(mask.float().unsqueeze(1), 3, 1, 1)[:, 0] > 0
+def _flow_and_visibility(src: _Face, tgt: _Face, s_layers: tuple, t_layers: tuple, glasses: Tensor):
+    """Backward flow target -> source in pixels and the mask of target pixels it explains.
 
-
-def _flow_and_visibility(src: _Face, tgt: _Face, s_head, s_gap, t_head, t_state, t_gap, glasses):
+    ``*_layers`` = (head alpha, face-skin alpha, texture state, mouth-interior coverage) of each render.
+    """
+    s_head, s_skin, s_state_img, s_gap = s_layers
+    t_head, t_skin, t_state, t_gap = t_layers
     size = tgt.size
     lower = ~tgt.upper
     # target canonical point -> source face-plane point (Newton) -> source pixel (forward pose)
@@ -1454,16 +1467,25 @@ def _flow_and_visibility(src: _Face, tgt: _Face, s_head, s_gap, t_head, t_state,
     # layer state of the source at the target's canonical points: differs where texture changed
     s_state = _texture_state(tgt.ux, tgt.uy, src.P, src.sv, src.px, tgt.region)
     changed = (t_state - s_state).abs().amax(1) > _STATE_TOL
+    # the source side is read by bilinear interpolation at q: sampling a layer's alpha there
+    # with the same interpolation tells whether any of the four source pixels involved has it
     grid = torch.stack([q[:, 0], q[:, 1]], -1)
-    s_gap_near = F.grid_sample(_dilate(s_gap > 0.002).float().unsqueeze(1), grid, align_corners=False)[:, 0] > 0
-    s_head_at_q = F.grid_sample(s_head.unsqueeze(1), grid, align_corners=False, padding_mode="border")[:, 0]
+
+    def at_q(alpha: Tensor, padding: str = "zeros") -> Tensor:
+        return F.grid_sample(alpha.unsqueeze(1), grid, align_corners=False, padding_mode=padding)[:, 0]
+
+    moving = flow.abs().amax(1)
     # a head/background edge may move a little: the background behind it is static, and the
     # error that leaves is (1 - alpha) * (background(q) - background(p)), small for small moves
-    moving = flow.abs().amax(1) > 0.25
-    edge = (t_head > 1e-3) & (t_head < 1 - 1e-3) & moving
-    inside = (q.abs() <= 1 - 1.0 / size + 1e-4).all(1)  # the bilinear support stays in the image
+    edge = (t_head > 1e-3) & (t_head < 1 - 1e-3) & (moving > 0.25)
+    # likewise the face's outline over the hair and neck, where the jaw stretches it most
+    edge |= (t_skin > 1e-3) & (t_skin < 1 - 1e-3) & (moving > 0.25)
     # the glasses stay put while the face moves under them (same pose: same glasses in both)
-    rigid = _dilate(glasses > 0.01)
-    rigid = (rigid | (F.grid_sample(rigid.float().unsqueeze(1), grid, align_corners=False)[:, 0] > 0)) & (flow.abs().amax(1) > 0.05)
-    bad = changed | rigid | _dilate(edge | (t_gap > 0.002)) | s_gap_near | ((s_head_at_q - t_head).abs() > 0.02) | ~inside | (resid > 1e-4)
+    rigid = ((glasses > 0.01) | (at_q(glasses) > 0.01)) & (moving > 0.05)
+    gap = (t_gap > 0.002) | (at_q(s_gap) > 0.002)
+    head_changed = ((at_q(s_head, "border") - t_head).abs() > 0.02) | ((at_q(s_skin) - t_skin).abs() > 0.02)
+    # texture of the source pixels the warp reads (catches a changed layer next to q)
+    changed |= (t_state - F.grid_sample(s_state_img, grid, align_corners=False)).abs().amax(1) > _STATE_TOL
+    inside = (q.abs() <= 1 - 1.0 / size + 1e-4).all(1)  # the bilinear support stays in the image
+    bad = changed | edge | rigid | gap | head_changed | ~inside | (resid > 1e-4)
     return flow, (~bad).float().unsqueeze(1)

@@ -1,0 +1,63 @@
+"""SynthFaces rendering speed: images per second at 64, 128 and 256 pixels.
+
+    python benchmarks/bench_synth.py [--threads 2] [--images 2000] [--pairs]
+
+Faces are rendered as a dataset would (random identities, emotion prototypes at random
+intensities, the multipie look). Besides wall-clock images/s the script prints images per CPU
+second (process time), which is less sensitive to other programs sharing the machine, and the
+ratio between sizes measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from facelib.data import emotion_aus, render, render_pair
+
+
+def workload(n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 10**6, (n,), generator=g)
+    emotions = torch.randint(0, 10, (n,), generator=g)
+    aus = emotion_aus(emotions, 3 + 2 * torch.rand(n, generator=g), ids)
+    other = emotion_aus(torch.randint(0, 10, (n,), generator=g), 3 + 2 * torch.rand(n, generator=g), ids)
+    return ids, aus, other
+
+
+def measure(fn, repeats: int = 2) -> tuple[float, float]:
+    """Best (wall seconds, CPU seconds) over ``repeats`` runs."""
+    best = (float("inf"), float("inf"))
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        best = min(best, (time.perf_counter() - wall, time.process_time() - cpu))
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument("--images", type=int, default=2000, help="images rendered at 64x64 (fewer at larger sizes)")
+    parser.add_argument("--pairs", action="store_true", help="also time render_pair (pairs with flow)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    render(*workload(64)[:2], None, 64)  # warm-up
+    rates = {}
+    for size in (64, 128, 256):
+        n = max(32, args.images * 64 * 64 // (size * size))
+        ids, aus, other = workload(n, seed=size)
+        wall, cpu = measure(lambda: render(ids, aus, None, size))
+        rates[size] = n / wall
+        print(f"render {size:4d}x{size:<4d}: {n / wall:8.0f} images/s   {n / cpu:8.0f} images per CPU-second   ({n} images)")
+        if args.pairs:
+            wall, cpu = measure(lambda: render_pair(ids, aus, other, None, size), repeats=1)
+            print(f"pairs  {size:4d}x{size:<4d}: {n / wall:8.0f} pairs/s    {n / cpu:8.0f} pairs per CPU-second")
+    print(f"same-run ratios: 64/128 = {rates[64] / rates[128]:.2f}, 64/256 = {rates[64] / rates[256]:.2f} "
+          f"(pixel ratios 4 and 16)")
+
+
+if __name__ == "__main__":
+    main()
