@@ -632,6 +632,7 @@ def measure_table1(
     n: int = 256,
     batch_size: int = 64,
     optical_flow_method: str | None = "dis",
+    average_flow=None,
     dataset=None,
     progress: bool = True,
 ):
@@ -647,6 +648,8 @@ def measure_table1(
     - Pixel VAE (true latent): the paper's VAE row;
     - optical flow S -> T (OpenCV DIS or Farneback; Table 1's EpicFlow analogue), computed with
       the true target, as in the paper;
+    - with ``average_flow`` (a fitted ``facelib.models.baselines.AverageFlow``): Sec. 6.1's editing
+      baseline, the training identities' average flow for the pair's two expressions;
     - oracle: S warped by the ground-truth flow, the ceiling of any warp-only method;
     - no edit (the source itself) and the real targets' sharpness, for reference.
 
@@ -694,6 +697,10 @@ def measure_table1(
         if optical_flow_method is not None:
             estimated = optical_flow(source, target, method=optical_flow_method)
             add(f"Optical flow S->T ({optical_flow_method.upper()}, true target)", warp(source, estimated), estimated)
+        if average_flow is not None:
+            mean_flows = torch.stack([average_flow.flow(int(a), int(b)) for a, b in
+                                      zip(batch["source_emotion"], batch["target_emotion"])])
+            add("Average flow of the expression pair (Sec. 6.1)", warp(source, mean_flows), mean_flows)
         add("Oracle: warp by ground-truth flow", warp(source, batch["flow"]), batch["flow"])
         add("No edit (source itself)", source, torch.zeros_like(batch["flow"]))
     target, visible, true_flow = (torch.cat(kept[k]) for k in ("target", "visible", "flow"))
