@@ -583,15 +583,17 @@ class _Region:
         S = self.size
         margin = 3.0 / S  # anti-aliasing reach of an edge: 1.5 pixels
         y_lo, y_hi = float(torch.as_tensor(y0).min()), float(torch.as_tensor(y1).max())
-        # pixel rows whose canonical y can fall in [y_lo, y_hi]: widen by the displacement found on
-        # the grid rows that the widened band touches (two passes: global bound, then local)
-        d = float(self.dy.max())
+        # pixel rows v whose canonical y = v - D(v) can fall in [y_lo, y_hi]: around each coarse-grid
+        # row j (|v - node_j| <= spacing) |D| is at most the largest of rows j-1..j+1
         spacing = 2 * _GRID_RANGE / _GRID
-        for _ in range(2):
-            j0 = max(0, math.floor((y_lo - d + _GRID_RANGE) / spacing - 0.5) - 1)
-            j1 = min(_GRID, math.ceil((y_hi + d + _GRID_RANGE) / spacing - 0.5) + 2)
-            d = float(self.dy[j0:j1].max()) if j1 > j0 else d
-        y_lo, y_hi = y_lo - d - margin, y_hi + d + margin
+        nodes = (torch.arange(_GRID, dtype=torch.float32) + 0.5) * spacing - _GRID_RANGE
+        near = F.max_pool1d(self.dy[None, None], 3, 1, 1)[0, 0]
+        lo = torch.maximum(y_lo - near - margin, nodes - spacing)
+        hi = torch.minimum(y_hi + near + margin, nodes + spacing)
+        hit = lo <= hi
+        if not bool(hit.any()):
+            return None
+        y_lo, y_hi = float(lo[hit].min()), float(hi[hit].max())
         v_hi = float(torch.as_tensor(x1).max()) + self.dx + margin
         v_lo = -v_hi if absolute else float(torch.as_tensor(x0).min()) - self.dx - margin
         shift = torch.stack([self.sin * (0.0 - _Z0), self.sin * (_ZMAX - _Z0)])
@@ -1234,12 +1236,13 @@ class _Face:
         # bounds of the displacement between pixel and canonical point, for the layer windows
         nodes = (torch.arange(_GRID, dtype=torch.float32) + 0.5) * (2 * _GRID_RANGE / _GRID) - _GRID_RANGE
         dx = float((self.grid[:, 0] - nodes[None, None, :]).abs().max()) + 0.05
-        dy = (self.grid[:, 1] - nodes[None, :, None]).abs().amax((0, 2))                      # [G] rows
-        # the lips' opening adds up to g near the mouth line (its lens has sigma 0.1)
-        g = float(torch.maximum(self.g_up, self.g_low).max())
-        reach = _LENS_REACH + 0.25
-        near_mouth = (nodes - float(P["ym"].min()) > -reach) & (nodes - float(P["ym"].max()) < reach)
-        self.region = _Region(size, scene["squash"], scene["sin"], dx, dy + g * near_mouth)
+        # vertical: the expression displacement plus the lips' opening, per coarse-grid row
+        # (the opening is evaluated at the nodes' canonical points; 1.25 covers interpolation)
+        gx, gy = self.grid[:, 0], self.grid[:, 1]
+        y_up, y_low, _, _ = _branches(gx, gy, P, self.g_up, self.g_low)
+        opening = torch.maximum(y_up - gy, gy - y_low) * 1.25
+        dy = ((gy - nodes[None, :, None]).abs() + opening).amax((0, 2))                    # [G] rows
+        self.region = _Region(size, scene["squash"], scene["sin"], dx, dy)
         # the two lip branches differ only inside the mouth's window
         self.s_up = uy - _mouth_line(ux, P)
         self.s_low = self.s_up.clone()
@@ -1342,10 +1345,25 @@ def _landmarks(face: _Face) -> Tensor:
     return ((q + 1) * (face.size / 2) - 0.5).permute(0, 2, 1)
 
 
-def _chunks(n: int, size: int):
+def _chunks(size: int, yaw: Tensor, P: dict):
+    """Index groups for rendering, about 320k pixels each.
+
+    Faces are grouped by yaw (then eye height) so each group's layer windows, the union over its
+    faces, stay tight; the results are put back in the caller's order.
+    """
+    n = len(yaw)
     step = max(1, 320_000 // (size * size))
+    order = torch.argsort(torch.round(yaw / 5) * 10 + P["ye"] * 10 - P["yb"], stable=True)
     for start in range(0, n, step):
-        yield slice(start, min(n, start + step))
+        yield order[start:start + step]
+
+
+def _unsort(parts: list[Tensor], groups: list[Tensor]) -> Tensor:
+    """Concatenate per-group results and restore the caller's order."""
+    stacked = torch.cat(parts)
+    out = torch.empty_like(stacked)
+    out[torch.cat(groups)] = stacked
+    return out
 
 
 def _finish(image: Tensor, noise: float, draw: _Draw, salt: int = 103) -> Tensor:
@@ -1386,19 +1404,20 @@ def render(identity, aus, yaw=None, size: int = 64, *, light=None, background=No
     draw = _Draw(n, generator, seeds)
     scene = _scene(n, yaw, light, background, draw)
     au_l, au_r = _sides(aus, asymmetry)
-    images, masks, heads, marks = [], [], [], []
-    for sl in _chunks(n, size):
+    images, masks, heads, marks, groups = [], [], [], [], []
+    for sl in _chunks(size, yaw, P):
         face = _Face(_select(P, sl), au_l[sl], au_r[sl], _select_scene(scene, sl), size)
         image, head, skin, _, _, _ = face.shade()
         images.append(image)
         masks.append(skin)
         heads.append(head)
         marks.append(_landmarks(face))
+        groups.append(sl)
     return {
-        "image": _finish(torch.cat(images), noise, draw),
-        "landmarks": torch.cat(marks),
-        "face_mask": torch.cat(masks).unsqueeze(1),
-        "head_mask": torch.cat(heads).unsqueeze(1),
+        "image": _finish(_unsort(images, groups), noise, draw),
+        "landmarks": _unsort(marks, groups),
+        "face_mask": _unsort(masks, groups).unsqueeze(1),
+        "head_mask": _unsort(heads, groups).unsqueeze(1),
     }
 
 
@@ -1428,7 +1447,9 @@ def render_pair(identity, source_aus, target_aus, yaw=None, size: int = 64, *, l
     tl_, tr_ = _sides(target_aus, target_asymmetry)
     keys = ("source", "target", "flow", "visible", "source_landmarks", "target_landmarks", "face_mask")
     out: dict[str, list] = {key: [] for key in keys}
-    for sl in _chunks(n, size):
+    groups = []
+    for sl in _chunks(size, yaw, P):
+        groups.append(sl)
         Pc, sc = _select(P, sl), _select_scene(scene, sl)
         src = _Face(Pc, sl_[sl], sr_[sl], sc, size)
         tgt = _Face(Pc, tl_[sl], tr_[sl], sc, size)
@@ -1442,7 +1463,7 @@ def render_pair(identity, source_aus, target_aus, yaw=None, size: int = 64, *, l
         out["source_landmarks"].append(_landmarks(src))
         out["target_landmarks"].append(_landmarks(tgt))
         out["face_mask"].append(t_skin.unsqueeze(1))
-    result = {key: torch.cat(value) for key, value in out.items()}
+    result = {key: _unsort(value, groups) for key, value in out.items()}
     result["source"] = _finish(result["source"], noise, draw, salt=103)
     result["target"] = _finish(result["target"], noise, draw, salt=104)
     return result
@@ -1457,8 +1478,26 @@ def _flow_and_visibility(src: _Face, tgt: _Face, s_layers: tuple, t_layers: tupl
     t_head, t_skin, t_state, t_gap = t_layers
     size = tgt.size
     lower = ~tgt.upper
-    # target canonical point -> source face-plane point (Newton) -> source pixel (forward pose)
-    wx, wy, resid = _solve_expression(src, tgt.ux, tgt.uy, lower, tgt.vx.clone(), tgt.vy.clone())
+    # target canonical point -> source face-plane point (Newton) -> source pixel (forward pose).
+    # The deformation kernels have compact support, so wherever the two expression maps agree
+    # (same coarse-grid nodes around the point, same lip opening) the answer is the target's own
+    # face-plane point: Newton runs only on the window where they differ.
+    wx, wy = tgt.vx.clone(), tgt.vy.clone()
+    resid = torch.zeros_like(wx)
+    differ = ((src.grid != tgt.grid).any(1, keepdim=True)).float()
+    differ = F.max_pool2d(differ, 3, 1, 1)                                  # one node of slack
+    where = torch.stack([tgt.vx, tgt.vy], -1) / _GRID_RANGE
+    differ = F.grid_sample(differ, where, align_corners=False, padding_mode="border")[:, 0] > 0
+    lips = (src.g_up != tgt.g_up) | (src.g_low != tgt.g_low)
+    if bool(lips.any()):
+        lens = (tgt.ux.abs() < _v(tgt.P["mw"])) & ((tgt.uy - _mouth_line(tgt.ux, tgt.P)).abs() < _LENS_REACH + 0.05)
+        differ |= lens & _v(lips)
+    rows, cols = differ.any(2).any(0).nonzero(), differ.any(1).any(0).nonzero()
+    if len(rows):
+        r = slice(int(rows[0]), int(rows[-1]) + 1)
+        c = slice(int(cols[0]), int(cols[-1]) + 1)
+        wx[:, r, c], wy[:, r, c], resid[:, r, c] = _solve_expression(
+            src, tgt.ux[:, r, c], tgt.uy[:, r, c], lower[:, r, c], wx[:, r, c].clone(), wy[:, r, c].clone())
     q = _pose_forward(torch.stack([wx, wy], 1), _v(src.P["yn"]), src.scene["sin"], src.scene["squash"])
     p = torch.stack([tgt.px_, tgt.py_], 1)
     background = t_head <= 0
