@@ -48,6 +48,18 @@ def test_warping_source_by_true_flow_reproduces_target(preset):
         assert masked_psnr(batch["source"], batch["target"], batch["visible"] * moved).min() < 35.0
 
 
+def test_ground_truth_holds_at_128_pixels_and_for_a_moving_silhouette():
+    data = SynthFaces("rafd", "test", size=128, pairs=True, seed=7)
+    index = torch.randperm(len(data), generator=torch.Generator().manual_seed(1))[:12]
+    batch = data.batch(index)
+    psnr = masked_psnr(warp(batch["source"], batch["flow"]), batch["target"], batch["visible"])
+    assert psnr.min() >= 35.0, psnr
+    # where the flow is zero (background, unmoved face) a visible pixel is the source's own pixel:
+    # a silhouette that moved away (hair over background) must not be marked visible there
+    still = (batch["flow"].abs().amax(1, keepdim=True) == 0) & (batch["visible"] > 0)
+    assert ((batch["source"] - batch["target"]).abs().amax(1, keepdim=True)[still] < 0.06).all()
+
+
 def test_mouth_closed_pairs_are_mostly_visible_and_yawed_pairs_hold():
     g = torch.Generator().manual_seed(3)
     n = 10

@@ -1502,7 +1502,8 @@ def _flow_and_visibility(src: _Face, tgt: _Face, s_layers: tuple, t_layers: tupl
     p = torch.stack([tgt.px_, tgt.py_], 1)
     background = t_head <= 0
     q = q.clamp(-1.5, 1.5)  # where no solution exists (outside the visible mask) keep the flow finite
-    flow = torch.where(background.unsqueeze(1), torch.zeros_like(q), (q - p) * (size / 2))   # [n, 2, S, S] pixels
+    q = torch.where(background.unsqueeze(1), p, q)  # the background does not move
+    flow = (q - p) * (size / 2)                                                           # [n, 2, S, S] pixels
     # layer state of the source at the target's canonical points: differs where texture changed
     s_state = _texture_state(tgt.ux, tgt.uy, src.P, src.sv, src.px, tgt.region)
     changed = (t_state - s_state).abs().amax(1) > _STATE_TOL
