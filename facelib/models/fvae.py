@@ -773,9 +773,9 @@ def measure_upsampling(fvae: FVAE, pixel_vae: PixelVAE | None = None, *, scale: 
     The FVAE runs at its own size with the true target's latent; its flow is upsampled and
     applied to SynthFaces' render of the same source at ``scale`` times the size, and compared
     with the render of the target at that size. Pixel upsampling enlarges g(S, Z) itself
-    (bicubic); with ``pixel_vae`` its output is enlarged too. Returns a ``pandas.DataFrame``:
-    PSNR and sharpness at high resolution per method, and ``.attrs["example"]``: the first
-    pair's images.
+    (bicubic); with ``pixel_vae`` its output is enlarged too. Returns ``(table, example)``: a
+    ``pandas.DataFrame`` of PSNR and sharpness at high resolution per method, and a dict of the
+    first pair's images (``source_highres``, ``target_highres``, ``flow`` and one per method).
     """
     import pandas as pd
 
@@ -812,5 +812,4 @@ def measure_upsampling(fvae: FVAE, pixel_vae: PixelVAE | None = None, *, scale: 
     rows.append({"method": "high-resolution target render (reference)", "psnr_db": math.inf, "sharpness": sharpness(target)})
     table = pd.DataFrame(rows)
     table.attrs["n"] = count
-    table.attrs["example"] = example
-    return table
+    return table, example
