@@ -555,12 +555,21 @@ def _sided(values: Tensor, right: Tensor) -> Tensor:
 _ZMAX = 0.5  # largest depth of the pose surface (dome + nose)
 
 
+def _lo(value) -> float:
+    return float(value.min()) if isinstance(value, Tensor) else float(value)
+
+
+def _hi(value) -> float:
+    return float(value.max()) if isinstance(value, Tensor) else float(value)
+
+
 class _Region:
     """Where canonical boxes can appear on the pixel grid of a chunk (or of a crop of it).
 
     Rows depend only on the expression map (yaw moves pixels sideways), so a canonical y-range
     maps to image rows through the chunk's largest vertical displacement; columns also go
-    through the pose map's bounds. No pixel is tested: windows are exact upper bounds.
+    through the pose map's bounds. No pixel is tested: windows are exact upper bounds. The
+    bounds are plain Python numbers, so asking for a window costs microseconds.
     """
 
     def __init__(self, size: int, squash: Tensor, sin: Tensor, dx: float, dy: Tensor,
@@ -570,6 +579,13 @@ class _Region:
         self.r0, self.c0 = r0, c0
         self.h, self.w = (size if h is None else h), (size if w is None else w)
         self.px = 2.0 / size
+        # around grid row j (|v - node_j| <= spacing) |D| is at most the largest of rows j-1..j+1
+        spacing = 2 * _GRID_RANGE / _GRID
+        near = F.max_pool1d(dy[None, None], 3, 1, 1)[0, 0].tolist()
+        self._rows = [((j + 0.5) * spacing - _GRID_RANGE, d) for j, d in enumerate(near)]
+        self._spacing = spacing
+        sq, sn = self.squash.tolist(), self.sin.tolist()
+        self._pose = [(q, min(t * -_Z0, t * (_ZMAX - _Z0)), max(t * -_Z0, t * (_ZMAX - _Z0))) for q, t in zip(sq, sn)]
 
     def crop(self, w) -> "_Region":
         return _Region(self.size, self.squash, self.sin, self.dx, self.dy, self.r0 + w[0].start, self.c0 + w[1].start,
@@ -588,25 +604,24 @@ class _Region:
         The box is ``x0 <= |ux| <= x1`` (``x0 <= ux <= x1`` if not ``absolute``) and
         ``y0 <= uy <= y1``, bounds per image or scalars.
         """
+        if not self._pose:
+            return None
         S = self.size
         margin = 3.0 / S  # anti-aliasing reach of an edge: 1.5 pixels
-        y_lo, y_hi = float(torch.as_tensor(y0).min()), float(torch.as_tensor(y1).max())
-        # pixel rows v whose canonical y = v - D(v) can fall in [y_lo, y_hi]: around each coarse-grid
-        # row j (|v - node_j| <= spacing) |D| is at most the largest of rows j-1..j+1
-        spacing = 2 * _GRID_RANGE / _GRID
-        nodes = (torch.arange(_GRID, dtype=torch.float32) + 0.5) * spacing - _GRID_RANGE
-        near = F.max_pool1d(self.dy[None, None], 3, 1, 1)[0, 0]
-        lo = torch.maximum(y_lo - near - margin, nodes - spacing)
-        hi = torch.minimum(y_hi + near + margin, nodes + spacing)
-        hit = lo <= hi
-        if not bool(hit.any()):
+        box_lo, box_hi = _lo(y0), _hi(y1)
+        # pixel rows v whose canonical y = v - D(v) can fall in the box
+        y_lo, y_hi = math.inf, -math.inf
+        for node, d in self._rows:
+            lo = max(box_lo - d - margin, node - self._spacing)
+            hi = min(box_hi + d + margin, node + self._spacing)
+            if lo <= hi:
+                y_lo, y_hi = min(y_lo, lo), max(y_hi, hi)
+        if y_lo > y_hi:
             return None
-        y_lo, y_hi = float(lo[hit].min()), float(hi[hit].max())
-        v_hi = float(torch.as_tensor(x1).max()) + self.dx + margin
-        v_lo = -v_hi if absolute else float(torch.as_tensor(x0).min()) - self.dx - margin
-        shift = torch.stack([self.sin * (0.0 - _Z0), self.sin * (_ZMAX - _Z0)])
-        x_lo = float((self.squash * v_lo + shift.amin(0)).min())
-        x_hi = float((self.squash * v_hi + shift.amax(0)).max())
+        v_hi = _hi(x1) + self.dx + margin
+        v_lo = -v_hi if absolute else _lo(x0) - self.dx - margin
+        x_lo = min(q * v_lo + s_min for q, s_min, _ in self._pose)
+        x_hi = max(q * v_hi + s_max for q, _, s_max in self._pose)
         rows = (max(self.r0, math.floor((y_lo + 1) * S / 2 - 0.5)), min(self.r0 + self.h, math.ceil((y_hi + 1) * S / 2 - 0.5) + 1))
         cols = (max(self.c0, math.floor((x_lo + 1) * S / 2 - 0.5)), min(self.c0 + self.w, math.ceil((x_hi + 1) * S / 2 - 0.5) + 1))
         if rows[1] <= rows[0] or cols[1] <= cols[0]:
