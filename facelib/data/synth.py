@@ -1086,6 +1086,7 @@ def _appearance(ux: Tensor, uy: Tensor, vx: Tensor, vy: Tensor, P: dict, sv: dic
         out[gidx, :, w[0], w[1]] = _mix(out[gidx][:, :, w[0], w[1]], tint, 0.12 * lens * head[gidx][:, w[0], w[1]])
         _paint(out, head, w, _rgb(P["frame"][gidx]) * (0.6 + 0.5 * gshade).unsqueeze(1), frame, gidx)
         glasses[gidx, w[0], w[1]] = frame  # the faint lens tint varies slowly: warps fine
+        skin_alpha[gidx, w[0], w[1]] = skin_alpha[gidx][:, w[0], w[1]] * (1 - frame)  # frames hide the face
 
     return head.clamp_(0, 1), skin_alpha, state, gap_cov, glasses
 
@@ -1419,7 +1420,8 @@ def render(identity, aus, yaw=None, size: int = 64, *, light=None, background=No
 
     Returns: dict with ``image`` [N, 3, S, S] in [-1, 1], ``landmarks`` [N, K, 2] pixel (x, y)
     (names in ``LANDMARK_NAMES``), ``face_mask`` [N, 1, S, S] in [0, 1] (facial skin and
-    features, not hair, neck or background) and ``head_mask`` (everything but background).
+    features, not hair, glasses frames, neck or background) and ``head_mask`` (everything but
+    background).
     """
     identity, aus, yaw, asymmetry = _check_inputs(identity, aus, yaw, size, asymmetry)
     n = len(identity)
