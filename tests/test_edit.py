@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from facelib.edit import (
-    confidence_blend, encode, expression_edit, flow_upsample, interpolate, pixel_upsample, to_model_size,
+    confidence_blend, encode, expression_edit, expression_latents, flow_upsample, interpolate, pixel_upsample,
+    to_model_size,
 )
 from facelib.models.baselines import AverageFlow, cross_fade, mesh_morph, optical_flow, optical_flow_morph
 from facelib.models.fvae import FVAE, Config, ConfidenceNet, PixelVAE
@@ -180,3 +181,15 @@ def test_average_flow_warps_by_the_mean_flow():
         average.flow("neutral", "sad")
     with pytest.raises(ValueError, match="valid expressions"):
         average.flow("neutral", "elated")
+
+
+def test_expression_latents_average_each_label_and_respect_the_limits(model):
+    images = smooth_images(6, 32, seed=11)
+    items = [{"image": image, "emotion": torch.tensor(label), "intensity": torch.tensor(level)}
+             for image, label, level in zip(images, [0, 0, 5, 5, 5, 7], [0.0, 0.0, 4.0, 4.0, 1.0, 4.0])]
+    latents = expression_latents(model, items, max_per_expression=2, min_intensity=2.0, batch_size=4, progress=False)
+    z = encode(model, images)
+    assert sorted(latents) == ["happy", "neutral", "surprised"]
+    torch.testing.assert_close(latents["neutral"], z[:2].mean(0))
+    torch.testing.assert_close(latents["happy"], z[2:4].mean(0))  # the weak (intensity 1) smile is skipped
+    torch.testing.assert_close(latents["surprised"], z[5])
