@@ -98,7 +98,8 @@ def main() -> None:
         size = (shipped_weights_dir() / info["file"]).stat().st_size
         ms = latency(model, image)
         print(f"{name}: {count_parameters(model):,} parameters, {size / 1e6:.2f} MB, {ms:.2f} ms per image (batch 1), "
-              f"trained {info.get('wall_time_s', float('nan')):.0f} s in the shipped run")
+              f"trained {info['metrics'].get('train_seconds', float('nan')):.0f} s "
+              f"({info['metrics'].get('train_steps', 0):.0f} steps) in the shipped run")
 
 
 if __name__ == "__main__":

@@ -15,19 +15,25 @@ small CNNs on SynthFaces instead and names them for what they are:
 - :class:`PerceptualFeatures`: feature maps at several depths of a trained
   evaluator, the pluggable ``features`` callable of :mod:`facelib.losses`.
 
-All three share one trunk (:class:`ConvTrunk`): a stride-1 stem and four
-residual stages that halve the resolution, then global average pooling.
+All three share one trunk (:class:`ConvTrunk`: a stride-1 stem and four
+residual stages that halve the resolution) and one feature layer (the last
+4x4 map flattened into a fully connected layer of ``feature_dim`` units: faces
+are aligned, so where a pattern sits matters); each adds its own linear head.
 Inputs are ``[B, 3, H, W]`` in ``[-1, 1]``; the networks are trained at
 ``config.image_size`` (64). Another size is resized (bilinear, antialiased) to
 ``image_size`` with a warning, because the features are scale-dependent: a
 128x128 face must look to the network like the 64x64 faces it learned on.
 
-Training (:func:`train_evaluators`, run by ``python -m facelib train evaluators``)
-renders a fresh batch every step (infinite data), mixing every preset's
-conditions: yaw, light, backgrounds, sensor noise, emotion prototypes with
+Training (:func:`train_recipe`, run by ``python -m facelib train evaluators``)
+draws faces from a :class:`RenderPool` that renders fresh faces every step
+(unlimited data; the pool only keeps the renderer from setting the pace),
+mixing every preset's conditions: studio faces (frontal or RaFD's yaw steps,
+fixed light, plain background) and faces in the wild (any yaw within +-45
+degrees, random light and background), sensor noise, emotion prototypes with
 per-identity idiosyncrasy and random AU combinations, on identities of the
-training split only. The held-out figures come from :func:`evaluate_evaluators`
-on test-split identities.
+training split only. The identity embedder's threshold is chosen on validation
+identities; the held-out figures (:func:`evaluate_evaluators`) come from test
+identities. ``benchmarks/eval_evaluators.py`` prints them in detail.
 """
 from __future__ import annotations
 
@@ -551,9 +557,9 @@ class TrainingPlan:
 
 #: What ``python -m facelib train evaluators`` ships (steps per evaluator).
 PLANS: dict[str, TrainingPlan] = {
-    "expression_classifier": TrainingPlan(steps=1000, batch_size=64),
-    "au_regressor": TrainingPlan(steps=1500, batch_size=64),
-    "identity_embedder": TrainingPlan(steps=500, batch_size=96),
+    "expression_classifier": TrainingPlan(steps=900, batch_size=64),
+    "au_regressor": TrainingPlan(steps=2000, batch_size=64),
+    "identity_embedder": TrainingPlan(steps=250, batch_size=96),
 }
 
 
@@ -605,7 +611,8 @@ class ExpressionTask(EvaluatorTask):
     model_class = ExpressionClassifier
 
     def render(self, n):
-        return self.sampler.expression_batch(n)
+        # Below intensity 1 most emotions are a neutral face; they would only teach guessing.
+        return self.sampler.expression_batch(n, min_intensity=1.0)
 
     def loss(self, model, batch):
         logits = model(batch["image"])
