@@ -7,8 +7,11 @@ does); ``--ship`` then copies its checkpoints into ``facelib/weights/`` and reco
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 from . import checkpoint, recipes
 from .utils import atomic_write_bytes
@@ -23,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", type=Path, default=None, help="output folder (default: runs/NAME)")
     train.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    train.add_argument("--threads", type=int, default=None,
+                       help="CPU threads for torch (default: torch's own choice); recorded, since wall time depends on it")
     train.add_argument("--smoke", action="store_true", help="shrink to seconds (CI); cannot be shipped")
     train.add_argument("--ship", action="store_true", help="copy the checkpoints into the weights folder and record "
                                                           "them in its MANIFEST.json")
@@ -39,7 +44,22 @@ def _reproducing_command(args: argparse.Namespace) -> str:
         parts.append(f"--steps {args.steps}")
     if args.device != "auto":
         parts.append(f"--device {args.device}")
+    if args.threads is not None:
+        parts.append(f"--threads {args.threads}")
     return " ".join(parts + ["--ship"])
+
+
+def _code_version() -> str:
+    """The git commit the package was run from (``+dirty`` with uncommitted changes), or ``unknown``."""
+    package_dir = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=package_dir, capture_output=True,
+                                text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=package_dir, capture_output=True,
+                               text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
 
 
 def _ship(args: argparse.Namespace, result: dict) -> None:
@@ -53,6 +73,7 @@ def _ship(args: argparse.Namespace, result: dict) -> None:
             name, f"{name}.safetensors", command=_reproducing_command(args), preset=result["preset"],
             steps=result["steps"], seed=args.seed, wall_time_s=result["wall_time_s"],
             metrics=result["metrics"].get(name, {}), weights_dir=folder, device=args.device,
+            threads=torch.get_num_threads(), code_version=result["code_version"],
         )
         print(f"shipped {name}: {folder.name}/{entry['file']} sha256 {entry['sha256'][:12]}...")
 
@@ -61,6 +82,11 @@ def _train(args: argparse.Namespace) -> int:
     if args.ship and args.smoke:
         raise SystemExit("error: --ship with --smoke: smoke runs are for CI and are never shipped")
     out_dir = args.out if args.out is not None else Path("runs") / args.name
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"error: --threads must be a positive integer, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    code_version = _code_version()  # read before training: the code that produced the weights
     result = recipes.run_recipe(args.name, steps=args.steps, seed=args.seed, out_dir=out_dir,
                                 device=args.device, smoke=args.smoke)
     print(f"{args.name}: {result['steps']} steps in {result['wall_time_s']:.1f} s (preset {result['preset']!r})")
@@ -68,7 +94,7 @@ def _train(args: argparse.Namespace) -> int:
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in result["metrics"].get(name, {}).items())
         print(f"  {name}: {stem}.safetensors  {metrics}")
     if args.ship:
-        _ship(args, result)
+        _ship(args, {**result, "code_version": code_version})
     return 0
 
 
