@@ -183,22 +183,23 @@ def upsample_flow(flow: Tensor, size) -> Tensor:
     Returns:
         ``[B, 2, H, W]`` flow in pixels of the new resolution.
 
-    Geometry (pixel centres at integers, as everywhere): the corner pixel centres of both grids
-    coincide, so low-res pixel ``x`` sits at high-res ``X = x * (W - 1) / (w - 1)``. Resampling is
-    bilinear with ``align_corners=True`` (that mapping), and a displacement of ``dx`` low-res pixels is
-    ``dx * (W - 1) / (w - 1)`` high-res pixels (same for y with H). An affine flow therefore upsamples
-    exactly. Use the same corner-aligned geometry when resizing the images the flow applies to.
+    Geometry (pixel centres at integers, as everywhere): both grids cover the same image plane
+    edge to edge, the convention of image resizing (``F.interpolate(..., align_corners=False)``,
+    OpenCV, PIL) and of SynthFaces, which renders one face at any size. Low-res pixel ``x`` therefore
+    sits at high-res ``X = (x + 0.5) * W / w - 0.5``, and a displacement of ``dx`` low-res pixels is
+    ``dx * W / w`` high-res pixels (same for y with H). Resampling is bilinear with
+    ``align_corners=False`` (that mapping), so an affine flow upsamples exactly away from the outer
+    half low-res pixel, where the field is held constant. Resize the images the flow applies to in
+    the same geometry (``F.interpolate`` with ``align_corners=False``, or render at the new size).
     """
     _check_field("flow", flow)
     _check_finite("flow", flow)
     height, width = _size_pair(size)
     low_height, low_width = flow.shape[-2:]
-    if min(height, width, low_height, low_width) < 2:
-        raise ValueError(
-            f"upsample_flow needs at least 2x2 pixels on both sides, got {low_height}x{low_width} -> {height}x{width}"
-        )
-    resized = F.interpolate(flow, size=(height, width), mode="bilinear", align_corners=True)  # [B, 2, H, W]
-    scale = flow.new_tensor([(width - 1) / (low_width - 1), (height - 1) / (low_height - 1)]).view(1, 2, 1, 1)
+    if min(height, width, low_height, low_width) < 1:
+        raise ValueError(f"upsample_flow needs non-empty sizes, got {low_height}x{low_width} -> {height}x{width}")
+    resized = F.interpolate(flow, size=(height, width), mode="bilinear", align_corners=False)  # [B, 2, H, W]
+    scale = flow.new_tensor([width / low_width, height / low_height]).view(1, 2, 1, 1)
     return resized * scale
 
 

@@ -97,14 +97,15 @@ def test_upsampled_affine_flow_matches_the_analytic_field():
     offset = torch.tensor([1.5, -0.75], dtype=torch.float64)
 
     def affine_flow(size, pixels_per_unit):
-        # An affine field defined on the continuous image plane u in [0, 1]: flow(u) = (A u + b) in units,
-        # drawn at a resolution where one unit spans `pixels_per_unit` pixels (pixel centres at integers).
-        coords = pixel_grid(size, size, dtype=torch.float64) / pixels_per_unit  # [1, 2, S, S] in units
+        # An affine field on the continuous image plane u in [0, 1] (edge to edge): flow(u) = (A u + b) in
+        # units, drawn at a resolution where one unit spans `pixels_per_unit` pixels; pixel x (centre at
+        # the integer x) covers [x, x + 1) / pixels_per_unit, so its centre is at u = (x + 0.5) / size.
+        coords = (pixel_grid(size, size, dtype=torch.float64) + 0.5) / pixels_per_unit  # [1, 2, S, S] in units
         field = torch.einsum("ij,bjhw->bihw", matrix, coords) + offset.view(1, 2, 1, 1)
         return field * pixels_per_unit
 
-    low_flow = affine_flow(low, low - 1)
-    expected = affine_flow(high, high - 1)
+    low_flow = affine_flow(low, low)
+    expected = affine_flow(high, high)
     upsampled = upsample_flow(low_flow, high)
     interior = (slice(None), slice(None), slice(4, -4), slice(4, -4))
     assert (upsampled[interior] - expected[interior]).abs().max().item() <= 1e-4
@@ -112,10 +113,27 @@ def test_upsampled_affine_flow_matches_the_analytic_field():
 
 
 def test_upsampled_flow_warps_like_the_low_res_flow():
-    # A constant 1-pixel shift at 9x9 is a (33-1)/(9-1) = 4-pixel shift at 33x33.
-    flow = torch.zeros(1, 2, 9, 9)
+    # A constant 1-pixel shift at 16x16 is a 64/16 = 4-pixel shift at 64x64 (same image plane).
+    flow = torch.zeros(1, 2, 16, 16)
     flow[:, 0] = 1.0
-    assert torch.allclose(upsample_flow(flow, 33)[:, 0], torch.full((1, 33, 33), 4.0))
+    assert torch.allclose(upsample_flow(flow, 64)[:, 0], torch.full((1, 64, 64), 4.0))
+
+
+def test_upsampled_flow_matches_a_high_res_render_of_the_same_motion():
+    # The image plane is shared edge to edge (as SynthFaces renders one face at any size): a rigid
+    # motion of a smooth pattern by 0.8 low-res pixels, warped at 64 with the upsampled flow, matches
+    # the pattern drawn moved at 64 directly.
+    def pattern(size, shift_units=0.0):
+        u = (pixel_grid(size, size, dtype=torch.float64) + 0.5) / size  # [1, 2, S, S] in [0, 1]
+        x, y = u[:, :1] + shift_units, u[:, 1:]
+        return torch.sin(6 * x) * torch.cos(5 * y)  # [1, 1, S, S]
+
+    low, high, shift = 16, 64, 0.8 / 16  # the target shows the pattern sampled at u + shift
+    flow_low = torch.zeros(1, 2, low, low, dtype=torch.float64)
+    flow_low[:, 0] = 0.8
+    warped = warp(pattern(high), upsample_flow(flow_low, high))
+    interior = (slice(None), slice(None), slice(4, -8), slice(4, -8))
+    assert (warped - pattern(high, shift))[interior].abs().max().item() < 2e-3
 
 
 def test_flow_to_rgb_colour_wheel():
