@@ -383,17 +383,17 @@ _ANCHORS = (
     ("brow_inner", True, 0.085, {1: (0.0, -0.030), 4: (-0.014, 0.020), 9: (-0.004, 0.010)}),
     ("brow_mid", True, 0.09, {1: (0.0, -0.012), 2: (0.0, -0.020), 4: (-0.007, 0.014)}),
     ("brow_outer", True, 0.085, {2: (0.0, -0.026), 4: (0.0, 0.005), 6: (0.0, 0.005)}),
-    ("lid_upper", True, 0.05, {5: (0.0, -0.006), 7: (0.0, 0.003)}),
-    ("lid_lower", True, 0.05, {6: (0.0, -0.008), 7: (0.0, -0.005)}),
+    ("lid_upper", True, 0.065, {5: (0.0, -0.014), 7: (0.0, 0.006)}),
+    ("lid_lower", True, 0.05, {6: (0.0, -0.008), 7: (0.0, -0.012)}),
     ("cheek", True, 0.09, {6: (0.002, -0.016), 12: (0.007, -0.012), 10: (0.0, -0.004), 9: (0.0, -0.004)}),
     ("nose_wing", True, 0.055, {9: (0.003, -0.014), 10: (0.001, -0.007), 12: (0.001, -0.003)}),
     ("lip_upper_side", True, 0.055, {10: (0.0, -0.014), 9: (0.0, -0.007), 12: (0.003, -0.003)}),
-    ("mouth_corner", True, 0.065, {12: (0.014, -0.020), 14: (0.010, -0.002), 15: (0.003, 0.022),
-                                   20: (0.026, 0.004), 23: (-0.012, 0.0), 26: (-0.005, 0.014),
+    ("mouth_corner", True, 0.065, {12: (0.014, -0.020), 14: (0.012, -0.004), 15: (0.003, 0.022),
+                                   20: (0.036, 0.008), 23: (-0.030, 0.0), 26: (-0.005, 0.014),
                                    25: (0.0, 0.003), 10: (0.002, -0.005), 6: (0.001, -0.003)}),
     ("lip_upper_mid", False, 0.05, {10: (0.0, -0.013), 9: (0.0, -0.006)}),
-    ("lip_lower_mid", False, 0.06, {17: (0.0, -0.016), 15: (0.0, 0.004), 20: (0.0, 0.003)}),
-    ("chin", False, 0.09, {17: (0.0, -0.014)}),
+    ("lip_lower_mid", False, 0.06, {17: (0.0, -0.024), 15: (0.0, 0.004), 20: (0.0, 0.003)}),
+    ("chin", False, 0.09, {17: (0.0, -0.024)}),
 )
 
 
@@ -459,10 +459,14 @@ def _displacement(vx: Tensor, vy: Tensor, P: dict, au_l: Tensor, au_r: Tensor) -
     g = _bell((dyk[..., :, None] + dxk[..., None, :]) * inv2)                        # [n, K, H, W]
     dx = (g * disp[..., 0, None, None]).sum(1)
     dy = (g * disp[..., 1, None, None]).sum(1)
-    # AU23 lip tightener: squeeze the lips toward the mouth line
-    k23 = 0.14 * (au_l[:, _A[23]] + au_r[:, _A[23]]) / 2
-    mouth = _bell((vx / _v(P["mw"])) ** 2 + ((vy - _v(P["ym"])) / 0.05) ** 2)
+    # AU23 lip tightener and AU20 lip stretcher: squeeze (thin, flatten) the lips toward the mouth line
+    k23 = (0.2 * (au_l[:, _A[23]] + au_r[:, _A[23]]) + 0.06 * (au_l[:, _A[20]] + au_r[:, _A[20]])
+           + 0.03 * (au_l[:, _A[14]] + au_r[:, _A[14]])) / 2
+    mouth = _bell((vx / _v(P["mw"])) ** 2 + ((vy - _v(P["ym"])) / 0.07) ** 2)
     dy = dy - _v(k23) * (vy - _v(P["ym"])) * mouth
+    # AU20 lip stretcher: the mouth region stretches sideways (per side)
+    k20 = torch.where(vx < 0, _v(au_l[:, _A[20]]), _v(au_r[:, _A[20]]))
+    dx = dx + 0.07 * k20 * vx * _bell((vx / (1.5 * _v(P["mw"]))) ** 2 + ((vy - _v(P["ym"])) / 0.07) ** 2)
     # AU12 / AU15 bend the mouth into a U / an arch (the corners move, the middle stays)
     # (per side: a one-sided smile bends one corner only)
     bend_l = 0.013 * au_l[:, _A[15]] - 0.016 * au_l[:, _A[12]]
@@ -541,8 +545,8 @@ def _side_values(au_l: Tensor, au_r: Tensor) -> dict[str, Tensor]:
     au = torch.stack([au_l, au_r], 1) / AU_MAX  # [n, 2, 17] in [0, 1]
     k = {code: au[..., _A[code]] for code in AU_CODES}
     return {
-        "open": (1 + 0.45 * k[5] - 0.3 * k[7] - 0.15 * k[6] - 1.0 * k[45]).clamp(0, 1.45),
-        "raise": (0.35 * k[6] + 0.45 * k[7]).clamp(0, 0.75),
+        "open": (1 + 0.8 * k[5] - 0.45 * k[7] - 0.15 * k[6] - 1.0 * k[45]).clamp(0, 1.8),
+        "raise": (0.35 * k[6] + 0.85 * k[7]).clamp(0, 0.95),
         "k": k,
     }
 
@@ -732,7 +736,15 @@ def _wrinkles(ux: Tensor, uy: Tensor, P: dict, sv: dict, px: float, R: _Region) 
             cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
             right = cux > 0
             eyebag = _line(cuy - (ye + eh * 0.8 + 0.03), 0.004, px) * _gauss(cux.abs(), cuy, ex, ye, 0.07, 1.0)
-            wr[:, w[0], w[1]] += 0.25 * (0.6 * _sided(k[6], right) + 0.4 * _sided(k[7], right)) * eyebag
+            wr[:, w[0], w[1]] += (0.15 * _sided(k[6], right) + 0.35 * _sided(k[7], right)) * eyebag
+    if active[45] or active[7]:
+        # closed or tightened lids: the lid skin folds over the eye and its socket shades (AU45, AU7)
+        w = R.window(ex - 1.6 * ew, ex + 1.6 * ew, ye - 2.9 * eh, ye + 2.9 * eh)
+        if w:
+            cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
+            right = cux > 0
+            socket = _gauss(cux.abs(), cuy, ex, ye, 0.55 * ew, 1.0 * eh)
+            wr[:, w[0], w[1]] += (0.5 * _sided(k[45], right) + 0.15 * _sided(k[7], right)) * socket
     w = R.window(0.0, mw + 0.06 + reach, yn - 0.04, b + 0.06)
     if w:
         cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
@@ -743,14 +755,14 @@ def _wrinkles(ux: Tensor, uy: Tensor, P: dict, sv: dict, px: float, R: _Region) 
         fold_win = ((cuy - yn + 0.03) / 0.02).clamp(0, 1) * ((ym + 0.06 - cuy) / 0.03).clamp(0, 1)
         fold = _line(cxm - fold_x, 0.006, px) * fold_win
         fold_k = torch.maximum(torch.maximum(k12, 0.8 * k9), torch.maximum(0.8 * k10, 0.5 * k6))
-        dimple = _line(cxm - mw - 0.022, 0.006, px) * _gauss(cxm, cuy, 0.0, ym + 0.005, None, 0.028)
+        dimple = _line(cxm - mw - 0.022, 0.014, px) * _gauss(cxm, cuy, 0.0, ym + 0.005, None, 0.06)
         marionette = _line(cxm - mw - 0.012 - 0.25 * (cuy - ym), 0.005, px) * _gauss(cxm, cuy, 0.0, ym + 0.06, None, 0.04) * (cuy > ym)
-        sulcus = _line(cuy - (ym + ll + 0.035 + 0.15 * cux * cux), 0.006, px) * _gauss(cxm, cuy, 0.0, 0.0, 0.08, None)
+        sulcus = _line(cuy - (ym + ll + 0.035 + 0.15 * cux * cux), 0.012, px) * _gauss(cxm, cuy, 0.0, 0.0, 0.08, None)
         dimpling = (torch.sin(cux * 90) * torch.sin(cuy * 80) * 0.5 + 0.5) * _fine(120, px) * _gauss(cxm, cuy, 0.0, b - 0.12, 0.06, 0.05)
         # AU23 presses the lips together: a deeper, darker mouth line
-        press = _line(cuy - _mouth_line(cux, P), 0.007, px) * (1 - (cux / mw) ** 4).clamp(0, 1)
-        wr[:, w[0], w[1]] += (0.5 * fold_k * fold + 0.8 * _sided(k[14], right) * dimple + 1.0 * mean[23] * press
-                             + 0.3 * _sided(k[15], right) * marionette + mean[17] * (0.3 * sulcus + 0.15 * dimpling))
+        press = _line(cuy - _mouth_line(cux, P), 0.012, px) * (1 - (cux / mw) ** 4).clamp(0, 1)
+        wr[:, w[0], w[1]] += (0.5 * fold_k * fold + 2.5 * _sided(k[14], right) * dimple + 2.0 * mean[23] * press
+                             + 0.3 * _sided(k[15], right) * marionette + mean[17] * (1.0 * sulcus + 0.4 * dimpling))
         age_dark[:, w[0], w[1]] += 0.1 * age * fold
     if active[6] or active[12]:
         # the cheek apple lifts and catches light when smiling (AU6/AU12): a brightening texture
@@ -782,7 +794,7 @@ def _eyelids(cux: Tensor, cuy: Tensor, P: dict, sv: dict, px: float) -> dict[str
     y_lid = y_close + _sided(sv["open"], right) * (y_u - y_close)
     y_low = y_l - _sided(sv["raise"], right) * (y_l - y_close)
     opening = _cover(torch.maximum(torch.maximum(y_lid - cuy, cuy - y_low), (te.abs() - 1) * ew), px)
-    lash = _line(cuy - y_lid + 0.002, 0.0045 + 0.003 * te.clamp(0, 1), px) * (1.15 - te.abs()).clamp(0, 0.15) / 0.15
+    lash = _line(cuy - y_lid + 0.002, 0.0045 + 0.003 * te.clamp(0, 1) + 0.006 * _sided(sv["k"][45], right), px) * (1.15 - te.abs()).clamp(0, 0.15) / 0.15
     return {"opening": opening, "lash": lash, "te": te, "base": base, "y_u": y_u, "y_lid": y_lid, "y_low": y_low}
 
 
