@@ -90,6 +90,20 @@ def test_identical_expressions_have_zero_flow_and_full_visibility():
     assert out["visible"].mean() > 0.97
 
 
+def test_flow_is_finite_and_bounded_everywhere():
+    # extreme pose and expression changes: where no source point exists the flow must not blow up
+    ids = torch.arange(8)
+    src = torch.zeros(8, NUM_AUS)
+    tgt = torch.full((8, NUM_AUS), 5.0)
+    yaw = torch.tensor([-45.0, -30.0, 0.0, 45.0, 30.0, 15.0, -15.0, 40.0])
+    out = render_pair(ids, src, tgt, yaw, 32)
+    assert torch.isfinite(out["flow"]).all()
+    assert out["flow"].abs().max() <= 32
+    back = render_pair(ids, tgt, src, yaw, 32)
+    assert torch.isfinite(back["flow"]).all()
+    assert back["flow"].abs().max() <= 32
+
+
 def test_landmarks_follow_the_flow():
     ids = torch.tensor([7, 8, 9])
     src = emotion_aus(torch.tensor([0, 0, 0]), 0.0, ids)
@@ -117,6 +131,10 @@ def test_every_au_has_a_visible_effect():
     change = (out - base).abs().amax(1).flatten(1)                           # [17, S*S]
     strongly_changed = (change > 0.1).sum(1)
     assert (strongly_changed >= 10).all(), dict(zip(AU_CODES, strongly_changed.tolist()))
+    # readable at 64 px: every AU at intensity 5 changes many pixels by more than 4 grey levels
+    grey = lambda image: (image + 1).mul(127.5).mean(1).flatten(1)
+    readable = ((grey(out) - grey(base)).abs() > 4).sum(1)
+    assert (readable >= 40).all(), dict(zip(AU_CODES, readable.tolist()))
 
 
 def test_render_is_deterministic_and_batch_independent():

@@ -461,7 +461,7 @@ def _displacement(vx: Tensor, vy: Tensor, P: dict, au_l: Tensor, au_r: Tensor) -
     dy = (g * disp[..., 1, None, None]).sum(1)
     # AU23 lip tightener and AU20 lip stretcher: squeeze (thin, flatten) the lips toward the mouth line
     k23 = (0.2 * (au_l[:, _A[23]] + au_r[:, _A[23]]) + 0.06 * (au_l[:, _A[20]] + au_r[:, _A[20]])
-           + 0.03 * (au_l[:, _A[14]] + au_r[:, _A[14]])) / 2
+           + 0.08 * (au_l[:, _A[14]] + au_r[:, _A[14]])) / 2
     mouth = _bell((vx / _v(P["mw"])) ** 2 + ((vy - _v(P["ym"])) / 0.07) ** 2)
     dy = dy - _v(k23) * (vy - _v(P["ym"])) * mouth
     # AU20 lip stretcher: the mouth region stretches sideways (per side)
@@ -755,13 +755,13 @@ def _wrinkles(ux: Tensor, uy: Tensor, P: dict, sv: dict, px: float, R: _Region) 
         fold_win = ((cuy - yn + 0.03) / 0.02).clamp(0, 1) * ((ym + 0.06 - cuy) / 0.03).clamp(0, 1)
         fold = _line(cxm - fold_x, 0.006, px) * fold_win
         fold_k = torch.maximum(torch.maximum(k12, 0.8 * k9), torch.maximum(0.8 * k10, 0.5 * k6))
-        dimple = _line(cxm - mw - 0.022, 0.014, px) * _gauss(cxm, cuy, 0.0, ym + 0.005, None, 0.06)
+        dimple = _line(cxm - mw - 0.022, 0.014, px) * _gauss(cxm, cuy, 0.0, ym + 0.005, None, 0.05)
         marionette = _line(cxm - mw - 0.012 - 0.25 * (cuy - ym), 0.005, px) * _gauss(cxm, cuy, 0.0, ym + 0.06, None, 0.04) * (cuy > ym)
         sulcus = _line(cuy - (ym + ll + 0.035 + 0.15 * cux * cux), 0.012, px) * _gauss(cxm, cuy, 0.0, 0.0, 0.08, None)
         dimpling = (torch.sin(cux * 90) * torch.sin(cuy * 80) * 0.5 + 0.5) * _fine(120, px) * _gauss(cxm, cuy, 0.0, b - 0.12, 0.06, 0.05)
         # AU23 presses the lips together: a deeper, darker mouth line
         press = _line(cuy - _mouth_line(cux, P), 0.012, px) * (1 - (cux / mw) ** 4).clamp(0, 1)
-        wr[:, w[0], w[1]] += (0.5 * fold_k * fold + 2.5 * _sided(k[14], right) * dimple + 2.0 * mean[23] * press
+        wr[:, w[0], w[1]] += (0.5 * fold_k * fold + 2.0 * _sided(k[14], right) * dimple + 2.0 * mean[23] * press
                              + 0.3 * _sided(k[15], right) * marionette + mean[17] * (1.0 * sulcus + 0.4 * dimpling))
         age_dark[:, w[0], w[1]] += 0.1 * age * fold
     if active[6] or active[12]:
@@ -1468,7 +1468,10 @@ def render_pair(identity, source_aus, target_aus, yaw=None, size: int = 64, *, l
 
     Returns ``source``, ``target`` [N, 3, S, S]; ``flow`` [N, 2, S, S], the backward flow in
     pixels with ``target[p] ~= source[p + flow[p]]`` (DESIGN.md's convention, so
-    ``facelib.warp.warp(source, flow) ~= target``); ``visible`` [N, 1, S, S] in {0, 1}: target
+    ``facelib.warp.warp(source, flow) ~= target``), finite and bounded everywhere: where the
+    source position is not found (the Newton solve does not converge) the flow is 0, and every
+    source position is clamped into the image (``|flow| <= size``), and ``visible`` is 0 at both;
+    ``visible`` [N, 1, S, S] in {0, 1}: target
     pixels whose content the flow explains (no texture layer changed there: mouth interior,
     teeth, wrinkles, eyelids; not at a head/background edge that moved; source point inside
     the image); ``source_landmarks``, ``target_landmarks`` [N, K, 2]; ``face_mask`` of the target.
@@ -1538,8 +1541,11 @@ def _flow_and_visibility(src: _Face, tgt: _Face, s_layers: tuple, t_layers: tupl
     q = _pose_forward(torch.stack([wx, wy], 1), _v(src.P["yn"]), src.scene["sin"], src.scene["squash"])
     p = torch.stack([tgt.px_, tgt.py_], 1)
     background = t_head <= 0
-    q = q.clamp(-1.5, 1.5)  # where no solution exists (outside the visible mask) keep the flow finite
-    q = torch.where(background.unsqueeze(1), p, q)  # the background does not move
+    # where Newton did not converge (no source point shows this canonical point) the flow is 0,
+    # and every source position is clamped into the image: the flow stays finite and |flow| <= size
+    # everywhere; such pixels are never visible (resid check and ``inside`` below)
+    converged = torch.isfinite(q).all(1) & (resid <= 1e-4)
+    q = torch.where((background | ~converged).unsqueeze(1), p, q.nan_to_num(0.0).clamp(-1, 1))  # the background does not move
     flow = (q - p) * (size / 2)                                                           # [n, 2, S, S] pixels
     # layer state of the source at the target's canonical points: differs where texture changed
     s_state = _texture_state(tgt.ux, tgt.uy, src.P, src.sv, src.px, tgt.region)
@@ -1564,5 +1570,5 @@ def _flow_and_visibility(src: _Face, tgt: _Face, s_layers: tuple, t_layers: tupl
     # texture of the source pixels the warp reads (catches a changed layer next to q)
     changed |= (t_state - F.grid_sample(s_state_img, grid, align_corners=False)).abs().amax(1) > _STATE_TOL
     inside = (q.abs() <= 1 - 1.0 / size + 1e-4).all(1)  # the bilinear support stays in the image
-    bad = changed | edge | rigid | gap | head_changed | ~inside | (resid > 1e-4)
+    bad = changed | edge | rigid | gap | head_changed | ~inside | ~converged
     return flow, (~bad).float().unsqueeze(1)
