@@ -383,7 +383,7 @@ _ANCHORS = (
     ("brow_inner", True, 0.085, {1: (0.0, -0.030), 4: (-0.014, 0.020), 9: (-0.004, 0.010)}),
     ("brow_mid", True, 0.09, {1: (0.0, -0.012), 2: (0.0, -0.020), 4: (-0.007, 0.014)}),
     ("brow_outer", True, 0.085, {2: (0.0, -0.026), 4: (0.0, 0.005), 6: (0.0, 0.005)}),
-    ("lid_upper", True, 0.065, {5: (0.0, -0.014), 7: (0.0, 0.006)}),
+    ("lid_upper", True, 0.065, {5: (0.0, -0.014), 7: (0.0, 0.006), 45: (0.0, 0.008)}),
     ("lid_lower", True, 0.05, {6: (0.0, -0.008), 7: (0.0, -0.012)}),
     ("cheek", True, 0.09, {6: (0.002, -0.016), 12: (0.007, -0.012), 10: (0.0, -0.004), 9: (0.0, -0.004)}),
     ("nose_wing", True, 0.055, {9: (0.003, -0.014), 10: (0.001, -0.007), 12: (0.001, -0.003)}),
@@ -466,7 +466,7 @@ def _displacement(vx: Tensor, vy: Tensor, P: dict, au_l: Tensor, au_r: Tensor) -
     dy = dy - _v(k23) * (vy - _v(P["ym"])) * mouth
     # AU20 lip stretcher: the mouth region stretches sideways (per side)
     k20 = torch.where(vx < 0, _v(au_l[:, _A[20]]), _v(au_r[:, _A[20]]))
-    dx = dx + 0.07 * k20 * vx * _bell((vx / (1.5 * _v(P["mw"]))) ** 2 + ((vy - _v(P["ym"])) / 0.07) ** 2)
+    dx = dx + 0.09 * k20 * vx * _bell((vx / (1.5 * _v(P["mw"]))) ** 2 + ((vy - _v(P["ym"])) / 0.07) ** 2)
     # AU12 / AU15 bend the mouth into a U / an arch (the corners move, the middle stays)
     # (per side: a one-sided smile bends one corner only)
     bend_l = 0.013 * au_l[:, _A[15]] - 0.016 * au_l[:, _A[12]]
@@ -739,11 +739,11 @@ def _wrinkles(ux: Tensor, uy: Tensor, P: dict, sv: dict, px: float, R: _Region) 
             wr[:, w[0], w[1]] += (0.15 * _sided(k[6], right) + 0.35 * _sided(k[7], right)) * eyebag
     if active[45] or active[7]:
         # closed or tightened lids: the lid skin folds over the eye and its socket shades (AU45, AU7)
-        w = R.window(ex - 1.6 * ew, ex + 1.6 * ew, ye - 2.9 * eh, ye + 2.9 * eh)
+        w = R.window(ex - 2.3 * ew, ex + 2.3 * ew, ye - 3.8 * eh, ye + 3.8 * eh)
         if w:
             cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
             right = cux > 0
-            socket = _gauss(cux.abs(), cuy, ex, ye, 0.55 * ew, 1.0 * eh)
+            socket = _gauss(cux.abs(), cuy, ex, ye, 0.8 * ew, 1.3 * eh)
             wr[:, w[0], w[1]] += (0.5 * _sided(k[45], right) + 0.15 * _sided(k[7], right)) * socket
     w = R.window(0.0, mw + 0.06 + reach, yn - 0.04, b + 0.06)
     if w:
@@ -760,7 +760,7 @@ def _wrinkles(ux: Tensor, uy: Tensor, P: dict, sv: dict, px: float, R: _Region) 
         sulcus = _line(cuy - (ym + ll + 0.035 + 0.15 * cux * cux), 0.012, px) * _gauss(cxm, cuy, 0.0, 0.0, 0.08, None)
         dimpling = (torch.sin(cux * 90) * torch.sin(cuy * 80) * 0.5 + 0.5) * _fine(120, px) * _gauss(cxm, cuy, 0.0, b - 0.12, 0.06, 0.05)
         # AU23 presses the lips together: a deeper, darker mouth line
-        press = _line(cuy - _mouth_line(cux, P), 0.012, px) * (1 - (cux / mw) ** 4).clamp(0, 1)
+        press = _line(cuy - _mouth_line(cux, P), 0.016, px) * (1 - (cux / mw) ** 4).clamp(0, 1)
         wr[:, w[0], w[1]] += (0.5 * fold_k * fold + 2.0 * _sided(k[14], right) * dimple + 2.0 * mean[23] * press
                              + 0.3 * _sided(k[15], right) * marionette + mean[17] * (1.0 * sulcus + 0.4 * dimpling))
         age_dark[:, w[0], w[1]] += 0.1 * age * fold
@@ -878,7 +878,9 @@ def _face_layer(ux: Tensor, uy: Tensor, P: dict, sv: dict, scene: dict, px: floa
         e_l = ll * base_t**0.6
         lip_a = _cover(torch.maximum(torch.maximum(-dy - e_u, dy - e_l), (cxm - mw) * 0.5), px)
         gloss = 0.18 * torch.exp(-0.5 * ((dy - 0.45 * e_l) / (0.25 * e_l + 1e-3)) ** 2) * base_t
-        lip_col = _rgb(P["lip"]) * (torch.where(dy < 0, 0.88, 1.0) * (1 + gloss)).unsqueeze(1)
+        # the AU wrinkles (AU23's pressed mouth line) darken the lips as they do the skin
+        lip_col = _rgb(P["lip"]) * (torch.where(dy < 0, 0.88, 1.0) * (1 + gloss)
+                                    * (1 - wr[:, w[0], w[1]].clamp(-0.2, 0.7))).unsqueeze(1)
         sub = _mix(colour[:, :, w[0], w[1]], lip_col, lip_a)
         mouth_line = _line(dy, 0.004, px) * (1 - t2 * t2).clamp(0, 1)
         corner = _gauss(cxm, dy, mw, 0.0, 0.012, 0.01)
