@@ -464,9 +464,12 @@ def _displacement(vx: Tensor, vy: Tensor, P: dict, au_l: Tensor, au_r: Tensor) -
            + 0.08 * (au_l[:, _A[14]] + au_r[:, _A[14]])) / 2
     mouth = _bell((vx / _v(P["mw"])) ** 2 + ((vy - _v(P["ym"])) / 0.07) ** 2)
     dy = dy - _v(k23) * (vy - _v(P["ym"])) * mouth
-    # AU20 lip stretcher: the mouth region stretches sideways (per side)
-    k20 = torch.where(vx < 0, _v(au_l[:, _A[20]]), _v(au_r[:, _A[20]]))
-    dx = dx + 0.09 * k20 * vx * _bell((vx / (1.5 * _v(P["mw"]))) ** 2 + ((vy - _v(P["ym"])) / 0.07) ** 2)
+    # AU20 lip stretcher stretches the mouth region sideways, AU14 pulls the corners back a
+    # little, AU23 narrows the lips (per side)
+    stretch_l = 0.09 * au_l[:, _A[20]] + 0.035 * au_l[:, _A[14]] - 0.04 * au_l[:, _A[23]]
+    stretch_r = 0.09 * au_r[:, _A[20]] + 0.035 * au_r[:, _A[14]] - 0.04 * au_r[:, _A[23]]
+    stretch = torch.where(vx < 0, _v(stretch_l), _v(stretch_r))
+    dx = dx + stretch * vx * _bell((vx / (1.5 * _v(P["mw"]))) ** 2 + ((vy - _v(P["ym"])) / 0.07) ** 2)
     # AU12 / AU15 bend the mouth into a U / an arch (the corners move, the middle stays)
     # (per side: a one-sided smile bends one corner only)
     bend_l = 0.013 * au_l[:, _A[15]] - 0.016 * au_l[:, _A[12]]
