@@ -117,7 +117,7 @@ def test_algorithm2_ends_at_the_second_latent_and_blends_both_sources(model):
 def test_flow_upsampling_applies_the_rescaled_flow_to_the_highres_source():
     highres = smooth_images(1, 128, seed=7)
     flow = torch.zeros(1, 2, 32, 32)
-    flow[:, 0] = 31 / 127  # facelib.warp's corner-aligned grids: 31/127 low-res px = 1 high-res px
+    flow[:, 0] = 32 / 128  # both sizes cover the same image plane: 1/4 low-res px = 1 high-res px
     out = flow_upsample(highres, flow)
     torch.testing.assert_close(out[..., :, :-1], highres[..., :, 1:], atol=1e-5, rtol=0)
     assert pixel_upsample(smooth_images(2, 32), 128).shape == (2, 3, 128, 128)
