@@ -15,6 +15,7 @@ _EXPORTS = {
     "render": "facelib.data.synth",
     "render_pair": "facelib.data.synth",
     "emotion_aus": "facelib.data.synth",
+    "emotion_asymmetry": "facelib.data.synth",
     # real datasets and image files
     "RaFD": "facelib.data.real",
     "OuluCASIA": "facelib.data.real",
