@@ -50,6 +50,9 @@ RECIPES: dict[str, str] = {
     "fvae": "facelib.models.fvae:train_recipe",  # FVAE (Eq. 1) + confidence network (Eq. 7-8)
     "fvae_pixel_vae": "facelib.models.fvae:train_pixel_vae_recipe",  # FVAE Sec. 6.1 "VAE" baseline
     "evaluators": "facelib.models.evaluators:train_recipe",  # expression classifier, AU regressor, identity embedder
+    "expression_classifier": "facelib.models.evaluators:train_expression_classifier_recipe",
+    "au_regressor": "facelib.models.evaluators:train_au_regressor_recipe",
+    "identity_embedder": "facelib.models.evaluators:train_identity_embedder_recipe",
 }
 
 

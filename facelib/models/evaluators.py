@@ -558,7 +558,7 @@ class TrainingPlan:
 #: What ``python -m facelib train evaluators`` ships (steps per evaluator).
 PLANS: dict[str, TrainingPlan] = {
     "expression_classifier": TrainingPlan(steps=900, batch_size=64),
-    "au_regressor": TrainingPlan(steps=2000, batch_size=64),
+    "au_regressor": TrainingPlan(steps=4000, batch_size=64),  # measured: 2000 steps left it at MAE 0.27 / PCC 0.897
     "identity_embedder": TrainingPlan(steps=250, batch_size=96),
 }
 
@@ -658,10 +658,12 @@ TASKS: dict[str, type[EvaluatorTask]] = {
 }
 
 
-def train_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: bool) -> dict:
+def train_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: bool,
+                 only: tuple[str, ...] | None = None) -> dict:
     """``python -m facelib train evaluators``: train, calibrate and measure all three evaluators.
 
-    ``steps`` overrides every evaluator's step count. The identity embedder's
+    ``steps`` overrides every evaluator's step count; ``only`` trains a subset (each evaluator's
+    run is seeded on its own, so training one alone gives the same weights). The identity embedder's
     verification threshold is chosen on validation identities; every figure in
     ``metrics`` is measured on fresh renders of test identities.
     """
@@ -676,6 +678,8 @@ def train_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: b
     train_ids = split_identities("train")
     checkpoints, metrics, steps_run = {}, {}, {}
     for name, task_class in TASKS.items():
+        if only is not None and name not in only:
+            continue
         plan = PLANS[name]
         n_steps = 3 if smoke else (steps or plan.steps)
         if smoke:
@@ -702,3 +706,18 @@ def train_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: b
 
 
 _ARG = {"expression_classifier": "expression", "au_regressor": "au", "identity_embedder": "identity"}
+
+
+def train_expression_classifier_recipe(**kwargs) -> dict:
+    """``python -m facelib train expression_classifier``: the expression classifier alone."""
+    return train_recipe(**kwargs, only=("expression_classifier",))
+
+
+def train_au_regressor_recipe(**kwargs) -> dict:
+    """``python -m facelib train au_regressor``: the AU intensity regressor alone."""
+    return train_recipe(**kwargs, only=("au_regressor",))
+
+
+def train_identity_embedder_recipe(**kwargs) -> dict:
+    """``python -m facelib train identity_embedder``: the identity embedder alone."""
+    return train_recipe(**kwargs, only=("identity_embedder",))
