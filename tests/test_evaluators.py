@@ -41,19 +41,10 @@ def au_figures(shipped):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 4 asks MAE <= 0.25 and mean PCC >= 0.9; the shipped CPU run reaches "
-                   "MAE ~0.37 / PCC ~0.80: AU5/7/14/17/20/23/45 change few pixels at 64x64 (see "
-                   "benchmarks/eval_evaluators.py); strict, so this turns red when it passes")
 def test_au_error_and_correlation_meet_the_issue_thresholds(au_figures):
+    # Issue 4: MAE <= 0.25 on the 0-5 scale and mean Pearson >= 0.9, on held-out identities.
     assert au_figures["mae"] <= 0.25, au_figures
     assert au_figures["mean_pcc"] >= 0.9, au_figures
-
-
-@pytest.mark.slow
-def test_au_error_and_correlation_do_not_regress(au_figures):
-    # The shipped regressor's level on this sample is MAE 0.36, PCC 0.81; a chance-level one gives ~0.6 and ~0.
-    assert au_figures["mae"] <= 0.40, au_figures
-    assert au_figures["mean_pcc"] >= 0.78, au_figures
 
 
 @pytest.mark.slow
