@@ -713,25 +713,13 @@ def manifest_entry(
     return entry
 
 
-def record_in_manifest(
-    name: str,
-    file: str | Path,
-    *,
-    command: str,
-    preset: str,
-    steps: int,
-    seed: int,
-    wall_time_s: float,
-    metrics: dict,
-    weights_dir: str | Path | None = None,
-    **extra: Any,
-) -> dict:
-    """Add or replace ``name`` in MANIFEST.json (written atomically); returns the entry."""
+def record_in_manifest(name: str, file: str | Path, *, weights_dir: str | Path | None = None, **fields: Any) -> dict:
+    """Add or replace ``name`` in MANIFEST.json (written atomically); returns the entry.
+
+    ``fields`` are :func:`manifest_entry`'s: command, preset, steps, seed, wall_time_s, metrics and extras.
+    """
     folder = Path(weights_dir) if weights_dir is not None else shipped_weights_dir()
-    entry = manifest_entry(
-        file, command=command, preset=preset, steps=steps, seed=seed, wall_time_s=wall_time_s,
-        metrics=metrics, weights_dir=folder, **extra,
-    )
+    entry = manifest_entry(file, weights_dir=folder, **fields)
     manifest = read_manifest(folder)
     manifest[name] = entry
     atomic_write_text(folder / MANIFEST_NAME, _json_dumps(manifest, MANIFEST_NAME) + "\n")

@@ -11,16 +11,15 @@ from facelib.edit import (
     to_model_size,
 )
 from facelib.models.baselines import AverageFlow, cross_fade, mesh_morph, optical_flow, optical_flow_morph
-from facelib.models.fvae import FVAE, Config, ConfidenceNet, PixelVAE
+from facelib.models.fvae import FVAE, ConfidenceNet, PixelVAE
 from facelib.warp import warp
 
-SMALL = Config(image_size=32, base_channels=8, max_channels=32, latent_channels=4)
+from fvae_helpers import SMALL
+from fvae_helpers import smooth_images as _smooth_images
 
 
 def smooth_images(batch: int, size: int, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(batch, 3, size // 8, size // 8, generator=generator) * 2 - 1
-    return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
+    return _smooth_images(batch, size, seed, coarse_divisor=8)  # smoother than the FVAE tests' images
 
 
 @pytest.fixture(scope="module")

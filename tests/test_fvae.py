@@ -12,13 +12,7 @@ from facelib.models.fvae import (
 )
 from facelib.warp import bilinear_sample, pixel_grid, warp
 
-SMALL = Config(image_size=32, base_channels=8, max_channels=32, latent_channels=4)
-
-
-def smooth_images(batch: int, size: int, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(batch, 3, size // 4, size // 4, generator=generator) * 2 - 1
-    return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
+from fvae_helpers import SMALL, smooth_images  # tests/fvae_helpers.py (pytest puts tests/ on sys.path)
 
 
 @pytest.mark.parametrize("config", [Config(), Config(image_size=128, base_channels=8, max_channels=64, latent_channels=8)],
