@@ -409,15 +409,18 @@ def _check_state_dict(module: nn.Module, tensors: dict[str, torch.Tensor], what:
         raise CheckpointError(f"{what}: " + "; ".join(problems) + (" (and more)" if more else ""))
 
 
+def _read_metadata_of_format(stem: Path, expected: str, hint: str) -> dict:
+    """The JSON metadata of ``stem``, refused unless it is a checkpoint of the ``expected`` format."""
+    metadata = read_metadata(stem)
+    if metadata.get("format") != expected:
+        raise CheckpointError(f"{stem}.json has format {metadata.get('format')!r}, expected {expected!r} ({hint})")
+    return metadata
+
+
 def load_model(path: str | Path, cls: type | None = None, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a model saved by :func:`save_model` and load its weights strictly; returns it in eval mode."""
     stem = _stem(path)
-    metadata = read_metadata(stem)
-    if metadata.get("format") != MODEL_FORMAT:
-        raise CheckpointError(
-            f"{stem}.json has format {metadata.get('format')!r}, expected {MODEL_FORMAT!r} "
-            "(a training-state checkpoint is read with load_training_state)"
-        )
+    metadata = _read_metadata_of_format(stem, MODEL_FORMAT, "a training-state checkpoint is read with load_training_state")
     stored_class = metadata.get("class")
     if cls is None:
         cls = _resolve_facelib_class(stored_class)
@@ -596,12 +599,7 @@ def load_training_state(
 ) -> dict:
     """Load a :func:`save_training_state` checkpoint in place; returns ``{"step", "extra", "rng_state"}``."""
     stem = _stem(path)
-    metadata = read_metadata(stem)
-    if metadata.get("format") != TRAINING_STATE_FORMAT:
-        raise CheckpointError(
-            f"{stem}.json has format {metadata.get('format')!r}, expected {TRAINING_STATE_FORMAT!r} "
-            "(a model checkpoint is read with load_model)"
-        )
+    metadata = _read_metadata_of_format(stem, TRAINING_STATE_FORMAT, "a model checkpoint is read with load_model")
     stateful = stateful or {}
     _check_names("module", modules, metadata["modules"], stem)
     _check_names("optimizer", optimizers, metadata["optimizers"], stem)
