@@ -305,9 +305,9 @@ def _bell(q: Tensor) -> Tensor:
     Every soft layer uses it, so a layer is exactly zero outside its window (|offset| < 2.83 sigma):
     rendering a face alone or inside any batch gives bit-identical pixels.
     """
-    t = (1 - q * 0.125).clamp_(min=0)
-    t = t * t
-    return t * t
+    t = torch.mul(q, -0.125).add_(1).clamp_(min=0)  # one buffer, updated in place
+    t.mul_(t)
+    return t.mul_(t)
 
 
 def _fine(freq: float, px: float) -> float:
@@ -316,8 +316,11 @@ def _fine(freq: float, px: float) -> float:
 
 
 def _mix(colour: Tensor, layer: Tensor, alpha: Tensor) -> Tensor:
-    """Alpha-composite ``layer`` ([n,3,...] or [n,3,1,1]) over ``colour`` with ``alpha`` [n,...]."""
-    return colour + (layer - colour) * alpha.unsqueeze(1)
+    """Alpha-composite ``layer`` ([n,3,...] or [n,3,1,1]) over ``colour`` with ``alpha`` [n,...].
+
+    ``colour + (layer - colour) * alpha``, as one fused pass (``torch.lerp``).
+    """
+    return torch.lerp(colour, layer, alpha.unsqueeze(1))
 
 
 def _rgb(c: Tensor) -> Tensor:
@@ -453,12 +456,14 @@ def _displacement(vx: Tensor, vy: Tensor, P: dict, au_l: Tensor, au_r: Tensor) -
     active = (disp.abs().amax((0, 2)) > 0).nonzero()[:, 0]  # anchors some image in the chunk moves
     disp, ax, ay, sig = disp[:, active], ax[:, active], ay[:, active], sig[active]
     # compact bells (zero beyond 2.8 sigma: far regions do not move at all) on the grid
-    inv2 = 1.0 / sig[None, :, None, None] ** 2
-    dxk = (vx[:, 0][:, None] - ax[..., None]) ** 2                                   # [n, K, W]
-    dyk = (vy[:, :, 0][:, None] - ay[..., None]) ** 2                                # [n, K, H]
-    g = _bell((dyk[..., :, None] + dxk[..., None, :]) * inv2)                        # [n, K, H, W]
-    dx = (g * disp[..., 0, None, None]).sum(1)
-    dy = (g * disp[..., 1, None, None]).sum(1)
+    # (the squared distance is separable: scale the two 1-D parts, then add them on the grid)
+    inv2 = 1.0 / sig[None, :, None] ** 2
+    dxk = (vx[:, 0][:, None] - ax[..., None]).square_().mul_(inv2)                   # [n, K, W]
+    dyk = (vy[:, :, 0][:, None] - ay[..., None]).square_().mul_(inv2)                # [n, K, H]
+    g = _bell(dyk[..., :, None] + dxk[..., None, :])                                 # [n, K, H, W]
+    # sum over anchors of bell * displacement, for x and y at once: [n, 2, K] @ [n, K, H*W]
+    d = torch.bmm(disp.transpose(1, 2), g.flatten(2)).unflatten(2, vx.shape[1:])
+    dx, dy = d[:, 0], d[:, 1]
     # AU23 lip tightener and AU20 lip stretcher: squeeze (thin, flatten) the lips toward the mouth line
     k23 = (0.2 * (au_l[:, _A[23]] + au_r[:, _A[23]]) + 0.06 * (au_l[:, _A[20]] + au_r[:, _A[20]])
            + 0.08 * (au_l[:, _A[14]] + au_r[:, _A[14]])) / 2
@@ -961,9 +966,10 @@ def _face_layer(ux: Tensor, uy: Tensor, P: dict, sv: dict, scene: dict, px: floa
 
 def _paint(out: Tensor, head: Tensor, w, colour: Tensor, alpha: Tensor, bidx=None) -> None:
     """Composite ``colour`` with ``alpha`` into window ``w`` of ``out`` and grow the head mask."""
-    if bidx is None:
-        out[:, :, w[0], w[1]] = _mix(out[:, :, w[0], w[1]], colour, alpha)
-        head[:, w[0], w[1]] = torch.maximum(head[:, w[0], w[1]], alpha)
+    if bidx is None:  # in place, on views of the window
+        out[:, :, w[0], w[1]].lerp_(colour, alpha.unsqueeze(1))
+        head_w = head[:, w[0], w[1]]
+        torch.maximum(head_w, alpha, out=head_w)
     else:
         out[bidx, :, w[0], w[1]] = _mix(out[bidx][:, :, w[0], w[1]], colour, alpha)
         head[bidx, w[0], w[1]] = torch.maximum(head[bidx][:, w[0], w[1]], alpha)
@@ -1399,19 +1405,32 @@ def _chunks(size: int, yaw: Tensor, P: dict):
         yield order[start:start + step]
 
 
-def _unsort(parts: list[Tensor], groups: list[Tensor]) -> Tensor:
-    """Concatenate per-group results and restore the caller's order."""
-    stacked = torch.cat(parts)
-    out = torch.empty_like(stacked)
-    out[torch.cat(groups)] = stacked
-    return out
+class _Gather:
+    """Per-chunk results written straight into batch-sized outputs, in the caller's order.
+
+    Each output is allocated once, when its first chunk arrives, and chunks are copied into it
+    by index: no concatenation and no reordering copy of the whole batch afterwards.
+    """
+
+    def __init__(self, n: int):
+        self.n, self.out = n, {}
+
+    def put(self, key: str, index: Tensor, value: Tensor) -> None:
+        if key not in self.out:
+            self.out[key] = value.new_empty((self.n, *value.shape[1:]))
+        self.out[key].index_copy_(0, index, value)
 
 
-def _finish(image: Tensor, noise: float, draw: _Draw, salt: int = 103) -> Tensor:
-    image = image * 2 - 1
+def _to_signed(image: Tensor) -> Tensor:
+    """[0, 1] -> the [-1, 1] image range, in place (exact: 0 -> -1, 1 -> 1)."""
+    return image.mul_(2).sub_(1)
+
+
+def _add_noise(image: Tensor, noise: float, draw: _Draw, salt: int = 103) -> Tensor:
+    """Gaussian sensor noise added last, in place, then clipped to [-1, 1]."""
     if noise:
-        image = image + noise * draw.normal(tuple(image.shape[1:]), salt)
-    return image.clamp(-1, 1)
+        image.add_(noise * draw.normal(tuple(image.shape[1:]), salt)).clamp_(-1, 1)
+    return image
 
 
 def render(identity, aus, yaw=None, size: int = 64, *, light=None, background=None, noise: float = 0.0,
@@ -1446,21 +1465,16 @@ def render(identity, aus, yaw=None, size: int = 64, *, light=None, background=No
     draw = _Draw(n, generator, seeds)
     scene = _scene(n, yaw, light, background, draw)
     au_l, au_r = _sides(aus, asymmetry)
-    images, masks, heads, marks, groups = [], [], [], [], []
+    out = _Gather(n)
     for sl in _chunks(size, yaw, P):
         face = _Face(_select(P, sl), au_l[sl], au_r[sl], _select_scene(scene, sl), size)
         image, head, skin, _, _, _ = face.shade()
-        images.append(image)
-        masks.append(skin)
-        heads.append(head)
-        marks.append(_landmarks(face))
-        groups.append(sl)
-    return {
-        "image": _finish(_unsort(images, groups), noise, draw),
-        "landmarks": _unsort(marks, groups),
-        "face_mask": _unsort(masks, groups).unsqueeze(1),
-        "head_mask": _unsort(heads, groups).unsqueeze(1),
-    }
+        out.put("image", sl, _to_signed(image))
+        out.put("landmarks", sl, _landmarks(face))
+        out.put("face_mask", sl, skin.unsqueeze(1))
+        out.put("head_mask", sl, head.unsqueeze(1))
+    out.out["image"] = _add_noise(out.out["image"], noise, draw)
+    return out.out
 
 
 _STATE_TOL = 0.03
@@ -1490,27 +1504,24 @@ def render_pair(identity, source_aus, target_aus, yaw=None, size: int = 64, *, l
     scene = _scene(n, yaw, light, background, draw)
     sl_, sr_ = _sides(source_aus, source_asymmetry)
     tl_, tr_ = _sides(target_aus, target_asymmetry)
-    keys = ("source", "target", "flow", "visible", "source_landmarks", "target_landmarks", "face_mask")
-    out: dict[str, list] = {key: [] for key in keys}
-    groups = []
+    out = _Gather(n)
     for sl in _chunks(size, yaw, P):
-        groups.append(sl)
         Pc, sc = _select(P, sl), _select_scene(scene, sl)
         src = _Face(Pc, sl_[sl], sr_[sl], sc, size)
         tgt = _Face(Pc, tl_[sl], tr_[sl], sc, size)
         s_img, s_head, s_skin, s_state, s_gap, _ = src.shade()
         t_img, t_head, t_skin, t_state, t_gap, glasses = tgt.shade()
         flow, vis = _flow_and_visibility(src, tgt, (s_head, s_skin, s_state, s_gap), (t_head, t_skin, t_state, t_gap), glasses)
-        out["source"].append(s_img)
-        out["target"].append(t_img)
-        out["flow"].append(flow)
-        out["visible"].append(vis)
-        out["source_landmarks"].append(_landmarks(src))
-        out["target_landmarks"].append(_landmarks(tgt))
-        out["face_mask"].append(t_skin.unsqueeze(1))
-    result = {key: _unsort(value, groups) for key, value in out.items()}
-    result["source"] = _finish(result["source"], noise, draw, salt=103)
-    result["target"] = _finish(result["target"], noise, draw, salt=104)
+        out.put("source", sl, _to_signed(s_img))
+        out.put("target", sl, _to_signed(t_img))
+        out.put("flow", sl, flow)
+        out.put("visible", sl, vis)
+        out.put("source_landmarks", sl, _landmarks(src))
+        out.put("target_landmarks", sl, _landmarks(tgt))
+        out.put("face_mask", sl, t_skin.unsqueeze(1))
+    result = out.out
+    result["source"] = _add_noise(result["source"], noise, draw, salt=103)
+    result["target"] = _add_noise(result["target"], noise, draw, salt=104)
     return result
 
 
