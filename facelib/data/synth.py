@@ -291,7 +291,7 @@ def _line(d: Tensor, width, px: float) -> Tensor:
     the same at every resolution. The profile is :func:`_bell`, zero beyond 2.83 widths.
     """
     w2 = width * width + (_LINE_MIN * px) ** 2
-    return (width / w2**0.5) * _bell(d * d / w2)
+    return _bell_(torch.square(d).div_(w2) if isinstance(w2, float) else torch.square(d) / w2).mul_(width / w2**0.5)
 
 
 def _reach(width: float, px: float) -> float:
@@ -305,7 +305,12 @@ def _bell(q: Tensor) -> Tensor:
     Every soft layer uses it, so a layer is exactly zero outside its window (|offset| < 2.83 sigma):
     rendering a face alone or inside any batch gives bit-identical pixels.
     """
-    t = torch.mul(q, -0.125).add_(1).clamp_(min=0)  # one buffer, updated in place
+    return _bell_(q.clone())
+
+
+def _bell_(q: Tensor) -> Tensor:
+    """:func:`_bell` computed in place in ``q`` (a temporary the caller no longer needs)."""
+    t = q.mul_(-0.125).add_(1).clamp_(min=0)
     t.mul_(t)
     return t.mul_(t)
 
@@ -334,10 +339,10 @@ def _v(x: Tensor) -> Tensor:
 def _gauss(x: Tensor, y: Tensor, cx, cy, sx, sy) -> Tensor:
     """Compact 2-D bell (see :func:`_bell`) with "sigmas" ``sx, sy``; None means constant along that axis."""
     if sx is None:
-        return _bell((y - cy).square_().mul_(1 / sy**2))
+        return _bell_((y - cy).square_().mul_(1 / sy**2))
     if sy is None:
-        return _bell((x - cx).square_().mul_(1 / sx**2))
-    return _bell((x - cx).square_().mul_(1 / sx**2).add_((y - cy).square_().mul_(1 / sy**2)))
+        return _bell_((x - cx).square_().mul_(1 / sx**2))
+    return _bell_((x - cx).square_().mul_(1 / sx**2).add_((y - cy).square_().mul_(1 / sy**2)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -460,7 +465,7 @@ def _displacement(vx: Tensor, vy: Tensor, P: dict, au_l: Tensor, au_r: Tensor) -
     inv2 = 1.0 / sig[None, :, None] ** 2
     dxk = (vx[:, 0][:, None] - ax[..., None]).square_().mul_(inv2)                   # [n, K, W]
     dyk = (vy[:, :, 0][:, None] - ay[..., None]).square_().mul_(inv2)                # [n, K, H]
-    g = _bell(dyk[..., :, None] + dxk[..., None, :])                                 # [n, K, H, W]
+    g = _bell_(dyk[..., :, None] + dxk[..., None, :])                                # [n, K, H, W]
     # sum over anchors of bell * displacement, for x and y at once: [n, 2, K] @ [n, K, H*W]
     d = torch.bmm(disp.transpose(1, 2), g.flatten(2)).unflatten(2, vx.shape[1:])
     dx, dy = d[:, 0], d[:, 1]
@@ -685,16 +690,21 @@ def _normals_shade(ux: Tensor, uy: Tensor, P: dict, scene: dict, R: _Region) -> 
         _bump_into(czx, czy, cux, cuy, 0.0, ym - 0.01, 0.11, 0.03, 0.012)   # upper lip
         _bump_into(czx, czy, cux, cuy, 0.0, ym + 0.035, 0.09, 0.025, 0.014)  # lower lip
         _bump_into(czx, czy, cux, cuy, 0.0, b - 0.11, 0.11, 0.06, 0.025)    # chin
+    # unit normal (-zx, -zy, 1) / |.|, turned by the yaw: n = inv * (sin - cos zx, -zy, cos + sin zx)
     inv = torch.rsqrt(zx * zx + zy * zy + 1)
-    nx, ny, nz = -zx * inv, -zy * inv, inv
     sin_t, cos_t = scene["sin"], scene["cos"]
-    nx, nz = nx * cos_t + nz * sin_t, nz * cos_t - nx * sin_t
-    L, H = scene["light"], scene["half"]
-    shade = _v(scene["ambient"]) + (nx * _v(L[:, 0]) + ny * _v(L[:, 1]) + nz * _v(L[:, 2])).clamp_min(0)
-    spec = (nx * _v(H[:, 0]) + ny * _v(H[:, 1]) + nz * _v(H[:, 2])).clamp_min(0)
-    spec = spec * spec
-    spec = spec * spec
-    return shade, spec * spec * 0.08  # (n.h)^8
+
+    def dot(d: Tensor) -> Tensor:
+        """n . d for per-image directions ``d`` [n, 3], linear in (zx, zy) before the 1/|.| scale."""
+        a = _v(d[:, 2]) * sin_t - _v(d[:, 0]) * cos_t
+        c = _v(d[:, 0]) * sin_t + _v(d[:, 2]) * cos_t
+        return (zx * a).sub_(zy * _v(d[:, 1])).add_(c).mul_(inv).clamp_(min=0)
+
+    shade = dot(scene["light"]).add_(_v(scene["ambient"]))
+    spec = dot(scene["half"])
+    spec.mul_(spec)
+    spec.mul_(spec)
+    return shade, spec.mul_(spec).mul_(0.08)  # (n.h)^8
 
 
 def _wrinkles(ux: Tensor, uy: Tensor, P: dict, sv: dict, px: float, R: _Region) -> tuple[Tensor, Tensor]:
@@ -831,7 +841,9 @@ def _face_layer(ux: Tensor, uy: Tensor, P: dict, sv: dict, scene: dict, px: floa
     reach = _reach(0.006, px)  # how far the widest line reaches
 
     # skin: base colour, blush and under-eye darkening, wrinkles
-    colour = _rgb(P["skin"]).expand(n, 3, *ux.shape[1:]).clone()
+    wr, age_dark = _wrinkles(ux, uy, P, sv, px, R)
+    state[:, 2] = wr
+    colour = _rgb(P["skin"]) * (1 - (wr + age_dark).clamp_(-0.2, 0.7)).unsqueeze(1)
     w = R.window(0.0, 0.56, ye - 0.02, ye + 0.4)  # blush and under-eye
     if w:
         cxm, cuy = ux[:, w[0], w[1]].abs(), uy[:, w[0], w[1]]
@@ -839,9 +851,6 @@ def _face_layer(ux: Tensor, uy: Tensor, P: dict, sv: dict, scene: dict, px: floa
         under = 0.06 * _gauss(cxm, cuy, ex, ye + 0.06, 0.07, 0.025)
         tint = 1 - blush.unsqueeze(1) * torch.tensor([0.0, 0.6, 0.5])[None, :, None, None]
         colour[:, :, w[0], w[1]] *= tint * (1 - under.unsqueeze(1))
-    wr, age_dark = _wrinkles(ux, uy, P, sv, px, R)
-    state[:, 2] = wr
-    colour = colour * (1 - (wr + age_dark).clamp(-0.2, 0.7).unsqueeze(1))
 
     # nose details: nostrils, alar creases, philtrum
     w = R.window(0.0, nw + 0.01 + reach, yn - 0.06, ym + 0.06)
@@ -940,7 +949,7 @@ def _face_layer(ux: Tensor, uy: Tensor, P: dict, sv: dict, scene: dict, px: floa
         colour[:, :, w[0], w[1]] = _mix(colour[:, :, w[0], w[1]], _rgb(P["brow"]) * streak.unsqueeze(1), brow_a)
 
     # light, then the mouth interior between the parted lips (teeth, tongue, dark cavity)
-    colour = colour * shade.unsqueeze(1) + (spec * (1 - eye_open)).unsqueeze(1)
+    colour.mul_(shade.unsqueeze(1)).add_((spec * (1 - eye_open)).unsqueeze(1))
     gap_cov = torch.zeros_like(ux)
     if gap is not None:
         s_up, s_low = gap
@@ -1392,15 +1401,21 @@ def _landmarks(face: _Face) -> Tensor:
     return ((q + 1) * (face.size / 2) - 0.5).permute(0, 2, 1)
 
 
-def _chunks(size: int, yaw: Tensor, P: dict):
+def _chunks(size: int, yaw: Tensor, P: dict, aus: Tensor):
     """Index groups for rendering, about 320k pixels each.
 
-    Faces are grouped by yaw (then eye height) so each group's layer windows, the union over its
-    faces, stay tight; the results are put back in the caller's order.
+    Faces are grouped by yaw, then by which AUs are active (``aus`` [n, 17], or several such
+    tensors stacked on the last dimension), then by eye height: each group's layer windows, the
+    union over its faces, stay tight, and the layers of AUs that no face in a group shows are
+    skipped. The results are put back in the caller's order.
     """
     n = len(yaw)
     step = max(1, 320_000 // (size * size))
-    order = torch.argsort(torch.round(yaw / 5) * 10 + P["ye"] * 10 - P["yb"], stable=True)
+    active = (aus > 0).reshape(n, -1).long()
+    pattern = (active << torch.arange(active.shape[1])).sum(1)  # one bit per AU
+    order = torch.argsort(P["ye"] * 10 - P["yb"], stable=True)
+    order = order[torch.argsort(pattern[order], stable=True)]
+    order = order[torch.argsort(torch.round(yaw / 5)[order], stable=True)]
     for start in range(0, n, step):
         yield order[start:start + step]
 
@@ -1466,7 +1481,7 @@ def render(identity, aus, yaw=None, size: int = 64, *, light=None, background=No
     scene = _scene(n, yaw, light, background, draw)
     au_l, au_r = _sides(aus, asymmetry)
     out = _Gather(n)
-    for sl in _chunks(size, yaw, P):
+    for sl in _chunks(size, yaw, P, aus):
         face = _Face(_select(P, sl), au_l[sl], au_r[sl], _select_scene(scene, sl), size)
         image, head, skin, _, _, _ = face.shade()
         out.put("image", sl, _to_signed(image))
@@ -1505,7 +1520,7 @@ def render_pair(identity, source_aus, target_aus, yaw=None, size: int = 64, *, l
     sl_, sr_ = _sides(source_aus, source_asymmetry)
     tl_, tr_ = _sides(target_aus, target_asymmetry)
     out = _Gather(n)
-    for sl in _chunks(size, yaw, P):
+    for sl in _chunks(size, yaw, P, torch.cat([source_aus, target_aus], 1)):
         Pc, sc = _select(P, sl), _select_scene(scene, sl)
         src = _Face(Pc, sl_[sl], sr_[sl], sc, size)
         tgt = _Face(Pc, tl_[sl], tr_[sl], sc, size)
