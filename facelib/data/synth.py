@@ -33,8 +33,10 @@ scale and per-identity idiosyncrasy (AU gains and left/right asymmetry).
 Speed: every soft shape uses a compactly supported bell instead of a Gaussian, so each layer is
 exactly zero outside a box that is known before any pixel is touched; layers are evaluated only
 on the rows and columns where their box can appear (rows do not depend on the yaw), and faces
-are rendered in groups of similar pose. A face renders identically alone or in any batch (up to
-float rounding). Edges are anti-aliased over 2 pixels and lines never get thinner than 0.6
+are rendered in groups of similar pose and the same active AUs (a layer no face in the group
+shows is skipped); the first render lets glibc keep freed memory for reuse
+(:func:`facelib.utils.keep_freed_memory`; ``FACELIB_MALLOC=system`` opts out). A face renders
+identically alone or in any batch (up to float rounding). Edges are anti-aliased over 2 pixels and lines never get thinner than 0.6
 pixels, so a bilinear warp by a fractional flow can reproduce them: the premise of the
 ground-truth check (warp(source, flow) == target over ``visible``).
 """
@@ -47,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..conventions import AU_CODES, AU_MAX, EXPRESSIONS, NUM_AUS, au_index, expression_index
+from ..utils import keep_freed_memory
 
 __all__ = [
     "render", "render_pair", "emotion_aus", "emotion_asymmetry", "identity_params",
@@ -509,7 +512,7 @@ def _expression_grid(P: dict, au_l: Tensor, au_r: Tensor) -> Tensor:
 def _sample_grid(grid: Tensor, vx: Tensor, vy: Tensor) -> tuple[Tensor, Tensor]:
     """Bilinear lookup of the coarse map at face-plane points ``[n, ...]`` (any trailing shape)."""
     shape = vx.shape
-    g = torch.stack([vx.reshape(shape[0], -1, 1), vy.reshape(shape[0], -1, 1)], -1) / _GRID_RANGE
+    g = torch.stack([vx, vy], -1).div_(_GRID_RANGE).view(shape[0], -1, 1, 2)
     out = F.grid_sample(grid, g, mode="bilinear", padding_mode="border", align_corners=False)
     return out[:, 0].reshape(shape), out[:, 1].reshape(shape)
 
@@ -648,9 +651,9 @@ class _Region:
 
 def _bump_into(zx: Tensor, zy: Tensor, x: Tensor, y: Tensor, cx, cy, sx, sy, amp) -> None:
     """Add a Gaussian bump's depth gradient to ``zx, zy`` (in place)."""
-    g = amp * _gauss(x, y, cx, cy, sx, sy)
-    zx.sub_(g * (x - cx) / (sx * sx))
-    zy.sub_(g * (y - cy) / (sy * sy))
+    g = _gauss(x, y, cx, cy, sx, sy).mul_(amp)
+    zx.sub_((x - cx).mul_(g).mul_(1 / (sx * sx)))
+    zy.sub_((y - cy).mul_(g).mul_(1 / (sy * sy)))
 
 
 def _normals_shade(ux: Tensor, uy: Tensor, P: dict, scene: dict, R: _Region) -> tuple[Tensor, Tensor]:
@@ -662,9 +665,9 @@ def _normals_shade(ux: Tensor, uy: Tensor, P: dict, scene: dict, R: _Region) -> 
     """
     ex, ye, yb, yn, ym, b, nw = (_v(P[key]) for key in ("ex", "ye", "yb", "yn", "ym", "b", "nw"))
     amp, sx, sy, cy = _DOME
-    dome = amp * _gauss(ux, uy, 0.0, cy, sx, sy)
-    zx = -dome * ux / sx**2
-    zy = -dome * (uy - cy) / sy**2
+    dome = _gauss(ux, uy, 0.0, cy, sx, sy).mul_(amp)
+    zx = torch.mul(ux, -1 / sx**2).mul_(dome)
+    zy = torch.sub(uy, cy).mul_(-1 / sy**2).mul_(dome)
     w = R.window(0.0, 0.17, yn - 0.35, yn + 0.17)  # supports of the nose bumps
     if w:
         cux, cuy, czx, czy = ux[:, w[0], w[1]], uy[:, w[0], w[1]], zx[:, w[0], w[1]], zy[:, w[0], w[1]]
@@ -1475,6 +1478,7 @@ def render(identity, aus, yaw=None, size: int = 64, *, light=None, background=No
     background).
     """
     identity, aus, yaw, asymmetry = _check_inputs(identity, aus, yaw, size, asymmetry)
+    keep_freed_memory()
     n = len(identity)
     P = identity_params(identity)
     draw = _Draw(n, generator, seeds)
@@ -1512,6 +1516,7 @@ def render_pair(identity, source_aus, target_aus, yaw=None, size: int = 64, *, l
     Noise, if any, is drawn independently for the two images after the flow is computed.
     """
     identity, source_aus, yaw, source_asymmetry = _check_inputs(identity, source_aus, yaw, size, source_asymmetry, "source_aus")
+    keep_freed_memory()
     _, target_aus, _, target_asymmetry = _check_inputs(identity, target_aus, yaw, size, target_asymmetry, "target_aus")
     n = len(identity)
     P = identity_params(identity)
