@@ -100,15 +100,28 @@ for _name, _aus in PROTOTYPES.items():
 _M32 = 0xFFFFFFFF
 
 
+def _int32_bits(value):
+    """The signed 32-bit integer(s) with the same low 32 bits as ``value`` (an int or int64 tensor)."""
+    value = value & _M32
+    if isinstance(value, int):
+        return value - (1 << 32) if value >= 1 << 31 else value
+    return (value - (value >= 1 << 31).long() * (1 << 32)).int()
+
+
 def _hash_uniform(ids: Tensor, count: int, salt: int = 0) -> Tensor:
-    """``[N, count]`` uniforms in ``[0, 1)``, a pure function of (id, index, salt)."""
-    x = (ids.long()[:, None] & _M32) * 0x9E3779B1 + torch.arange(count) * 0x85EBCA77 + salt * 0xC2B2AE3D
-    x = x & _M32
+    """``[N, count]`` uniforms in ``[0, 1)``, a pure function of (id, index, salt).
+
+    A 32-bit hash computed in int32, whose multiplication and addition wrap modulo 2**32 as
+    the hash needs (``>>`` is arithmetic on int32, so each shift is masked to its low bits).
+    tests/test_synth.py checks it against the same hash written in int64 with explicit masks.
+    """
+    base = _int32_bits((ids.long()[:, None] & _M32) * 0x9E3779B1 + salt * 0xC2B2AE3D)
+    x = base + _int32_bits(torch.arange(count) * 0x85EBCA77)                    # [N, count]
     for mult in (0x7FEB352D, 0x846CA68B, 0x2C1B3C6D):  # lowbias32-style mixing rounds
-        x = x ^ (x >> 16)
-        x = (x * mult) & _M32
-    x = x ^ (x >> 15)
-    return (x.double() / 2.0**32).float()
+        x.bitwise_xor_((x >> 16).bitwise_and_(0xFFFF))
+        x.mul_(_int32_bits(mult))
+    x.bitwise_xor_((x >> 15).bitwise_and_(0x1FFFF))
+    return x.long().bitwise_and_(_M32).float().mul_(2.0**-32)
 
 
 def _palette(table: Tensor, t: Tensor) -> Tensor:
@@ -1150,9 +1163,13 @@ class _Draw:
         if self.seeds is None:
             return torch.randn((self.n, *shape), generator=self.generator)
         m = math.prod(shape)
-        u = self.uniform(2 * m, salt)
-        radius = torch.sqrt(-2 * torch.log1p(-u[:, :m]))
-        return (radius * torch.cos(2 * math.pi * u[:, m:])).reshape(self.n, *shape)
+        out = torch.empty(self.n, m)
+        rows = max(1, (1 << 18) // (2 * m))  # a block of items at a time: the work stays in cache
+        for start in range(0, self.n, rows):
+            u = _hash_uniform(self.seeds[start:start + rows], 2 * m, salt=salt)
+            radius = u[:, :m].neg().log1p_().mul_(-2).sqrt_()  # Box-Muller
+            torch.mul(radius, u[:, m:].mul(2 * math.pi).cos_(), out=out[start:start + rows])
+        return out.reshape(self.n, *shape)
 
 
 def _scene(n: int, yaw: Tensor, light, background, draw: _Draw) -> dict:
@@ -1447,7 +1464,7 @@ def _to_signed(image: Tensor) -> Tensor:
 def _add_noise(image: Tensor, noise: float, draw: _Draw, salt: int = 103) -> Tensor:
     """Gaussian sensor noise added last, in place, then clipped to [-1, 1]."""
     if noise:
-        image.add_(noise * draw.normal(tuple(image.shape[1:]), salt)).clamp_(-1, 1)
+        image.add_(draw.normal(tuple(image.shape[1:]), salt).mul_(noise)).clamp_(-1, 1)
     return image
 
 
