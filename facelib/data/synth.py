@@ -390,8 +390,17 @@ def _pose_inverse(px_: Tensor, py_: Tensor, yn: Tensor, sin_t: Tensor, squash: T
     if not bool((sin_t != 0).any()):
         return px_.clone()  # frontal: the pose map is the identity
     x = (px_ + sin_t * _Z0) / squash
+    # both Gaussians of the depth factor into an x part and a y part, and y is fixed per row:
+    # the y parts are computed once, on one column
+    amp, sx, sy, cy = _DOME
+    row_y = py_[:, :, :1]
+    dome_y = torch.exp(-0.5 * ((row_y - cy) / sy) ** 2).mul_(amp)
+    nose_y = torch.exp(-0.5 * ((row_y - (yn - 0.08)) / 0.11) ** 2).mul_(0.05)
     for _ in range(_NEWTON_POSE):
-        z, dz = _pose_depth(x, py_, yn)
+        dome = torch.mul(x, 1 / sx).square_().mul_(-0.5).exp_().mul_(dome_y)
+        nose = torch.mul(x, 1 / 0.045).square_().mul_(-0.5).exp_().mul_(nose_y)
+        z = dome + nose
+        dz = (dome.mul_(1 / sx**2).add_(nose.mul_(1 / 0.045**2))).mul_(x).neg_()
         x = x - (squash * x + sin_t * (z - _Z0) - px_) / (squash + sin_t * dz)
     return x
 
