@@ -150,6 +150,51 @@ def test_render_is_deterministic_and_batch_independent():
     assert torch.equal(a["image"], again["image"])
 
 
+def _hash_uniform_int64(ids, count, salt=0):
+    """The identity hash written plainly in int64 with explicit 32-bit masks (the reference)."""
+    m32 = 0xFFFFFFFF
+    x = ((ids.long()[:, None] & m32) * 0x9E3779B1 + torch.arange(count) * 0x85EBCA77 + salt * 0xC2B2AE3D) & m32
+    for mult in (0x7FEB352D, 0x846CA68B, 0x2C1B3C6D):
+        x = x ^ (x >> 16)
+        x = (x * mult) & m32
+    x = x ^ (x >> 15)
+    return (x.double() / 2.0**32).float()
+
+
+def test_int32_hash_equals_the_int64_reference_bit_for_bit():
+    # identities, parameters, light, background and noise all come from this hash: the fast
+    # int32 version (wrapping multiply, masked shifts) must give exactly the same numbers
+    g = torch.Generator().manual_seed(0)
+    ids = torch.cat([torch.randint(-2**62, 2**62, (300,), generator=g), torch.arange(-5, 5),
+                     torch.tensor([2**31 - 1, 2**31, 2**32 - 1, 2**32, -2**31, -2**63])])
+    for salt in (0, 101, 0xFFFFFF):
+        fast = synth._hash_uniform(ids, 3001, salt=salt)
+        assert torch.equal(fast, _hash_uniform_int64(ids, 3001, salt=salt))
+        assert 0 <= float(fast.min()) and float(fast.max()) <= 1
+    noise = synth._Draw(4, None, torch.tensor([1, 2, 3, 4])).normal((3, 40, 40), salt=103)
+    assert abs(float(noise.mean())) < 0.05 and abs(float(noise.std()) - 1) < 0.05
+
+
+def test_renders_match_the_golden_file_the_shipped_weights_were_trained_on():
+    # tests/data/render_golden.npz was rendered by the renderer the shipped checkpoints were
+    # trained with (float16). Speed work must not change the pixels, the landmarks or the flow.
+    from pathlib import Path
+
+    golden = np.load(Path(__file__).parent / "data" / "render_golden.npz")
+    ids = torch.tensor([7, 123456, 42, 999, 31337, 5])
+    aus = emotion_aus(torch.tensor([0, 4, 7, 9, 1, 5]), torch.tensor([0.0, 5.0, 3.5, 4.0, 5.0, 2.0]), ids)
+    yaw = torch.tensor([0.0, 20.0, -35.0, 45.0, 0.0, -10.0])
+    seeded = render(ids, aus, yaw, 48, light="random", background="random", noise=0.02, seeds=ids + 1)
+    plain = render(ids, aus, None, 48)
+    pair = render_pair(ids[:3], aus[3:], aus[:3], yaw[:3], 48, seeds=ids[:3])
+    for name, now in (("seeded", seeded["image"]), ("plain", plain["image"]), ("pair_target", pair["target"])):
+        diff = (now - torch.from_numpy(golden[name].astype(np.float32))).abs()
+        assert float(diff.max()) < 2e-3 and float(diff.mean()) < 2e-4, name  # float16 steps are 1e-3
+    assert (plain["landmarks"] - torch.from_numpy(golden["landmarks"])).abs().max() < 1e-3
+    assert (pair["flow"] - torch.from_numpy(golden["pair_flow"].astype(np.float32))).abs().max() < 0.02
+    assert float((pair["visible"].bool() != torch.from_numpy(golden["pair_visible"])).float().mean()) < 1e-3
+
+
 def test_identities_differ_and_emotions_differ_per_identity():
     ids = torch.arange(6)
     neutral = render(ids, torch.zeros(6, NUM_AUS), None, 32)["image"]
@@ -273,3 +318,26 @@ def test_au_editor_rerenders_when_a_slider_moves():
     box.emotion.value = "surprised"
     assert box.aus()[au_index(26)] > 0 and box.aus()[au_index(12)] == 0
     assert np.frombuffer(box.image.value[:8], np.uint8).tolist() == [137, 80, 78, 71, 13, 10, 26, 10]
+
+
+def test_keep_freed_memory_applies_once_and_honours_the_opt_out(monkeypatch):
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    from facelib import utils
+
+    # in this process the renderer has already applied it (or found no glibc)
+    expected = "tuned" if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" else "unavailable"
+    render(torch.tensor([1]), torch.zeros(17), None, 16)
+    assert utils.keep_freed_memory() == expected
+    code = "import torch, facelib.data as d, facelib.utils as u; d.render(torch.tensor([1]), torch.zeros(17), None, 16); print(u.keep_freed_memory())"
+    for value, want in (("system", "system"), ("tuned", expected)):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FACELIB_MALLOC": value},
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert out == want
+    monkeypatch.setattr(utils, "_malloc_state", None)
+    monkeypatch.setenv("FACELIB_MALLOC", "jemalloc")
+    with pytest.raises(ValueError, match="'tuned' or 'system'"):
+        utils.keep_freed_memory()
