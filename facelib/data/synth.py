@@ -1397,16 +1397,21 @@ def _solve_expression(face: _Face, ux: Tensor, uy: Tensor, lower: Tensor, wx: Te
     """
     h = 1e-3
 
-    def e(x, y):
+    def e(x, y, branch):
         bx, by = _sample_grid(face.grid, x, y)
         y_up, y_low, _, _ = _branches(bx, by, face.P, face.g_up, face.g_low)
-        return bx, torch.where(lower, y_low, y_up)
+        return bx, torch.where(branch, y_low, y_up)
 
-    fx, fy = e(wx, wy)
+    lower3 = torch.cat([lower, lower, lower], -1)
+
+    def e_and_neighbours(x, y):
+        """``e`` at (x, y), (x + h, y) and (x, y + h) in one call (every point is independent)."""
+        bx, by = e(torch.cat([x, x + h, x], -1), torch.cat([y, y, y + h], -1), lower3)
+        return bx.chunk(3, -1), by.chunk(3, -1)
+
     for step in range(_NEWTON_EXPR):
         if step % 3 == 0:  # Newton-chord: refresh the Jacobian every third step
-            ax_, ay_ = e(wx + h, wy)
-            bx_, by_ = e(wx, wy + h)
+            (fx, ax_, bx_), (fy, ay_, by_) = e_and_neighbours(wx, wy)
             j11, j21 = (ax_ - fx) / h, (ay_ - fy) / h
             j12, j22 = (bx_ - fx) / h, (by_ - fy) / h
             det = (j11 * j22 - j12 * j21)
@@ -1416,7 +1421,8 @@ def _solve_expression(face: _Face, ux: Tensor, uy: Tensor, lower: Tensor, wx: Te
         sx, sy = (j22 * rx - j12 * ry) / det, (-j21 * rx + j11 * ry) / det
         scale = (_MAX_STEP / torch.maximum(sx.abs(), sy.abs()).clamp_min(1e-12)).clamp(max=1.0)
         wx, wy = wx - sx * scale, wy - sy * scale
-        fx, fy = e(wx, wy)
+        if (step + 1) % 3 or step + 1 == _NEWTON_EXPR:  # (a refresh step evaluates e itself)
+            fx, fy = e(wx, wy, lower)
     return wx, wy, torch.maximum((fx - ux).abs(), (fy - uy).abs())
 
 
