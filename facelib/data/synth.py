@@ -640,6 +640,16 @@ class _Region:
     def sub(self, index: Tensor) -> "_Region":
         return _Region(self.size, self.squash[index], self.sin[index], self.dx, self.dy, self.r0, self.c0, self.h, self.w)
 
+    def side_windows(self, x0, x1, y0, y1) -> list:
+        """The box ``x0 <= |ux| <= x1`` as a left and a right window, or as one window when those
+        would overlap: for features on both sides of the face, the columns between are skipped."""
+        left = self.window(-x1, -x0, y0, y1, absolute=False)
+        right = self.window(x0, x1, y0, y1, absolute=False)
+        if left and right and left[1].stop <= right[1].start:
+            return [left, right]
+        both = self.window(x0, x1, y0, y1)
+        return [both] if both else []
+
     def window(self, x0, x1, y0, y1, absolute: bool = True):
         """Slices (relative to this region) covering the canonical box; None if it is empty here.
 
@@ -762,8 +772,7 @@ def _wrinkles(ux: Tensor, uy: Tensor, P: dict, sv: dict, px: float, R: _Region) 
             forehead = (0.7 * mean[1] * _gauss(cxm, cuy, 0.0, yb, 0.16, None)
                         + 0.6 * _sided(k[2], cux > 0) * _gauss(cxm, cuy, 0.24, yb, 0.1, None)) * fh
             wr[:, w[0], w[1]] += 0.6 * mean[4] * furrow + 0.5 * mean[9] * nose_lines + 0.4 * forehead
-    w = R.window(ex + ew, ex + ew + 0.15, ye - 0.15, ye + 0.15)
-    if w:
+    for w in R.side_windows(ex + ew, ex + ew + 0.15, ye - 0.15, ye + 0.15):
         cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
         cxm = cux.abs()
         corner_x = ex + ew + 0.012
@@ -818,10 +827,10 @@ def _wrinkles(ux: Tensor, uy: Tensor, P: dict, sv: dict, px: float, R: _Region) 
     return wr, age_dark
 
 
-def _eye_window(R: _Region, P: dict):
+def _eye_windows(R: _Region, P: dict) -> list:
     ex, ew, eh, ye = (_v(P[key]) for key in ("ex", "ew", "eh", "ye"))
     reach = _reach(0.0075, R.px)
-    return R.window(ex - ew - 0.01, ex + 1.15 * ew + 0.01, ye - eh - 0.05 - reach, ye + eh + 0.02 + reach)
+    return R.side_windows(ex - ew - 0.01, ex + 1.15 * ew + 0.01, ye - eh - 0.05 - reach, ye + eh + 0.02 + reach)
 
 
 def _eyelids(cux: Tensor, cuy: Tensor, P: dict, sv: dict, px: float) -> dict[str, Tensor]:
@@ -845,8 +854,7 @@ def _texture_state(ux: Tensor, uy: Tensor, P: dict, sv: dict, px: float, R: _Reg
     """The AU-dependent layers at canonical points: [n, 3, H, W] = (eye opening, lash line, wrinkles)."""
     state = torch.zeros(ux.shape[0], 3, *ux.shape[1:])
     state[:, 2] = _wrinkles(ux, uy, P, sv, px, R)[0]
-    w = _eye_window(R, P)
-    if w:
+    for w in _eye_windows(R, P):
         lids = _eyelids(ux[:, w[0], w[1]], uy[:, w[0], w[1]], P, sv, px)
         state[:, 0, w[0], w[1]] = lids["opening"]
         state[:, 1, w[0], w[1]] = lids["lash"]
@@ -930,8 +938,7 @@ def _face_layer(ux: Tensor, uy: Tensor, P: dict, sv: dict, scene: dict, px: floa
 
     # eyes: sclera, iris, pupil, catch light; lids and lashes
     eye_open = torch.zeros_like(ux)
-    w = _eye_window(R, P)
-    if w:
+    for w in _eye_windows(R, P):
         cux, cuy = ux[:, w[0], w[1]], uy[:, w[0], w[1]]
         lids = _eyelids(cux, cuy, P, sv, px)
         sgn = torch.where(cux > 0, 1.0, -1.0)
@@ -1077,8 +1084,7 @@ def _appearance(ux: Tensor, uy: Tensor, vx: Tensor, vy: Tensor, P: dict, sv: dic
 
     # ears (hidden by medium and long hair)
     ear_s = _v(P["ear"])
-    w = R.window(a - 0.075, a + 0.075, ye - 0.07, ye + 0.21)
-    if w:
+    for w in R.side_windows(a - 0.075, a + 0.075, ye - 0.07, ye + 0.21):
         cux, cuy, cshade = ux[:, w[0], w[1]], uy[:, w[0], w[1]], shade[:, w[0], w[1]]
         ear_r = torch.sqrt(((cux.abs() - a) / (0.055 * ear_s)) ** 2 + ((cuy - ye - 0.07) / (0.11 * ear_s)) ** 2)
         ear = _cover((ear_r - 1) * 0.05, px) * ~long_hair
