@@ -861,21 +861,23 @@ def _texture_state(ux: Tensor, uy: Tensor, P: dict, sv: dict, px: float, R: _Reg
     return state
 
 
-def _face_layer(ux: Tensor, uy: Tensor, P: dict, sv: dict, scene: dict, px: float, gap, shade: Tensor, spec: Tensor, R: _Region):
+def _face_layer(ux: Tensor, uy: Tensor, P: dict, sv: dict, scene: dict, px: float, gap, shade: Tensor, spec: Tensor, R: _Region,
+                keep_state: bool = True):
     """Colour of the face (skin, wrinkles, nose, beard, lips, eyes, brows, shading, mouth interior).
 
     Inputs are already cropped to the face's window. Returns colour [n, 3, h, w], the texture
-    state [n, 3, h, w] and the mouth-interior coverage [n, h, w] (zeros without ``gap``).
+    state [n, 3, h, w] (None unless ``keep_state``) and the mouth-interior coverage [n, h, w] (zeros without ``gap``).
     """
     n = ux.shape[0]
     ex, ew, eh, ye, yb, yn, ym = (_v(P[key]) for key in ("ex", "ew", "eh", "ye", "yb", "yn", "ym"))
     mw, nw, lu, ll = (_v(P[key]) for key in ("mw", "nw", "lu", "ll"))
-    state = torch.zeros(n, 3, *ux.shape[1:])
+    state = torch.zeros(n, 3, *ux.shape[1:]) if keep_state else None
     reach = _reach(0.006, px)  # how far the widest line reaches
 
     # skin: base colour, blush and under-eye darkening, wrinkles
     wr, age_dark = _wrinkles(ux, uy, P, sv, px, R)
-    state[:, 2] = wr
+    if keep_state:
+        state[:, 2] = wr
     colour = _rgb(P["skin"]) * (1 - (wr + age_dark).clamp_(-0.2, 0.7)).unsqueeze(1)
     w = R.window(0.0, 0.56, ye - 0.02, ye + 0.4)  # blush and under-eye
     if w:
@@ -962,8 +964,9 @@ def _face_layer(ux: Tensor, uy: Tensor, P: dict, sv: dict, scene: dict, px: floa
         sub = sub * (1 - (crease + lash_low).clamp(0, 1).unsqueeze(1))
         colour[:, :, w[0], w[1]] = _mix(sub, torch.tensor([0.05, 0.035, 0.03])[None, :, None, None], (0.9 * lids["lash"]).clamp(0, 1))
         eye_open[:, w[0], w[1]] = lids["opening"]
-        state[:, 0, w[0], w[1]] = lids["opening"]
-        state[:, 1, w[0], w[1]] = lids["lash"]
+        if keep_state:
+            state[:, 0, w[0], w[1]] = lids["opening"]
+            state[:, 1, w[0], w[1]] = lids["lash"]
 
     # brows
     brow_in = 0.07
@@ -1017,7 +1020,7 @@ def _paint(out: Tensor, head: Tensor, w, colour: Tensor, alpha: Tensor, bidx=Non
 
 
 def _appearance(ux: Tensor, uy: Tensor, vx: Tensor, vy: Tensor, P: dict, sv: dict, scene: dict, px: float,
-                gap: tuple | None, out: Tensor, R: _Region):
+                gap: tuple | None, out: Tensor, R: _Region, keep_state: bool = True):
     """Paint the head over ``out`` (the background, [n, 3, H, W] in [0, 1], modified in place).
 
     ``ux, uy`` [n, H, W] canonical coordinates; ``sv`` per-side AU quantities; ``scene`` pose and
@@ -1026,13 +1029,14 @@ def _appearance(ux: Tensor, uy: Tensor, vx: Tensor, vy: Tensor, P: dict, sv: dic
     glasses; each is evaluated only in its window.
     ``vx, vy`` are the face-plane points (pose only), where the rigid glasses live.
     Returns head alpha [n, H, W], face-skin alpha, texture state [n, 3, H, W] (eye opening, lash
-    line, wrinkles), the coverage of the mouth interior and the glasses' alpha.
+    line, wrinkles; None unless ``keep_state``: only ``render_pair`` needs it), the coverage of
+    the mouth interior and the glasses' alpha.
     """
     n = ux.shape[0]
     a, b, ye = _v(P["a"]), _v(P["b"]), _v(P["ye"])
     head = torch.zeros_like(ux)
     skin_alpha = torch.zeros_like(ux)
-    state = torch.zeros(n, 3, *ux.shape[1:])
+    state = torch.zeros(n, 3, *ux.shape[1:]) if keep_state else None
     gap_cov = torch.zeros_like(ux)
     shade, spec = _normals_shade(ux, uy, P, scene, R)
 
@@ -1102,9 +1106,11 @@ def _appearance(ux: Tensor, uy: Tensor, vx: Tensor, vy: Tensor, P: dict, sv: dic
         r = torch.lerp(torch.sqrt(rx2 + ry2), torch.sqrt(torch.sqrt(rx2 * rx2 + ry2 * ry2)), t_low.clamp(0, 0.5) * 2 * _v(P["jaw_sq"]))
         face = _cover((r - 1) * torch.minimum(ax, b) * 0.9, px)
         cgap = None if gap is None else (gap[0][:, w[0], w[1]], gap[1][:, w[0], w[1]])
-        colour, cstate, cgap_cov = _face_layer(cux, cuy, P, sv, scene, px, cgap, shade[:, w[0], w[1]], spec[:, w[0], w[1]], R.crop(w))
+        colour, cstate, cgap_cov = _face_layer(cux, cuy, P, sv, scene, px, cgap, shade[:, w[0], w[1]], spec[:, w[0], w[1]], R.crop(w),
+                                               keep_state)
         _paint(out, head, w, colour, face)
-        state[:, :, w[0], w[1]] = cstate
+        if keep_state:
+            state[:, :, w[0], w[1]] = cstate
         gap_cov[:, w[0], w[1]] = cgap_cov
         skin_alpha[:, w[0], w[1]] = face
 
@@ -1348,10 +1354,10 @@ class _Face:
         self.upper = (self.s_up + self.s_low) < 0
         self.uy = torch.where(self.upper, self.uy_up, self.uy_low)
 
-    def shade(self):
+    def shade(self, keep_state: bool = True):
         image = _background(self.scene["background"], self.px_, self.py_)
         head, skin, state, gap, glasses = _appearance(self.ux, self.uy, self.vx, self.vy, self.P, self.sv, self.scene,
-                                                      self.px, (self.s_up, self.s_low), image, self.region)
+                                                      self.px, (self.s_up, self.s_low), image, self.region, keep_state)
         return image.clamp_(0, 1), head, skin, state, gap, glasses
 
 
@@ -1525,7 +1531,7 @@ def render(identity, aus, yaw=None, size: int = 64, *, light=None, background=No
     out = _Gather(n)
     for sl in _chunks(size, yaw, P, aus):
         face = _Face(_select(P, sl), au_l[sl], au_r[sl], _select_scene(scene, sl), size)
-        image, head, skin, _, _, _ = face.shade()
+        image, head, skin, _, _, _ = face.shade(keep_state=False)
         out.put("image", sl, _to_signed(image))
         out.put("landmarks", sl, _landmarks(face))
         out.put("face_mask", sl, skin.unsqueeze(1))
