@@ -1,13 +1,18 @@
 """SynthFaces rendering speed: images per second at 64, 128 and 256 pixels.
 
-    python benchmarks/bench_synth.py [--threads 2] [--processes 1] [--images 2000] [--pairs]
+    python benchmarks/bench_synth.py [--threads 2] [--processes 1] [--images 2000] [--pairs] [--loader]
 
 Faces are rendered as a dataset would (random identities, emotion prototypes at random
 intensities, the multipie look). Besides wall-clock images/s the script prints images per CPU
 second (process time), which is less sensitive to other programs sharing the machine, and the
 ratio between sizes measured in the same run. ``--processes 2`` renders with two
 single-threaded worker processes (as a DataLoader with ``num_workers=2`` would), which uses two
-cores better than intra-op threads on these small tensors.
+cores better than intra-op threads on these small tensors. ``--loader`` also times what training
+sees: ``SynthFaces`` items of each preset through a ``DataLoader`` with two workers (labels,
+per-item light/background/noise, collation and the transfer between processes included).
+
+The renderer lets glibc keep freed memory (``facelib.utils.keep_freed_memory``); run with
+``FACELIB_MALLOC=system`` to measure glibc's default behaviour instead.
 """
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ import time
 
 import torch
 
-from facelib.data import emotion_aus, render, render_pair
+from facelib.data import SynthFaces, emotion_aus, render, render_pair
+from facelib.utils import keep_freed_memory
 
 
 def workload(n: int, seed: int = 0):
@@ -72,16 +78,34 @@ def measure_processes(ids, aus, size: int, processes: int, repeats: int = 3) -> 
     return best
 
 
+def measure_loader(preset: str, size: int = 64, images: int = 4096, batch_size: int = 256, workers: int = 2) -> float:
+    """Images/s of ``SynthFaces(preset)`` through a DataLoader (after the workers' first batch)."""
+    from torch.utils.data import DataLoader
+
+    data = SynthFaces(preset, "train", size=size)
+    loader = DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=True,
+                        generator=torch.Generator().manual_seed(0))
+    next(iter(loader))  # start the workers
+    seen, start = 0, time.perf_counter()
+    while seen < images:
+        for batch in loader:
+            seen += len(batch["image"])
+            if seen >= images:
+                break
+    return seen / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--processes", type=int, default=1, help="worker processes (1 thread each) for a second measurement")
     parser.add_argument("--images", type=int, default=2000, help="images rendered at 64x64 (fewer at larger sizes)")
     parser.add_argument("--pairs", action="store_true", help="also time render_pair (pairs with flow)")
+    parser.add_argument("--loader", action="store_true", help="also time SynthFaces presets through a 2-worker DataLoader")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     render(*workload(64)[:2], None, 64)  # warm-up
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, allocator: {keep_freed_memory()}")
     rates = {}
     for size in (64, 128, 256):
         n = max(32, args.images * 64 * 64 // (size * size))
@@ -97,6 +121,10 @@ def main() -> None:
             print(f"pairs  {size:4d}x{size:<4d}: {n / wall:8.0f} pairs/s    {n / cpu:8.0f} pairs per CPU-second")
     print(f"same-run ratios: 64/128 = {rates[64] / rates[128]:.2f}, 64/256 = {rates[64] / rates[256]:.2f} "
           f"(pixel ratios 4 and 16)")
+    if args.loader:
+        for preset in ("multipie", "rafd", "oulu", "emotionet"):
+            print(f"SynthFaces({preset!r}) 64x64 through a DataLoader (2 workers, batch 256): "
+                  f"{measure_loader(preset):6.0f} images/s")
     ref = reference_seconds()
     print(f"reference workload (100 x exp/mul/add on 78x64x64): {ref * 1e3:.0f} ms; "
           f"64x64 images rendered per reference workload: {rates[64] * ref:.0f}")
