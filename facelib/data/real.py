@@ -159,10 +159,25 @@ def _image_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def _warn_skipped(skipped: list[Path], name: str, example: str) -> None:
+def _warn_skipped(skipped: list[Path], name: str, example: str, stacklevel: int = 3) -> None:
     if skipped:
         warnings.warn(f"skipped {len(skipped)} image file(s) not named like {name} files "
-                      f"(e.g. {skipped[0].name}; expected names like {example})", stacklevel=3)
+                      f"(e.g. {skipped[0].name}; expected names like {example})", stacklevel=stacklevel)
+
+
+def _named_images(root: Path, pattern: re.Pattern, name: str, example: str):
+    """``(path, match)`` for the image files under ``root`` whose stem matches ``pattern``.
+
+    The other image files are skipped with one warning at the end (naming ``example``).
+    """
+    skipped = []
+    for path in _image_files(root):
+        match = pattern.match(path.stem)
+        if match is None:
+            skipped.append(path)
+        else:
+            yield path, match
+    _warn_skipped(skipped, name, example, stacklevel=4)  # the loader's caller, past this generator
 
 
 def _select(value, allowed, what: str) -> set | None:
@@ -202,12 +217,8 @@ class RaFD(RealFaces):
                  align: bool = False, seed: int = 0, fractions=(0.8, 0.1, 0.1)):
         root = _dataset_root(root, "RaFD")
         angles, gazes = _select(angles, RAFD_ANGLES, "RaFD angle"), _select(gazes, RAFD_GAZES, "RaFD gaze")
-        records, skipped = [], []
-        for path in _image_files(root):
-            match = _RAFD_NAME.match(path.stem)
-            if match is None:
-                skipped.append(path)
-                continue
+        records = []
+        for path, match in _named_images(root, _RAFD_NAME, "RaFD", "Rafd090_01_Caucasian_female_angry_frontal.jpg"):
             fields = match.groupdict()
             angle, gaze = int(fields["angle"]), fields["gaze"].lower()
             if angle not in RAFD_ANGLES:
@@ -220,7 +231,6 @@ class RaFD(RealFaces):
                 raise ValueError(f"{path.name}: {err}") from None
             meta = {"angle": angle, "gaze": gaze, "gender": fields["gender"].lower(), "ethnicity": fields["ethnicity"]}
             records.append(Record(path, int(fields["subject"]), emotion, yaw=float(angle - 90), meta=meta))
-        _warn_skipped(skipped, "RaFD", "Rafd090_01_Caucasian_female_angry_frontal.jpg")
         if not records:
             raise ValueError(f"no RaFD images found under {root} (with the filters given); expected files "
                              f"named like Rafd090_01_Caucasian_female_angry_frontal.jpg")
@@ -340,12 +350,8 @@ class MultiPIE(RealFaces):
         cameras = _select(cameras, tuple(MULTIPIE_CAMERA_YAW), "Multi-PIE camera")
         illuminations = _select(illuminations, tuple(range(20)), "Multi-PIE illumination")
         sessions = _select(sessions, (1, 2, 3, 4), "Multi-PIE session")
-        records, skipped = [], []
-        for path in _image_files(root):
-            match = _MULTIPIE_NAME.match(path.stem)
-            if match is None:
-                skipped.append(path)
-                continue
+        records = []
+        for path, match in _named_images(root, _MULTIPIE_NAME, "Multi-PIE", "001_01_01_051_00.png"):
             fields = {k: int(v) for k, v in match.groupdict().items() if k != "camera"}
             camera = f"{match['camera'][:2]}_{match['camera'][2]}"
             if camera not in MULTIPIE_CAMERA_YAW:
@@ -362,7 +368,6 @@ class MultiPIE(RealFaces):
             meta = {"session": key[0], "recording": key[1], "camera": camera, "illumination": fields["illumination"]}
             records.append(Record(path, fields["subject"], expression_index(MULTIPIE_EXPRESSIONS[key]),
                                   yaw=MULTIPIE_CAMERA_YAW[camera], meta=meta))
-        _warn_skipped(skipped, "Multi-PIE", "001_01_01_051_00.png")
         if not records:
             raise ValueError(f"no Multi-PIE images found under {root} (with the filters given); expected files "
                              f"named like session01/multiview/001/01/05_1/001_01_01_051_00.png")
