@@ -36,9 +36,10 @@ on the rows and columns where their box can appear (rows do not depend on the ya
 are rendered in groups of similar pose and the same active AUs (a layer no face in the group
 shows is skipped); the first render lets glibc keep freed memory for reuse
 (:func:`facelib.utils.keep_freed_memory`; ``FACELIB_MALLOC=system`` opts out). A face renders
-identically alone or in any batch (up to float rounding). Edges are anti-aliased over 2 pixels and lines never get thinner than 0.6
-pixels, so a bilinear warp by a fractional flow can reproduce them: the premise of the
-ground-truth check (warp(source, flow) == target over ``visible``).
+identically alone or in any batch (up to float rounding). Edges are anti-aliased over 2 pixels
+and lines never get thinner than 0.6 pixels, so a bilinear warp by a fractional flow can
+reproduce them: the premise of the ground-truth check (warp(source, flow) == target over
+``visible``).
 """
 from __future__ import annotations
 
@@ -307,7 +308,9 @@ def _line(d: Tensor, width, px: float) -> Tensor:
     the same at every resolution. The profile is :func:`_bell`, zero beyond 2.83 widths.
     """
     w2 = width * width + (_LINE_MIN * px) ** 2
-    return _bell_(torch.square(d).div_(w2) if isinstance(w2, float) else torch.square(d) / w2).mul_(width / w2**0.5)
+    q = torch.square(d)
+    q = q.div_(w2) if isinstance(w2, float) else q / w2  # a per-pixel width may broadcast: not in place
+    return _bell_(q).mul_(width / w2**0.5)
 
 
 def _reach(width: float, px: float) -> float:
@@ -866,7 +869,8 @@ def _face_layer(ux: Tensor, uy: Tensor, P: dict, sv: dict, scene: dict, px: floa
     """Colour of the face (skin, wrinkles, nose, beard, lips, eyes, brows, shading, mouth interior).
 
     Inputs are already cropped to the face's window. Returns colour [n, 3, h, w], the texture
-    state [n, 3, h, w] (None unless ``keep_state``) and the mouth-interior coverage [n, h, w] (zeros without ``gap``).
+    state [n, 3, h, w] (None unless ``keep_state``) and the mouth-interior coverage [n, h, w]
+    (zeros without ``gap``).
     """
     n = ux.shape[0]
     ex, ew, eh, ye, yb, yn, ym = (_v(P[key]) for key in ("ex", "ew", "eh", "ye", "yb", "yn", "ym"))
