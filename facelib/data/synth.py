@@ -372,19 +372,35 @@ _Z0 = 0.2  # depth of the rotation axis, so the head turns about its middle, not
 _NEWTON_POSE = 4
 
 
-def _pose_depth(x: Tensor, y: Tensor, yn: Tensor) -> tuple[Tensor, Tensor]:
-    """Depth of the face surface used for the pose map, and its x-derivative (``yn``: nose height)."""
-    amp, sx, sy, cy = _DOME
-    dome = amp * torch.exp(-0.5 * ((x / sx) ** 2 + ((y - cy) / sy) ** 2))
-    nose = 0.05 * torch.exp(-0.5 * ((x / 0.045) ** 2 + ((y - (yn - 0.08)) / 0.11) ** 2))
+_NOSE = (0.05, 0.045, 0.11, 0.08)  # amplitude, sigma_x, sigma_y, height above the nose tip
+
+
+def _depth_rows(y: Tensor, yn: Tensor) -> tuple[Tensor, Tensor]:
+    """The y factors of the depth surface's two Gaussians (dome, nose), amplitudes included.
+
+    Both Gaussians factor into an x part and a y part; the pose inverse works row by row, so it
+    computes these once per row instead of once per Newton step and pixel.
+    """
+    amp, _, sy, cy = _DOME
+    nose_amp, _, nose_sy, nose_up = _NOSE
+    dome_y = torch.exp(-0.5 * ((y - cy) / sy) ** 2).mul_(amp)
+    nose_y = torch.exp(-0.5 * ((y - (yn - nose_up)) / nose_sy) ** 2).mul_(nose_amp)
+    return dome_y, nose_y
+
+
+def _pose_depth(x: Tensor, dome_y: Tensor, nose_y: Tensor) -> tuple[Tensor, Tensor]:
+    """Depth of the face surface used for the pose map and its x-derivative, from :func:`_depth_rows`."""
+    sx, nose_sx = _DOME[1], _NOSE[1]
+    dome = torch.mul(x, 1 / sx).square_().mul_(-0.5).exp_().mul_(dome_y)
+    nose = torch.mul(x, 1 / nose_sx).square_().mul_(-0.5).exp_().mul_(nose_y)
     z = dome + nose
-    dz = -dome * x / sx**2 - nose * x / 0.045**2
+    dz = dome.mul_(1 / sx**2).add_(nose.mul_(1 / nose_sx**2)).mul_(x).neg_()
     return z, dz
 
 
 def _pose_forward(w: Tensor, yn: Tensor, sin_t: Tensor, squash: Tensor) -> Tensor:
     """Face-plane points ``w`` [n,2,...] -> image points (normalised)."""
-    z, _ = _pose_depth(w[:, 0], w[:, 1], yn)
+    z, _ = _pose_depth(w[:, 0], *_depth_rows(w[:, 1], yn))
     return torch.stack([squash * w[:, 0] + sin_t * (z - _Z0), w[:, 1]], 1)
 
 
@@ -393,17 +409,9 @@ def _pose_inverse(px_: Tensor, py_: Tensor, yn: Tensor, sin_t: Tensor, squash: T
     if not bool((sin_t != 0).any()):
         return px_.clone()  # frontal: the pose map is the identity
     x = (px_ + sin_t * _Z0) / squash
-    # both Gaussians of the depth factor into an x part and a y part, and y is fixed per row:
-    # the y parts are computed once, on one column
-    amp, sx, sy, cy = _DOME
-    row_y = py_[:, :, :1]
-    dome_y = torch.exp(-0.5 * ((row_y - cy) / sy) ** 2).mul_(amp)
-    nose_y = torch.exp(-0.5 * ((row_y - (yn - 0.08)) / 0.11) ** 2).mul_(0.05)
+    rows = _depth_rows(py_[:, :, :1], yn)  # y is fixed along a pixel row: one column suffices
     for _ in range(_NEWTON_POSE):
-        dome = torch.mul(x, 1 / sx).square_().mul_(-0.5).exp_().mul_(dome_y)
-        nose = torch.mul(x, 1 / 0.045).square_().mul_(-0.5).exp_().mul_(nose_y)
-        z = dome + nose
-        dz = (dome.mul_(1 / sx**2).add_(nose.mul_(1 / 0.045**2))).mul_(x).neg_()
+        z, dz = _pose_depth(x, *rows)
         x = x - (squash * x + sin_t * (z - _Z0) - px_) / (squash + sin_t * dz)
     return x
 
