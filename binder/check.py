@@ -110,10 +110,10 @@ def dockerfile_lock(python: Path) -> Path:
     return package / "buildpacks" / "conda" / lock_name
 
 
-def base_packages(lock: Path) -> dict[str, str]:
-    """PyPI name -> version of every Python package in a conda-lock explicit file."""
+def base_packages(lock_lines: list[str]) -> dict[str, str]:
+    """PyPI name -> version of every Python package in the lines of a conda-lock explicit file."""
     found = {}
-    for line in lock.read_text(encoding="utf-8").splitlines():
+    for line in lock_lines:
         if not line.startswith("https://"):
             continue
         filename = line.rsplit("/", 1)[1].split("#")[0].removesuffix(".conda").removesuffix(".tar.bz2")
@@ -172,7 +172,7 @@ def main() -> int:
     BUILD.mkdir(parents=True, exist_ok=True)
     python = throwaway_venv()
     lock = dockerfile_lock(python)
-    base_versions = base_packages(lock)
+    base_versions = base_packages(lock.read_text(encoding="utf-8").splitlines())
     print(f"base env: {len(base_versions)} Python packages, e.g. notebook {base_versions.get('notebook')},",
           f"jupyterlab {base_versions.get('jupyterlab')}")
     # metadata only (pip resolves and reports, installs nothing)

@@ -87,7 +87,7 @@ def image_grid(
     return grid
 
 
-#: Nearest-neighbour upscaling makes every tile at least this many screen pixels tall by default.
+#: By default, nearest-neighbour upscaling by a whole factor makes a tile about this many screen pixels tall.
 MIN_TILE_PIXELS = 128
 
 
@@ -129,8 +129,9 @@ def show_images(
     - ``row_labels``: one per row, left of it (e.g. ``source``, ``target``, ``flow``).
 
     When ``ax`` is None a new figure is made in which each tile is ``scale`` screen pixels per
-    image pixel (nearest neighbour, so no pixel is blurred). By default ``scale`` makes a tile
-    at least :data:`MIN_TILE_PIXELS` tall at ``figure.dpi``: a 64x64 face is shown 128x128.
+    image pixel (nearest neighbour, so no pixel is blurred). By default ``scale`` is the whole
+    factor that shows a tile closest to :data:`MIN_TILE_PIXELS` tall at ``figure.dpi``: a 64x64
+    face is shown 128x128, a 96x96 one as it is.
     """
     import matplotlib.pyplot as plt
 
@@ -151,7 +152,7 @@ def show_images(
         raise ValueError(f"scale must be an int >= 1 (screen pixels per image pixel), got {scale!r}")
     dpi = plt.rcParams["figure.dpi"] if ax is None else ax.figure.dpi
     if scale is None:
-        scale = max(1, math.ceil(MIN_TILE_PIXELS / height)) if ax is None else None
+        scale = max(1, round(MIN_TILE_PIXELS / height)) if ax is None else None
     if scale is None:  # an Axes of the caller's: the scale its current size gives
         box = ax.get_window_extent()
         scale = max(box.width / (columns * (width + padding) + padding), 1e-3)
