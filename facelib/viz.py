@@ -87,6 +87,26 @@ def image_grid(
     return grid
 
 
+#: By default, nearest-neighbour upscaling by a whole factor makes a tile about this many screen pixels tall.
+MIN_TILE_PIXELS = 128
+
+
+def _fit_label(text: str, width_points: float, fontsize: float) -> tuple[str, float]:
+    """``text`` wrapped onto at most two lines, and the font size at which it fits ``width_points``.
+
+    A label is never cut: a long one wraps at a space, then shrinks (down to 6 pt).
+    """
+    import textwrap
+
+    characters = max(1, int(width_points / (0.6 * fontsize)))  # ~0.6 em per character (DejaVu Sans)
+    lines = textwrap.wrap(text, characters) if len(text) > characters and " " in text else [text]
+    if len(lines) > 2:
+        lines = textwrap.wrap(text, math.ceil(len(text) / 2))[:2] if " " in text else [text]
+    longest = max(len(line) for line in lines)
+    size = max(6.0, min(fontsize, width_points / (0.6 * longest)))
+    return "\n".join(lines), size
+
+
 def show_images(
     images,
     titles: Sequence[str] | None = None,
@@ -94,11 +114,24 @@ def show_images(
     ax=None,
     value_range: tuple[float, float] = (-1.0, 1.0),
     padding: int = 2,
+    row_labels: Sequence[str] | None = None,
+    column_labels: Sequence[str] | None = None,
+    scale: int | None = None,
+    fontsize: float = 9.0,
 ):
-    """Draw ``images`` ``[B, C, H, W]`` (or one ``[C, H, W]``) as a grid on ``ax``; return the Axes.
+    """Draw ``images`` ``[B, C, H, W]`` (or one ``[C, H, W]``) as a grid; return the Axes.
 
-    ``titles``: one short label per image, written above its tile. A new figure is made
-    when ``ax`` is None, sized so 64x64 faces stay legible.
+    Labels, all optional, are never cut and never overlap (a long one wraps onto two lines,
+    then shrinks):
+
+    - ``titles``: one label per image, above its tile;
+    - ``column_labels``: one per column, above the top row (e.g. ``t=0 ... t=1``);
+    - ``row_labels``: one per row, left of it (e.g. ``source``, ``target``, ``flow``).
+
+    When ``ax`` is None a new figure is made in which each tile is ``scale`` screen pixels per
+    image pixel (nearest neighbour, so no pixel is blurred). By default ``scale`` is the whole
+    factor that shows a tile closest to :data:`MIN_TILE_PIXELS` tall at ``figure.dpi``: a 64x64
+    face is shown 128x128, a 96x96 one as it is.
     """
     import matplotlib.pyplot as plt
 
@@ -106,20 +139,63 @@ def show_images(
     if isinstance(batch, np.ndarray) and batch.ndim == 3:
         batch = batch[None]
     count, _, height, width = batch.shape
-    if titles is not None and len(titles) != count:
-        raise ValueError(f"titles must give one label per image: got {len(titles)} titles for {count} images")
-    title_space = max(6, round(0.25 * height)) if titles else 0
-    grid = image_grid(batch, nrow=nrow, padding=padding, value_range=value_range, title_space=title_space)
     columns = min(nrow, count)
     rows = math.ceil(count / columns)
+    for name, labels, expected in (("titles", titles, count), ("column_labels", column_labels, columns),
+                                   ("row_labels", row_labels, rows)):
+        if labels is not None and len(labels) != expected:
+            raise ValueError(
+                f"{name} must give one label per {'image' if name == 'titles' else name[:-7]}: "
+                f"got {len(labels)} for {expected} ({count} images in {rows} rows of {columns})"
+            )
+    if scale is not None and (not isinstance(scale, int) or scale < 1):
+        raise ValueError(f"scale must be an int >= 1 (screen pixels per image pixel), got {scale!r}")
+    dpi = plt.rcParams["figure.dpi"] if ax is None else ax.figure.dpi
+    if scale is None:
+        scale = max(1, round(MIN_TILE_PIXELS / height)) if ax is None else None
+    if scale is None:  # an Axes of the caller's: the scale its current size gives
+        box = ax.get_window_extent()
+        scale = max(box.width / (columns * (width + padding) + padding), 1e-3)
+    points_per_pixel = scale * 72.0 / dpi  # one image pixel, in typographic points
+
+    def fitted(labels):
+        return [_fit_label(str(label), (width + padding) * points_per_pixel - 2, fontsize) for label in labels]
+
+    tile_titles = fitted(titles) if titles is not None else None
+    header = fitted(column_labels) if column_labels is not None else None
+    # room above each row (titles) or above the first row only (column labels), in image pixels
+    def band(labels):
+        lines = max(label.count("\n") + 1 for label, _ in labels)
+        return math.ceil((lines * 1.25 * fontsize + 3) / points_per_pixel)
+
+    title_space = band(tile_titles) if tile_titles else 0
+    header_space = band(header) if header else 0
+    grid = image_grid(batch, nrow=nrow, padding=padding, value_range=value_range, title_space=title_space)
+    if header_space:
+        grid = np.concatenate([np.full((header_space, grid.shape[1], 3), 1.0, dtype=grid.dtype), grid])
     if ax is None:
-        _, ax = plt.subplots(figsize=(1.4 * columns + 0.4, 1.4 * rows * (1 + title_space / height) + 0.2))
+        label_inches = 0.0
+        if row_labels is not None:
+            label_inches = max(len(str(label)) for label in row_labels) * 0.6 * fontsize / 72 + 0.1
+        _, ax = plt.subplots(figsize=(grid.shape[1] * scale / dpi + label_inches, grid.shape[0] * scale / dpi))
+        ax.set_position([label_inches / ax.figure.get_figwidth(), 0, 1 - label_inches / ax.figure.get_figwidth(), 1])
     ax.imshow(grid, interpolation="nearest")
     ax.set_axis_off()
-    for index, title in enumerate(titles or ()):
-        x = padding + (index % columns) * (width + padding) + width / 2
-        tile_top = padding + title_space + (index // columns) * (height + padding + title_space)
-        ax.text(x, tile_top - 1, str(title), ha="center", va="bottom", fontsize=8)
+
+    def column_centre(column):
+        return padding + column * (width + padding) + width / 2
+
+    def tile_top(row):
+        return header_space + padding + title_space + row * (height + padding + title_space)
+
+    for index, (text, size) in enumerate(tile_titles or ()):
+        ax.text(column_centre(index % columns), tile_top(index // columns) - 1, text, ha="center", va="bottom",
+                fontsize=size, linespacing=1.1)
+    for column, (text, size) in enumerate(header or ()):
+        ax.text(column_centre(column), header_space + padding - 1, text, ha="center", va="bottom",
+                fontsize=size, linespacing=1.1)
+    for row, label in enumerate(row_labels or ()):
+        ax.text(-1, tile_top(row) + height / 2, str(label), ha="right", va="center", fontsize=fontsize)
     return ax
 
 
@@ -146,8 +222,10 @@ def plot_losses(
     smooth: int = 1,
     logy: bool = False,
     title: str | None = None,
+    separate: bool = False,
+    labels: dict[str, str] | None = None,
 ):
-    """Plot loss curves from a training log; return the Axes.
+    """Plot loss curves from a training log; return the Axes (``separate``: an array of them).
 
     ``log``: a JSONL file, a run folder holding ``log.jsonl`` (as ``facelib.train.Trainer``
     writes it), a DataFrame or a list of dicts.
@@ -155,6 +233,11 @@ def plot_losses(
     evaluation logged every 100 steps). ``keys`` picks the losses; by default every
     numeric column except bookkeeping (:data:`NOT_LOSSES`). ``smooth`` > 1 draws a
     centred moving average over that many logged points.
+
+    ``separate=True`` draws each loss on its own Axes, side by side, each with its own y
+    scale: terms of one objective often differ by orders of magnitude and move in opposite
+    directions (a VAE's reconstruction falls while its KL rises), which one shared axis hides.
+    ``labels`` renames losses on the axes, e.g. ``{"prior": "Eq. 3 KL"}``.
     """
     import matplotlib.pyplot as plt
 
@@ -173,22 +256,42 @@ def plot_losses(
         raise ValueError(f"loss log has no numeric loss columns; columns: {list(frame.columns)}")
     if smooth < 1:
         raise ValueError(f"smooth must be a window of >= 1 logged points, got {smooth}")
+    labels = dict(labels or {})
+    unknown = sorted(set(labels) - set(keys))
+    if unknown:
+        raise ValueError(f"labels names losses that are not plotted: {unknown}; plotted: {list(keys)}")
     steps = frame["step"] if "step" in frame.columns else frame.index.to_series()
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3.5))
-    for key in keys:
+    if separate:
+        if ax is not None:
+            axes = np.asarray(ax).reshape(-1)
+            if len(axes) != len(keys):
+                raise ValueError(f"separate=True needs one Axes per loss: got {len(axes)} Axes for {len(keys)} losses")
+        else:
+            _, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.0), squeeze=False, layout="constrained")
+            axes = axes[0]
+    else:
+        axes = [ax if ax is not None else plt.subplots(figsize=(6, 3.5))[1]] * len(keys)
+    for key, key_ax in zip(keys, axes):
         series = frame[key].set_axis(steps.to_numpy()).dropna()
         if smooth > 1:
             series = series.rolling(smooth, center=True, min_periods=1).mean()
-        ax.plot(series.index, series.to_numpy(), label=key)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    if logy:
-        ax.set_yscale("log")
+        key_ax.plot(series.index, series.to_numpy(), label=labels.get(key, key))
+    for key_ax in dict.fromkeys(axes):  # each Axes once
+        key_ax.set_xlabel("step")
+        if logy:
+            key_ax.set_yscale("log")
+        key_ax.grid(alpha=0.3)
+    if separate:
+        for key, key_ax in zip(keys, axes):
+            key_ax.set_ylabel(labels.get(key, key))
+        if title:
+            axes[0].figure.suptitle(title)
+        return np.asarray(axes)
+    ax = axes[0]
+    ax.set_ylabel("loss" if len(keys) > 1 else labels.get(keys[0], keys[0]))
     if title:
         ax.set_title(title)
     ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
     return ax
 
 

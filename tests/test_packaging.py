@@ -89,11 +89,37 @@ def test_every_package_dependency_is_pinned():
     assert any(dep.replace(" ", "").startswith("opencv-python-headless<5") for dep in project["dependencies"])
 
 
+CPU_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
+
+
+def requirement_lines(path: Path) -> list[str]:
+    return [line.split("#")[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_the_readme_install_command_gets_cpu_torch():
+    # PyPI's Linux torch wheel pulls several GB of nvidia-* wheels; PyTorch's CPU index offers
+    # 2.13.0+cpu, which pip prefers to 2.13.0 (a local version sorts above its base version)
+    assert CPU_INDEX in requirement_lines(REPO / "requirements.txt"), "requirements.txt must name the CPU wheel index"
+    # no "+cpu" in the pin: the CPU index's macOS wheels carry no local version
+    assert pins(REPO / "requirements.txt")["torch"] == "2.13.0"
+    script = CI.read_text(encoding="utf-8")
+    assert "grep -i '^nvidia-'" in script, ".ci/run keeps failing when an nvidia-* package was installed"
+    # where the CPU index is unreachable pip retries it for every package (5 retries with back-off,
+    # about 8 s each): CI allows one immediate retry, before it installs
+    retries = script.index('export PIP_RETRIES="${PIP_RETRIES:-1}"')
+    assert retries < script.index("pip install -r requirements.txt")
+    assert "PIP_RETRIES=1" in README and "pip uninstall -y torch && pip install torch==2.13.0" in README
+
+
 def test_binder_pins_agree_with_requirements():
     binder = REPO / "binder"
-    assert pins(binder / "requirements.txt") == pins(REPO / "requirements.txt")
+    binder_pins = pins(binder / "requirements.txt")
+    # Binder's base environment already has notebook; it is pinned to the release that goes with our
+    # jupyterlab (notebook 7.N requires jupyterlab 4.N), or pip leaves a notebook that rejects it
+    assert binder_pins.pop("notebook").split(".")[:2] == ["7", pins(REPO / "requirements.txt")["jupyterlab"].split(".")[1]]
+    assert binder_pins == pins(REPO / "requirements.txt")
     lines = [line.strip() for line in (binder / "requirements.txt").read_text(encoding="utf-8").splitlines()]
-    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in lines, "Binder has no GPU: CPU torch"
+    assert CPU_INDEX in lines, "Binder has no GPU: CPU torch"
     assert "-e ." not in lines, "postBuild installs facelib (requirements are installed before the repo is)"
     assert (binder / "runtime.txt").read_text(encoding="utf-8").strip() == "python-3.11"
     post_build = binder / "postBuild"
@@ -123,3 +149,71 @@ def test_readme_mentions_every_notebook_and_claims_none_that_is_missing():
 def test_no_machine_paths_in_release_files(path):
     text = (REPO / path).read_text(encoding="utf-8")
     assert not re.search(r"(?<![\w.])/(work|root|home|tmp)/", text), f"{path} names a path of one machine"
+
+
+def load_binder_check():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("binder_check", REPO / "binder" / "check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_binder_check_finds_a_base_package_that_our_pins_break():
+    """binder/check.py's model of `pip install -r binder/requirements.txt` on repo2docker's base env.
+
+    The incident it guards against: the base env's notebook 7.4.7 requires jupyterlab<4.5, and
+    pinning jupyterlab 4.6.6 alone leaves that notebook in place (pip does not re-check it).
+    """
+    pytest.importorskip("packaging")
+    check = load_binder_check()
+    base = {
+        "notebook": ("7.4.7", ["jupyterlab<4.5,>=4.4.9", "tornado>=6.2.0"]),
+        "jupyterlab": ("4.4.9", ["tornado>=6.2.0"]),
+        "tornado": ("6.5.2", []),
+    }
+    only_jupyterlab = {"jupyterlab": ("4.6.6", ["tornado>=6.2.0"]), "tornado": ("6.6.1", [])}
+    environment = check.emulate_install(base, only_jupyterlab)
+    # jupyterlab is pinned, so replaced; tornado 6.5.2 already satisfies >=6.2.0, so pip keeps it
+    assert environment == {"notebook": "7.4.7", "jupyterlab": "4.6.6", "tornado": "6.5.2"}
+    assert check.clashes(environment, {**base, **only_jupyterlab}) == [
+        "notebook 7.4.7 requires jupyterlab<4.5,>=4.4.9, but the image would have jupyterlab 4.6.6"
+    ]
+    with_notebook = {**only_jupyterlab, "notebook": ("7.6.5", ["jupyterlab<4.7,>=4.6.6"])}
+    environment = check.emulate_install(base, with_notebook)
+    assert check.clashes(environment, {**base, **with_notebook}) == []
+    # the lock-file reader keeps Python distributions under their PyPI names, and skips the rest
+    lock = [
+        "@EXPLICIT",
+        "https://conda.anaconda.org/conda-forge/noarch/notebook-7.4.7-pyhd8ed1ab_0.conda#e8",
+        "https://conda.anaconda.org/conda-forge/noarch/nbconvert-core-7.16.6-pyh29332c3_0.conda#a1",
+        "https://conda.anaconda.org/conda-forge/linux-64/tornado-6.5.2-py311h49ec1c0_1.conda#b2",
+        "https://conda.anaconda.org/conda-forge/linux-64/nodejs-20.19.5-hf7ee748_0.conda#c3",
+        "https://conda.anaconda.org/conda-forge/linux-64/python-3.11.14-hfe2f287_1_cpython.conda#d4",
+    ]
+    assert check.base_packages(lock) == {"notebook": "7.4.7", "nbconvert": "7.16.6", "tornado": "6.5.2"}
+
+
+def test_binder_badge_opens_the_repository_named_in_pyproject():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    urls = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["urls"]
+    match = re.fullmatch(r"https://github\.com/([\w.-]+)/([\w.-]+)", urls["Repository"])
+    assert match, f"[project.urls] Repository must be https://github.com/OWNER/NAME, got {urls['Repository']!r}"
+    badges = re.findall(r"\]\((https://mybinder\.org/v2/gh/[^)\s]+)\)", README)
+    assert badges == [f"https://mybinder.org/v2/gh/{match[1]}/{match[2]}/HEAD?urlpath=lab/tree/notebooks"], (
+        f"the Binder badge must open {urls['Repository']} (pyproject.toml's Repository URL); found {badges}"
+    )
+
+
+def test_jupyterlab_instructions_cover_root_and_use_current_option_names():
+    section = README.split("### Open the tutorials in JupyterLab", 1)[1].split("\n### ", 1)[0]
+    assert "--allow-root" in section and "root" in section.replace("--allow-root", "")
+    # Jupyter Server 2 deprecated the ServerApp spelling of the token option for IdentityProvider.token
+    skip = {".git", ".venv", "build", "node_modules", ".ipynb_checkpoints", "__pycache__", "runs", ".cache"}
+    old = "ServerApp" + ".token"  # split, so this file does not match itself
+    for path in REPO.rglob("*"):
+        if path.is_file() and not skip & set(path.relative_to(REPO).parts) and path.suffix in {
+            ".md", ".py", ".ipynb", ".txt", ".toml", ".cfg", ".sh", ".yml", ".yaml", ""
+        }:
+            assert old not in path.read_text(encoding="utf-8", errors="replace"), f"{path.relative_to(REPO)} uses {old}"

@@ -146,3 +146,71 @@ def test_plot_tsne_legend_uses_label_names():
         plot_tsne(features, labels, label_names=["neutral"])
     with pytest.raises(ValueError, match="entries"):
         plot_tsne(features, labels[:5])
+
+
+def _text_boxes(ax):
+    """Rendered bounding boxes (display pixels) of every text drawn on ``ax``, by string."""
+    renderer = ax.figure.canvas.get_renderer()
+    return {text.get_text(): text.get_window_extent(renderer) for text in ax.texts}
+
+
+def test_show_images_default_size_makes_small_faces_readable():
+    plt.rcParams["figure.dpi"] = 80
+    ax = show_images(torch.zeros(10, 3, 64, 64), nrow=10)
+    renderer = ax.figure.canvas.get_renderer()
+    tile_pixels = ax.get_images()[0].get_window_extent(renderer).width / 10
+    assert tile_pixels >= 120, f"a 64x64 face is drawn {tile_pixels:.0f} px wide; it must be about 128"
+    # big images are not blown up
+    ax = show_images(torch.zeros(2, 3, 256, 256), nrow=2)
+    assert ax.get_images()[0].get_window_extent(renderer).width == pytest.approx(2 * 256 + 3 * 2, abs=2)
+
+
+def test_show_images_long_titles_are_whole_and_do_not_overlap():
+    titles = [f"contemptuous id {i}" for i in (1, 5, 8, 12, 20, 31, 44, 57)] + ["disgusted", "surprised"]
+    ax = show_images(torch.rand(10, 3, 64, 64) * 2 - 1, titles=titles, nrow=10)
+    ax.figure.canvas.draw()
+    boxes = _text_boxes(ax)
+    assert sorted(text.replace("\n", " ") for text in boxes) == sorted(titles), "titles are never cut"
+    ordered = sorted(boxes.values(), key=lambda box: box.x0)
+    for left, right in zip(ordered, ordered[1:]):
+        assert left.x1 <= right.x0 + 0.5, "neighbouring titles overlap"
+
+
+def test_show_images_row_and_column_labels():
+    images = torch.rand(6, 3, 16, 16) * 2 - 1
+    ax = show_images(images, nrow=3, row_labels=["source", "weight of S1"], column_labels=["t=0", "t=0.5", "t=1"])
+    ax.figure.canvas.draw()
+    boxes = _text_boxes(ax)
+    image_box = ax.get_images()[0].get_window_extent(ax.figure.canvas.get_renderer())
+    for label in ("source", "weight of S1"):
+        assert boxes[label].x1 <= image_box.x0 + 0.5, "row labels sit left of the grid"
+        assert boxes[label].x0 >= 0, "...and inside the figure"
+    # the first row label is level with the first row (display y grows upward)
+    assert boxes["source"].y0 > boxes["weight of S1"].y1
+    for label in ("t=0", "t=0.5", "t=1"):
+        assert boxes[label].y0 >= image_box.y1 - image_box.height / 2 and boxes[label].y0 > boxes["source"].y1
+    assert boxes["t=0"].x1 < boxes["t=0.5"].x0 < boxes["t=1"].x0
+    with pytest.raises(ValueError, match="row_labels"):
+        show_images(images, nrow=3, row_labels=["one"])
+    with pytest.raises(ValueError, match="column_labels"):
+        show_images(images, nrow=3, column_labels=["a", "b"])
+    with pytest.raises(ValueError, match="scale"):
+        show_images(images, scale=0)
+
+
+def test_plot_losses_separate_gives_each_loss_its_own_labelled_axis():
+    rows = [{"step": step, "reconstruct": 1.0 / step, "prior": 2.0 * step, "flow": 5.0 * step} for step in range(1, 20)]
+    axes = plot_losses(rows, separate=True, labels={"prior": "Eq. 3 prior (KL)"})
+    assert len(axes) == 3 and len({ax.figure for ax in axes}) == 1
+    assert [ax.get_ylabel() for ax in axes] == ["reconstruct", "Eq. 3 prior (KL)", "flow"]
+    assert [len(ax.get_lines()) for ax in axes] == [1, 1, 1]
+    # each axis is scaled to its own loss
+    assert axes[0].get_ylim()[1] < 2 and axes[2].get_ylim()[1] > 90
+    # one shared axis is labelled too
+    assert plot_losses(rows, keys=["prior"]).get_ylabel() == "prior"
+    assert plot_losses(rows).get_ylabel() == "loss"
+    with pytest.raises(ValueError, match="labels"):
+        plot_losses(rows, labels={"missing": "x"})
+    _, two = plt.subplots(1, 2)
+    with pytest.raises(ValueError, match="one Axes per loss"):
+        plot_losses(rows, separate=True, ax=two)
