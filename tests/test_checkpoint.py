@@ -14,7 +14,7 @@ from torch import nn
 import facelib
 from facelib import checkpoint
 from facelib.checkpoint import (
-    CheckpointError, capture_rng_state, load_model, load_pretrained, load_training_state, read_manifest,
+    CheckpointError, capture_rng_state, checkpoint_files, load_model, load_pretrained, load_training_state, read_manifest,
     record_in_manifest, restore_rng_state, save_model, save_training_state, sha256_file,
 )
 
@@ -75,8 +75,10 @@ def no_unpickling(monkeypatch):
 def test_round_trip_restores_config_weights_and_buffers(tmp_path):
     model = Net(NetConfig(width=7, kernel_sizes=(1, 5, 3), name="x"))
     stem = save_model(model, tmp_path / "net.safetensors", extra={"note": "hello"})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.json", "net.safetensors"]
     metadata = json.loads((tmp_path / "net.json").read_text())
+    # the JSON names its weights file: <stem>.<first 12 hex digits of the weights' sha256>.safetensors
+    assert metadata["weights_file"] == f"net.{metadata['weights_sha256'][:12]}.safetensors"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [metadata["weights_file"], "net.json"]
     assert metadata["class"].endswith("test_checkpoint.Net")
     assert metadata["config"] == {"width": 7, "kernel_sizes": [1, 5, 3], "dropout": 0.1, "name": "x"}
     assert metadata["versions"]["torch"] == torch.__version__ and metadata["extra"] == {"note": "hello"}
@@ -118,7 +120,7 @@ def test_pickle_suffixes_are_refused(tmp_path, suffix, no_unpickling):
 @pytest.mark.parametrize("zipfile_format, kind", [(True, "zip archive"), (False, "a pickle")])
 def test_pickled_content_is_refused_whatever_its_name(tmp_path, zipfile_format, kind, monkeypatch):
     stem = save_model(Net(NetConfig()), tmp_path / "net")
-    torch.save(Net(NetConfig()).state_dict(), tmp_path / "net.safetensors",
+    torch.save(Net(NetConfig()).state_dict(), checkpoint_files(stem)[1],
                _use_new_zipfile_serialization=zipfile_format)
     monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("unpickled"))
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("unpickled"))
@@ -174,7 +176,7 @@ def test_config_mismatch_names_the_field(tmp_path, change, field):
 def test_weights_and_json_from_different_saves_are_detected(tmp_path):
     save_model(Net(NetConfig()), tmp_path / "a")
     save_model(Net(NetConfig()), tmp_path / "b")
-    (tmp_path / "a.safetensors").write_bytes((tmp_path / "b.safetensors").read_bytes())
+    checkpoint_files(tmp_path / "a")[1].write_bytes(checkpoint_files(tmp_path / "b")[1].read_bytes())
     with pytest.raises(CheckpointError, match="not saved together"):
         load_model(tmp_path / "a", cls=Net)
 
@@ -275,15 +277,15 @@ def _ship(folder, model, name="net"):
 def test_load_pretrained_verifies_sha256(tmp_path, facelib_net):
     model = facelib_net(NetConfig(width=3))
     entry = _ship(tmp_path, model)
-    assert entry["sha256"] == sha256_file(tmp_path / "net.safetensors")
+    assert entry["sha256"] == sha256_file(tmp_path / entry["file"])
     assert read_manifest(tmp_path)["net"]["command"] == "python -m facelib train net --seed 0 --ship"
     loaded = load_pretrained("net", weights_dir=tmp_path)
     assert torch.equal(loaded.linear.weight, model.linear.weight)
 
-    data = bytearray((tmp_path / "net.safetensors").read_bytes())
+    data = bytearray((tmp_path / entry["file"]).read_bytes())
     data[-1] ^= 0xFF  # one flipped bit in the last weight
-    (tmp_path / "net.safetensors").write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="sha256 mismatch for net.safetensors"):
+    (tmp_path / entry["file"]).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"sha256 mismatch for {entry['file']}"):
         load_pretrained("net", weights_dir=tmp_path)
 
 
