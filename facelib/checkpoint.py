@@ -2,12 +2,17 @@
 
 A saved model is two files sharing a stem::
 
-    save_model(model, "runs/fvae/fvae")   # -> runs/fvae/fvae.safetensors + runs/fvae/fvae.json
+    save_model(model, "runs/fvae/fvae")   # -> runs/fvae/fvae.json + runs/fvae/fvae.<version>.safetensors
 
-``<stem>.safetensors`` holds ``model.state_dict()``; ``<stem>.json`` holds
-``{"format": "facelib.model/1", "class": "facelib.models.fvae.FVAE",
-"config_class": "facelib.models.fvae.FVAEConfig", "config": {...dataclasses.asdict(model.config)},
-"weights_sha256": ..., "versions": {...}, "extra": {...}}``.
+``<stem>.<version>.safetensors`` holds ``model.state_dict()`` (``<version>``: the first 12 hex
+digits of its sha256); ``<stem>.json`` holds ``{"format": "facelib.model/1", "class":
+"facelib.models.fvae.FVAE", "config_class": "facelib.models.fvae.FVAEConfig", "config":
+{...dataclasses.asdict(model.config)}, "weights_file": "fvae.<version>.safetensors",
+"weights_sha256": ..., "versions": {...}, "extra": {...}}``. The JSON is the pointer: saving
+again writes the new weights beside the old ones, replaces the JSON (one atomic rename), then
+deletes the old weights, so a writer killed at any point leaves the old or the new checkpoint
+loadable. A JSON without ``weights_file`` (older checkpoints, the first shipped weights) uses
+``<stem>.safetensors``.
 
 Public API
 ----------
@@ -25,6 +30,9 @@ class sets ``config_class = SomeConfig``):
   (missing / unexpected tensors and shape mismatches are named with their shapes) and
   returns the model in ``eval()`` mode on ``map_location``.
 - ``read_metadata(path) -> dict``: the JSON side of a checkpoint.
+- ``checkpoint_files(path) -> (json_path, weights_path)``: the two files of a checkpoint.
+- ``clean_folder(folder) -> list[Path]``: delete what killed writers left there (temporary
+  files, weights no JSON names); the Trainer calls it on its checkpoint folder.
 
 Resumable training state (what ``facelib.train.Trainer`` writes; also no pickle):
 
@@ -46,8 +54,11 @@ Resumable training state (what ``facelib.train.Trainer`` writes; also no pickle)
 Shipped weights (``facelib/weights/``, packaged with facelib):
 
 - ``load_pretrained(name, device="cpu", weights_dir=None) -> nn.Module``: looks ``name`` up in
-  ``MANIFEST.json``, verifies the sha256 of the weights (a mismatch raises ``CheckpointError``),
-  and loads it in eval mode. An unknown name raises ``CheckpointError`` listing the available names (or saying none are shipped yet).
+  ``MANIFEST.json``, verifies the sha256 of the weights and of the JSON (both are required; a
+  mismatch raises ``CheckpointError``), checks the class is the one ``PRETRAINED_CLASSES`` gives
+  for that name, and loads it in eval mode. The entry's ``file`` must be a relative path inside
+  the weights folder. An unknown name raises ``CheckpointError`` listing the available names (or
+  saying none are shipped yet).
 - ``pretrained_info(name, weights_dir=None) -> dict``: the manifest entry.
 - ``available_pretrained(weights_dir=None) -> list[str]``.
 - ``read_manifest(weights_dir=None) -> dict`` / ``shipped_weights_dir() -> Path``.
@@ -56,9 +67,20 @@ Shipped weights (``facelib/weights/``, packaged with facelib):
   folder (sha256 of weights and JSON, class and config from the JSON, versions).
 - ``record_in_manifest(name, file, *, command, preset, steps, seed, wall_time_s, metrics,
   weights_dir=None, **extra) -> dict``: builds the entry and writes MANIFEST.json atomically.
+- ``ship_models(models: {name: stem}, fields: {name: manifest_entry keywords}, weights_dir=None)
+  -> {name: entry}``: copies checkpoints in as ``<name>.<version>.{safetensors,json}`` and
+  switches MANIFEST.json once, under the folder's lock: a ship killed anywhere leaves the
+  previously shipped weights loadable with matching sha256s; the next ship removes leftovers.
+- ``check_writable(folder)``: raises ``CheckpointError`` unless a file can be written there.
 - ``sha256_file(path) -> str``.
 
-Errors are ``CheckpointError`` (a ``ValueError``). Pickle is refused everywhere: a path ending
+Reading is bounded: only regular files are opened (a FIFO or ``/dev/zero`` is refused, never
+read forever), JSON files and safetensors headers are limited to ``MAX_JSON_BYTES`` /
+``MAX_SAFETENSORS_HEADER_BYTES``, and a model is first built on the meta device so that a
+config implying more tensor bytes than its weights file holds is refused before any allocation.
+
+Errors are ``CheckpointError`` (a ``ValueError``); a malformed file never escapes as a bare
+``KeyError``, ``TypeError``, ``SafetensorError`` or ``RecursionError``. Pickle is refused everywhere: a path ending
 in ``.pt``/``.pth``/``.pkl``/``.pickle``/``.ckpt``/``.bin``, or a file starting with the pickle
 or zip magic bytes (what ``torch.save`` writes), raises ``CheckpointError`` telling you to
 convert it to safetensors.

@@ -219,7 +219,7 @@ def _print_summary(args: argparse.Namespace, result: dict, fits: list, files: li
         kept, why = _kept_step(stem)
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in result["metrics"].get(name, {}).items())
         step = f"step {kept}" if kept is not None else "the final weights"
-        print(f"  model {name}: kept {step} ({why}); {metrics}")
+        print(f"  model {name}: kept {step}, {why}; {metrics}")
     print(f"files written ({len(files)}):")
     for path in files:
         print(f"  {path}")

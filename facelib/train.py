@@ -66,7 +66,8 @@ progress=True, ddp_kwargs=None)``
 - ``steps``: total optimisation steps (a resumed run continues up to ``steps``).
   ``batch_size`` is per process (the global batch under torchrun is ``batch_size * world_size``).
 - ``.fit(resume_from=None) -> FitResult`` (dataclass: ``step``, ``seconds``, ``log_path``,
-  ``checkpoint``, ``losses`` = last logged averages).
+  ``checkpoint``, ``losses`` = last logged averages, ``first_step`` = where it started (> 0
+  after a resume), ``task`` = the task's class name).
 - Seeding: ``set_seed(seed)`` before ``task.build`` (identical initial weights on every rank),
   then ``set_seed(seed + rank)`` for the training randomness (dropout, noise) of each rank.
 - Data: the indices of step ``t`` on rank ``r`` are ``batch_indices(len(dataset), batch_size, t,
@@ -84,22 +85,33 @@ progress=True, ddp_kwargs=None)``
   ``{"kind": "train", "step": completed_steps, "seconds": training_wall_time, <loss>: mean over
   the last log_every steps and over ranks, ...}``; validation lines have ``"kind": "val"``.
   A non-finite logged loss raises ``FloatingPointError`` naming the loss and step.
-- Checkpoints: ``out_dir/checkpoints/step_00001000.{safetensors,json}`` through
+- One run per folder: rank 0 holds an exclusive lock on ``out_dir`` (``facelib.utils.lock_folder``)
+  during ``fit``; a second run on that folder raises ``FolderLockedError`` at once, naming the
+  folder and the other run's PID.
+- Checkpoints: ``out_dir/checkpoints/step_00001000.json`` (+ the versioned weights it names) through
   ``facelib.checkpoint.save_training_state`` (weights, optimiser state, ``task.stateful()``,
   RNG states, elapsed seconds; no pickle), every ``checkpoint_every`` steps (0: only at the
   end) and always at the end; the newest ``keep_checkpoints`` are kept. Other attributes of
   the task (e.g. an early-stopping best) are not saved unless ``stateful()`` exposes them.
+  A checkpoint also keeps the losses summed since the last log line, so a resumed run logs
+  the same lines as an uninterrupted one (the earlier run's partial last line is dropped).
+  Temporary files and unreferenced weights left by a killed run are removed when a run starts.
   A fresh (not resumed) run starts a new log and deletes the ``step_*`` checkpoints a
   previous run left in ``out_dir/checkpoints``. Under DDP rank 0 writes the state and every
   other rank ``r`` writes its RNG to ``step_...rank{r}.rng.safetensors``.
 - Resume: ``resume=True`` continues from the newest checkpoint in ``out_dir`` (or starts fresh
   when there is none); ``fit(resume_from=stem)`` from a given one. On CPU the resumed run is
   bit-identical to an uninterrupted one; log lines after the checkpoint's step are dropped.
+  A torn last log line (a run killed mid-write, a full disk) is skipped with a warning.
+- ``run_options(resume=None, checkpoint_every=None, on_fit=None)``: a context manager; every
+  Trainer built inside it uses these settings (the CLI's ``--resume``/``--checkpoint-every``
+  reach a recipe's Trainers this way) and ``on_fit(FitResult)`` hears of each finished fit.
 
 Functions:
 
 - ``read_log(path, kind="train") -> pandas.DataFrame``: ``path`` is the ``log.jsonl`` or the
-  run folder; ``kind=None`` returns all lines.
+  run folder; ``kind=None`` returns all lines. A torn last line is skipped with a warning
+  naming the file; a broken earlier line raises ``ValueError``.
 - ``batch_indices(num_samples, batch_size, step, *, seed, rank=0, world_size=1) -> LongTensor``.
 - ``latest_checkpoint(out_dir) -> Path | None``: the stem of the newest complete checkpoint.
 - ``distributed_env() -> (rank, local_rank, world_size)`` from the torchrun environment.

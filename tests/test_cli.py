@@ -94,7 +94,7 @@ def test_train_summary_names_stages_kept_steps_and_every_file(tmp_path, toy_reci
     summary = capsys.readouterr().out
     assert summary.startswith("toy: 4 steps in 1 stage(s) (4) in ")
     assert f"stage ToyTask: steps 1-4; log {out / 'log.jsonl'}" in summary
-    assert "model toy_autoencoder: kept the final weights (the last step); mse=" in summary
+    assert "model toy_autoencoder: kept the final weights, the last step; mse=" in summary
     listed = [Path(line.strip()) for line in summary.split("files written")[1].splitlines()[1:]]
     on_disk = sorted(p for p in out.rglob("*") if p.is_file() and p.name != ".facelib.lock")
     assert sorted(p for p in listed if out in p.parents) == on_disk

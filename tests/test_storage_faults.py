@@ -81,7 +81,6 @@ def _width(model) -> int:
     return model.config.width
 
 
-@pytest.mark.slow
 def test_a_model_is_replaced_as_a_whole_or_not_at_all(tmp_path, facelib_net):
     """Reproduced the loss of the previous model: weights renamed, then killed before the JSON."""
     stem = tmp_path / "net"
@@ -128,7 +127,6 @@ def _ship(folder: Path, model, runs: Path) -> dict:
     return ship_models({"net": stem}, {"net": fields}, weights_dir=folder)["net"]
 
 
-@pytest.mark.slow
 def test_a_killed_ship_leaves_the_shipped_model_loadable(tmp_path, facelib_net):
     """Reproduced --ship destroying the shipped weights (``sha256 mismatch``) when killed midway."""
     weights, runs = tmp_path / "weights", tmp_path / "runs"
