@@ -102,7 +102,7 @@ def test_a_model_is_replaced_as_a_whole_or_not_at_all(tmp_path, facelib_net):
         assert sorted(p.name for p in tmp_path.iterdir() if p.name != "count") == sorted(
             [json_path.name, weights_path.name]), k
     assert outcomes[0] == 3 and outcomes[-1] == 7 and 3 in outcomes[1:-1]  # the switch is one rename
-    print(f"save_model: {operations + 1} kills injected, 0 lost models")
+    print(f"save_model: {operations} kills injected, 0 lost models")
 
 
 def test_a_killed_training_checkpoint_never_blocks_resume(tmp_path):
@@ -148,7 +148,7 @@ def test_a_killed_ship_leaves_the_shipped_model_loadable(tmp_path, facelib_net):
     entry = checkpoint.read_manifest(weights)["net"]
     names = {entry["file"], entry["file"].replace(".safetensors", ".json"), checkpoint.MANIFEST_NAME}
     assert {p.name for p in weights.iterdir()} - {".facelib.lock"} == names
-    print(f"ship: {operations + 1} kills injected, 0 unloadable shipped models")
+    print(f"ship: {operations} kills injected, 0 unloadable shipped models")
 
 
 # ---------------------------------------------------------------------------------------------
