@@ -2,12 +2,17 @@
 
 A saved model is two files sharing a stem::
 
-    save_model(model, "runs/fvae/fvae")   # -> runs/fvae/fvae.safetensors + runs/fvae/fvae.json
+    save_model(model, "runs/fvae/fvae")   # -> runs/fvae/fvae.json + runs/fvae/fvae.<version>.safetensors
 
-``<stem>.safetensors`` holds ``model.state_dict()``; ``<stem>.json`` holds
-``{"format": "facelib.model/1", "class": "facelib.models.fvae.FVAE",
-"config_class": "facelib.models.fvae.FVAEConfig", "config": {...dataclasses.asdict(model.config)},
-"weights_sha256": ..., "versions": {...}, "extra": {...}}``.
+``<stem>.<version>.safetensors`` holds ``model.state_dict()`` (``<version>``: the first 12 hex
+digits of its sha256); ``<stem>.json`` holds ``{"format": "facelib.model/1", "class":
+"facelib.models.fvae.FVAE", "config_class": "facelib.models.fvae.FVAEConfig", "config":
+{...dataclasses.asdict(model.config)}, "weights_file": "fvae.<version>.safetensors",
+"weights_sha256": ..., "versions": {...}, "extra": {...}}``. The JSON is the pointer: saving
+again writes the new weights beside the old ones, replaces the JSON (one atomic rename), then
+deletes the old weights, so a writer killed at any point leaves the old or the new checkpoint
+loadable. A JSON without ``weights_file`` (older checkpoints, the first shipped weights) uses
+``<stem>.safetensors``.
 
 Public API
 ----------
@@ -25,6 +30,9 @@ class sets ``config_class = SomeConfig``):
   (missing / unexpected tensors and shape mismatches are named with their shapes) and
   returns the model in ``eval()`` mode on ``map_location``.
 - ``read_metadata(path) -> dict``: the JSON side of a checkpoint.
+- ``checkpoint_files(path) -> (json_path, weights_path)``: the two files of a checkpoint.
+- ``clean_folder(folder) -> list[Path]``: delete what killed writers left there (temporary
+  files, weights no JSON names); the Trainer calls it on its checkpoint folder.
 
 Resumable training state (what ``facelib.train.Trainer`` writes; also no pickle):
 
@@ -46,8 +54,11 @@ Resumable training state (what ``facelib.train.Trainer`` writes; also no pickle)
 Shipped weights (``facelib/weights/``, packaged with facelib):
 
 - ``load_pretrained(name, device="cpu", weights_dir=None) -> nn.Module``: looks ``name`` up in
-  ``MANIFEST.json``, verifies the sha256 of the weights (a mismatch raises ``CheckpointError``),
-  and loads it in eval mode. An unknown name raises ``CheckpointError`` listing the available names (or saying none are shipped yet).
+  ``MANIFEST.json``, verifies the sha256 of the weights and of the JSON (both are required; a
+  mismatch raises ``CheckpointError``), checks the class is the one ``PRETRAINED_CLASSES`` gives
+  for that name, and loads it in eval mode. The entry's ``file`` must be a relative path inside
+  the weights folder. An unknown name raises ``CheckpointError`` listing the available names (or
+  saying none are shipped yet).
 - ``pretrained_info(name, weights_dir=None) -> dict``: the manifest entry.
 - ``available_pretrained(weights_dir=None) -> list[str]``.
 - ``read_manifest(weights_dir=None) -> dict`` / ``shipped_weights_dir() -> Path``.
@@ -56,9 +67,20 @@ Shipped weights (``facelib/weights/``, packaged with facelib):
   folder (sha256 of weights and JSON, class and config from the JSON, versions).
 - ``record_in_manifest(name, file, *, command, preset, steps, seed, wall_time_s, metrics,
   weights_dir=None, **extra) -> dict``: builds the entry and writes MANIFEST.json atomically.
+- ``ship_models(models: {name: stem}, fields: {name: manifest_entry keywords}, weights_dir=None)
+  -> {name: entry}``: copies checkpoints in as ``<name>.<version>.{safetensors,json}`` and
+  switches MANIFEST.json once, under the folder's lock: a ship killed anywhere leaves the
+  previously shipped weights loadable with matching sha256s; the next ship removes leftovers.
+- ``check_writable(folder)``: raises ``CheckpointError`` unless a file can be written there.
 - ``sha256_file(path) -> str``.
 
-Errors are ``CheckpointError`` (a ``ValueError``). Pickle is refused everywhere: a path ending
+Reading is bounded: only regular files are opened (a FIFO or ``/dev/zero`` is refused, never
+read forever), JSON files and safetensors headers are limited to ``MAX_JSON_BYTES`` /
+``MAX_SAFETENSORS_HEADER_BYTES``, and a model is first built on the meta device so that a
+config implying more tensor bytes than its weights file holds is refused before any allocation.
+
+Errors are ``CheckpointError`` (a ``ValueError``); a malformed file never escapes as a bare
+``KeyError``, ``TypeError``, ``SafetensorError`` or ``RecursionError``. Pickle is refused everywhere: a path ending
 in ``.pt``/``.pth``/``.pkl``/``.pickle``/``.ckpt``/``.bin``, or a file starting with the pickle
 or zip magic bytes (what ``torch.save`` writes), raises ``CheckpointError`` telling you to
 convert it to safetensors.
@@ -69,8 +91,10 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import os
 import random
 import re
+import stat
 import struct
 import types
 import typing
@@ -83,7 +107,7 @@ from safetensors.torch import load as _safetensors_load
 from safetensors.torch import save as _safetensors_save
 from torch import nn
 
-from .utils import atomic_write_bytes, atomic_write_text, get_device
+from .utils import atomic_write_bytes, atomic_write_text, get_device, lock_folder, remove_temporary_files
 
 MODEL_FORMAT = "facelib.model/1"
 TRAINING_STATE_FORMAT = "facelib.training_state/1"
@@ -91,6 +115,27 @@ MANIFEST_NAME = "MANIFEST.json"
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 _PACKAGE = "facelib"
 _IDENTIFIER_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+#: Size limits for what is read before it is trusted: a JSON file (metadata, manifest) and the
+#: JSON header at the start of a safetensors file. Real ones are a few kB.
+MAX_JSON_BYTES = 16 << 20
+MAX_SAFETENSORS_HEADER_BYTES = 16 << 20
+#: Deepest nesting accepted in a JSON file (real ones nest 4-6 levels; this stays far below
+#: Python's recursion limit, which json.loads would otherwise hit).
+MAX_JSON_DEPTH = 64
+
+#: A checkpoint's weights are written as ``<stem>.<version>.safetensors``: 12 hex digits of a sha256.
+_VERSION = "[0-9a-f]{12}"
+
+#: The class each shipped name must hold (a manifest naming another class for it is refused).
+PRETRAINED_CLASSES = {
+    "fvae": "facelib.models.fvae.FVAE",
+    "fvae_confidence": "facelib.models.fvae.ConfidenceNet",
+    "fvae_pixel_vae": "facelib.models.fvae.PixelVAE",
+    "expression_classifier": "facelib.models.evaluators.ExpressionClassifier",
+    "au_regressor": "facelib.models.evaluators.AURegressor",
+    "identity_embedder": "facelib.models.evaluators.IdentityEmbedder",
+}
 
 
 class CheckpointError(ValueError):
@@ -119,53 +164,116 @@ def _with_suffix(stem: Path, suffix: str) -> Path:
     return stem.with_name(stem.name + suffix)
 
 
+def _open_regular_file(path: Path, what: str):
+    """Open ``path`` for reading if it is a regular file; a FIFO, device or socket is refused.
+
+    ``O_NONBLOCK`` makes opening a FIFO return at once instead of waiting for a writer, so the
+    check after it cannot hang (``/dev/zero`` or a pipe would otherwise be read forever).
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{what} {path} is a folder, not a file") from None
+    except OSError as err:
+        raise CheckpointError(f"cannot open {what} {path}: {err.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CheckpointError(f"{what} {path} is not a regular file (a FIFO, device or socket); refusing to read it")
+    return os.fdopen(fd, "rb")
+
+
 def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
+    """Hex sha256 of a regular file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with _open_regular_file(Path(path), "file") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def _check_safetensors_header(path: Path) -> None:
-    """Refuse anything but a safetensors file (pickles and torch.save zips get their own message)."""
-    if not path.exists():
-        raise CheckpointError(f"checkpoint weights not found: {path}")
-    with open(path, "rb") as handle:
-        head = handle.read(9)
-    if len(head) == 9:
-        (header_length,) = struct.unpack("<Q", head[:8])
-        if head[8:9] == b"{" and 8 + header_length <= path.stat().st_size:
-            return
+def _not_safetensors(path: Path, head: bytes) -> CheckpointError:
+    """The error for a weights file that is not safetensors (pickles and torch.save zips are named)."""
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         kind = "a pickle"
     elif head[:4] == b"PK\x03\x04":
         kind = "a zip archive (what torch.save writes, with a pickle inside)"
     else:
         kind = "not a safetensors file"
-    raise CheckpointError(
+    return CheckpointError(
         f"{path} is {kind}; facelib only loads safetensors (nothing is ever unpickled). "
         "Save weights with facelib.checkpoint.save_model (or safetensors.torch.save_file)."
     )
 
 
 def _read_safetensors_bytes(path: Path) -> bytes:
-    """The bytes of a safetensors file, after checking it is one (and not a pickle/zip)."""
-    _check_safetensors_header(path)
-    return path.read_bytes()
+    """The bytes of a safetensors file, after checking it is one (not a pickle/zip, header within limits)."""
+    with _open_regular_file(path, "checkpoint weights") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        head = handle.read(9)
+        if len(head) < 9 or head[8:9] != b"{":
+            raise _not_safetensors(path, head)
+        (header_length,) = struct.unpack("<Q", head[:8])
+        if header_length > MAX_SAFETENSORS_HEADER_BYTES:
+            raise CheckpointError(f"{path}: its safetensors header claims {header_length} bytes, over the "
+                                  f"{MAX_SAFETENSORS_HEADER_BYTES >> 20} MiB limit; the file is corrupt or hostile")
+        if 8 + header_length > size:
+            raise CheckpointError(f"{path} is truncated: its header claims {header_length} bytes but the file "
+                                  f"holds {size}")
+        return head + handle.read()
 
 
-def _read_json(path: Path) -> dict:
-    if not path.exists():
-        raise CheckpointError(f"checkpoint metadata not found: {path} (a checkpoint is a .safetensors + .json pair)")
-    raw = path.read_bytes()
+def _json_depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (iterative, so it cannot itself recurse too deeply)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, depth)
+            pending.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
+def _read_json(path: Path, what: str = "checkpoint metadata") -> dict:
+    """A JSON object from a regular file of at most ``MAX_JSON_BYTES``; anything else is a CheckpointError."""
+    with _open_regular_file(path, what) as handle:
+        if os.fstat(handle.fileno()).st_size > MAX_JSON_BYTES:
+            raise CheckpointError(f"{path} is larger than the {MAX_JSON_BYTES >> 20} MiB accepted for {what}")
+        raw = handle.read(MAX_JSON_BYTES + 1)
     if raw[:1] == b"\x80" or raw[:4] == b"PK\x03\x04":
         raise CheckpointError(f"{path} is a pickle/zip file, not JSON; facelib never unpickles")
     try:
-        return json.loads(raw.decode("utf-8"))
+        value = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path} is not valid JSON: {err}") from err
+    except RecursionError:
+        raise CheckpointError(f"{path} nests JSON deeper than Python can parse; refusing it") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} must hold a JSON object {{...}}, not a {type(value).__name__}")
+    if _json_depth(value) > MAX_JSON_DEPTH:
+        raise CheckpointError(f"{path} nests JSON more than {MAX_JSON_DEPTH} levels deep; refusing it")
+    return value
+
+
+class _Malformed:
+    """``with _Malformed(path, "what was being done"):`` turns any error from code that trusts a
+    file's contents (torch, safetensors, dataclass checks, optimiser and RNG loaders) into a
+    ``CheckpointError`` naming the file, so a malformed checkpoint never escapes as a bare
+    ``KeyError``, ``TypeError`` or ``SafetensorError``."""
+
+    def __init__(self, path: Path, action: str):
+        self.path, self.action = path, action
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if error is None or isinstance(error, CheckpointError) or not isinstance(error, Exception):
+            return False
+        raise CheckpointError(f"{self.path}: malformed checkpoint ({self.action}: {type(error).__name__}: "
+                              f"{error})") from error
 
 
 def _json_dumps(obj: Any, what: str) -> str:
@@ -305,6 +413,104 @@ def _config_from_dict(config_cls: type, data: dict, where: str = "config") -> An
 
 
 # ---------------------------------------------------------------------------------------------
+# The pair on disk: ``<stem>.json`` points at ``<stem>.<version>.safetensors``
+#
+# Two files cannot be renamed at once, so a checkpoint is replaced in an order in which every
+# moment leaves one complete pair: (1) the new weights are written under a new versioned name
+# (the old ones stay), (2) the JSON, which names its weights file, is replaced atomically: this
+# one rename switches from the old pair to the new one, (3) the weights no JSON names any more
+# are deleted. A writer killed anywhere leaves the old or the new checkpoint loadable, plus at
+# most some unreferenced files, which the next save of that stem (or clean_folder) removes.
+# Checkpoints saved before this layout have no "weights_file" and use ``<stem>.safetensors``.
+
+
+def _weights_file_name(stem: Path, metadata: dict, json_path: Path) -> str:
+    """The weights file a checkpoint's JSON names: a bare file name beside the JSON, never a path."""
+    name = metadata.get("weights_file", stem.name + ".safetensors")
+    if not (isinstance(name, str) and name.endswith(".safetensors") and name == Path(name).name
+            and name not in (".", "..") and "\\" not in name):
+        raise CheckpointError(f"{json_path}: weights_file {name!r} must be a file name ending in .safetensors in "
+                              "the same folder (no folders, no '..')")
+    return name
+
+
+def _json_of(stem: Path) -> Path:
+    """``<stem>.json``; a versioned weights name (``fvae.0123456789ab``) also finds ``fvae.json``."""
+    json_path = _with_suffix(stem, ".json")
+    base, _, version = stem.name.rpartition(".")
+    if not json_path.exists() and base and re.fullmatch(_VERSION, version):
+        return stem.with_name(base + ".json")
+    return json_path
+
+
+def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
+    """``(json_path, weights_path)`` of the checkpoint at ``path`` (a stem, or either file's name).
+
+    Raises ``CheckpointError`` when the JSON is missing or unreadable; the weights file may not exist.
+    """
+    json_path = _json_of(_stem(path))
+    metadata = _read_json(json_path)
+    return json_path, json_path.with_name(_weights_file_name(json_path.with_suffix(""), metadata, json_path))
+
+
+def _referenced_weights(json_path: Path) -> str | None:
+    """The weights file name ``json_path`` points at; None when there is no readable JSON."""
+    try:
+        return _weights_file_name(json_path.with_suffix(""), _read_json(json_path), json_path)
+    except CheckpointError:
+        return None
+
+
+def _remove_stale_files(stem: Path) -> list[Path]:
+    """Delete what killed writers of ``stem`` left: temporary files and weights its JSON no longer names."""
+    json_path = _with_suffix(stem, ".json")
+    if json_path.exists() and _referenced_weights(json_path) is None:
+        return []  # an unreadable JSON: keep everything for whoever investigates it
+    keep = _referenced_weights(json_path)
+    ours = re.compile(rf"^{re.escape(stem.name)}(\.{_VERSION})?\.safetensors$")
+    ours_temporary = re.compile(rf"^\.{re.escape(stem.name)}(\.{_VERSION})?\.(json|safetensors)\.[A-Za-z0-9_]+\.tmp$")
+    removed = []
+    for path in stem.parent.iterdir() if stem.parent.is_dir() else ():
+        if (ours.match(path.name) and path.name != keep) or ours_temporary.match(path.name):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def clean_folder(folder: str | Path) -> list[Path]:
+    """Remove every checkpoint writer's leftover in ``folder``: temporary files and unreferenced weights.
+
+    Only for a folder no other process is writing to (the Trainer holds its run lock); returns
+    the deleted paths.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = remove_temporary_files(folder)
+    for json_path in folder.glob("*.json"):
+        removed += _remove_stale_files(json_path.with_suffix(""))
+    versioned = re.compile(rf"^(.+)\.{_VERSION}\.safetensors$")
+    for path in folder.glob("*.safetensors"):  # weights whose JSON was deleted first
+        match = versioned.match(path.name)
+        if match and not (folder / f"{match.group(1)}.json").exists() and not path.with_suffix(".json").exists():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _write_pair(stem: Path, weights: bytes, metadata: dict, what: str) -> Path:
+    """Replace the checkpoint ``stem`` by ``weights`` + ``metadata`` as a whole or not at all (see above)."""
+    sha = hashlib.sha256(weights).hexdigest()
+    metadata = {**metadata, "weights_sha256": sha, "weights_file": f"{stem.name}.{sha[:12]}.safetensors"}
+    text = _json_dumps(metadata, what) + "\n"
+    _remove_stale_files(stem)
+    atomic_write_bytes(stem.with_name(metadata["weights_file"]), weights)
+    atomic_write_text(_with_suffix(stem, ".json"), text)  # the switch
+    _remove_stale_files(stem)  # the previous weights
+    return stem
+
+
+# ---------------------------------------------------------------------------------------------
 # Models
 
 
@@ -330,10 +536,10 @@ def _tensors_for_saving(state: dict[str, Any], what: str) -> dict[str, torch.Ten
 
 
 def save_model(model: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
-    """Write ``<stem>.safetensors`` (weights) and ``<stem>.json`` (class, config, versions, extra).
+    """Write ``<stem>.json`` (class, config, versions, extra) and the weights it names; returns the stem.
 
-    Both writes are atomic (temporary file, then rename); the JSON, written last, records the
-    sha256 of the weights so a mismatched pair is detected at load time. Returns the stem.
+    The pair replaces an earlier checkpoint at ``stem`` as a whole or not at all (see
+    ``_write_pair``); the JSON records the sha256 of the weights, so a mismatch is detected at load time.
     """
     model = _unwrap(model)
     stem = _stem(path)
@@ -355,32 +561,36 @@ def save_model(model: nn.Module, path: str | Path, extra: dict | None = None) ->
     weights = _safetensors_save(
         _tensors_for_saving(model.state_dict(), type(model).__name__), metadata={"format": MODEL_FORMAT}
     )
-    metadata["weights_sha256"] = hashlib.sha256(weights).hexdigest()
-    text = _json_dumps(metadata, "checkpoint metadata")
-    atomic_write_bytes(_with_suffix(stem, ".safetensors"), weights)
-    atomic_write_text(_with_suffix(stem, ".json"), text + "\n")
-    return stem
+    return _write_pair(stem, weights, metadata, "checkpoint metadata")
 
 
 def read_metadata(path: str | Path) -> dict:
-    """The JSON half of a checkpoint (class, config, versions, extra, weights_sha256)."""
-    stem = _stem(path)
-    weights_path = _with_suffix(stem, ".safetensors")
+    """The JSON half of a checkpoint (class, config, versions, extra, weights_sha256, weights_file)."""
+    json_path, weights_path = checkpoint_files(path)
     if weights_path.exists():
-        _check_safetensors_header(weights_path)
-    return _read_json(_with_suffix(stem, ".json"))
+        _read_safetensors_header(weights_path)
+    return _read_json(json_path)
 
 
-def _load_tensors(stem: Path, metadata: dict, map_location: str | torch.device) -> dict[str, torch.Tensor]:
-    weights_path = _with_suffix(stem, ".safetensors")
+def _read_safetensors_header(path: Path) -> None:
+    """Check the first bytes of a weights file (refuses pickles early, before any big read)."""
+    with _open_regular_file(path, "checkpoint weights") as handle:
+        head = handle.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        raise _not_safetensors(path, head)
+
+
+def _load_tensors(json_path: Path, weights_path: Path, metadata: dict, map_location) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint, after checking they are the ones its JSON was saved with."""
     data = _read_safetensors_bytes(weights_path)
     expected = metadata.get("weights_sha256")
     if expected is not None and hashlib.sha256(data).hexdigest() != expected:
         raise CheckpointError(
-            f"{weights_path.name} does not match {stem.name}.json (sha256 differs): the two files were not "
+            f"{weights_path.name} does not match {json_path.name} (sha256 differs): the two files were not "
             "saved together; re-save the checkpoint"
         )
-    tensors = _safetensors_load(data)
+    with _Malformed(weights_path, "reading the safetensors data"):
+        tensors = _safetensors_load(data)
     device = get_device(map_location)
     return {key: value.to(device) for key, value in tensors.items()}
 
@@ -409,30 +619,61 @@ def _check_state_dict(module: nn.Module, tensors: dict[str, torch.Tensor], what:
         raise CheckpointError(f"{what}: " + "; ".join(problems) + (" (and more)" if more else ""))
 
 
-def _read_metadata_of_format(stem: Path, expected: str, hint: str) -> dict:
-    """The JSON metadata of ``stem``, refused unless it is a checkpoint of the ``expected`` format."""
-    metadata = read_metadata(stem)
+def _read_metadata_of_format(path: str | Path, expected: str, hint: str) -> tuple[Path, Path, dict]:
+    """``(json_path, weights_path, metadata)`` of a checkpoint, refused unless of the ``expected`` format."""
+    json_path, weights_path = checkpoint_files(path)
+    metadata = read_metadata(json_path)
     if metadata.get("format") != expected:
-        raise CheckpointError(f"{stem}.json has format {metadata.get('format')!r}, expected {expected!r} ({hint})")
-    return metadata
+        raise CheckpointError(f"{json_path} has format {metadata.get('format')!r}, expected {expected!r} ({hint})")
+    return json_path, weights_path, metadata
+
+
+def _model_class(json_path: Path, metadata: dict, cls: type | None) -> type:
+    """The class to build: the one named in the JSON (inside facelib), or ``cls`` if it agrees with the JSON."""
+    stored_class = metadata.get("class")
+    if stored_class is not None and not isinstance(stored_class, str):
+        raise CheckpointError(f"{json_path}: 'class' must be a dotted class path, got {stored_class!r}")
+    if cls is None:
+        cls = _resolve_facelib_class(stored_class)
+    elif stored_class is not None and stored_class.rpartition(".")[2] != cls.__qualname__.rpartition(".")[2]:
+        raise CheckpointError(f"{json_path.with_suffix('').name} holds a {stored_class}, not a {_class_path(cls)}")
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise CheckpointError(f"{stored_class!r} is not a torch.nn.Module subclass")
+    return cls
+
+
+def _build_bounded(cls: type, config: Any, json_path: Path, weights_path: Path) -> nn.Module:
+    """``cls(config)``, after checking on the meta device (no memory) that its tensors fit in the weights file.
+
+    A strict load needs exactly the file's tensors, so a config implying more bytes than the file
+    holds cannot load; refusing it first stops a 500-byte JSON from allocating gigabytes.
+    """
+    with _Malformed(json_path, f"building {cls.__name__} from its config"):
+        with torch.device("meta"):
+            shapes_only = cls(config)
+        needed = sum(t.numel() * t.element_size() for t in shapes_only.state_dict().values())
+        available = weights_path.stat().st_size if weights_path.exists() else 0
+        if needed > available:
+            raise CheckpointError(
+                f"{json_path}: its config asks {cls.__name__} for {needed / 2**20:.1f} MiB of tensors, but "
+                f"{weights_path.name} holds only {available / 2**20:.1f} MiB; refusing to build it"
+            )
+        return cls(config)
 
 
 def load_model(path: str | Path, cls: type | None = None, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a model saved by :func:`save_model` and load its weights strictly; returns it in eval mode."""
-    stem = _stem(path)
-    metadata = _read_metadata_of_format(stem, MODEL_FORMAT, "a training-state checkpoint is read with load_training_state")
-    stored_class = metadata.get("class")
-    if cls is None:
-        cls = _resolve_facelib_class(stored_class)
-    elif stored_class is not None and stored_class.rpartition(".")[2] != cls.__qualname__.rpartition(".")[2]:
-        raise CheckpointError(f"{stem.name} holds a {stored_class}, not a {_class_path(cls)}")
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise CheckpointError(f"{stored_class!r} is not a torch.nn.Module subclass")
-    config_cls = _config_class_of(cls, metadata.get("config_class"))
-    config = _config_from_dict(config_cls, metadata.get("config", {}))
-    model = cls(config)
-    tensors = _load_tensors(stem, metadata, map_location)
-    _check_state_dict(model, tensors, f"loading {stem.name} into {cls.__name__}")
+    json_path, weights_path, metadata = _read_metadata_of_format(
+        path, MODEL_FORMAT, "a training-state checkpoint is read with load_training_state")
+    cls = _model_class(json_path, metadata, cls)
+    config_class = metadata.get("config_class")
+    config_cls = _config_class_of(cls, config_class if isinstance(config_class, str) else None)
+    with _Malformed(json_path, f"rebuilding {config_cls.__name__}"):
+        config = _config_from_dict(config_cls, metadata.get("config", {}))
+    _read_safetensors_header(weights_path)  # a pickle is named before anything is built
+    model = _build_bounded(cls, config, json_path, weights_path)
+    tensors = _load_tensors(json_path, weights_path, metadata, map_location)
+    _check_state_dict(model, tensors, f"loading {json_path.with_suffix('').name} into {cls.__name__}")
     model.to(get_device(map_location))
     model.load_state_dict(tensors, strict=True)
     return model.eval()
@@ -497,7 +738,9 @@ def save_rng_state(path: str | Path, state: dict[str, torch.Tensor] | None = Non
 
 def load_rng_state(path: str | Path) -> dict[str, torch.Tensor]:
     """Read an RNG state written by :func:`save_rng_state` (pass it to :func:`restore_rng_state`)."""
-    return _safetensors_load(_read_safetensors_bytes(_with_suffix(_stem(path), ".safetensors")))
+    weights_path = _with_suffix(_stem(path), ".safetensors")
+    with _Malformed(weights_path, "reading an RNG state"):
+        return _safetensors_load(_read_safetensors_bytes(weights_path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -584,10 +827,7 @@ def save_training_state(
     }
     _json_dumps(metadata, "training state")  # fail before writing anything
     weights = _safetensors_save(tensors, metadata={"format": TRAINING_STATE_FORMAT})
-    metadata["weights_sha256"] = hashlib.sha256(weights).hexdigest()
-    atomic_write_bytes(_with_suffix(stem, ".safetensors"), weights)
-    atomic_write_text(_with_suffix(stem, ".json"), _json_dumps(metadata, "training state") + "\n")
-    return stem
+    return _write_pair(stem, weights, metadata, "training state")
 
 
 def load_training_state(
@@ -598,13 +838,19 @@ def load_training_state(
     restore_rng: bool = True,
 ) -> dict:
     """Load a :func:`save_training_state` checkpoint in place; returns ``{"step", "extra", "rng_state"}``."""
-    stem = _stem(path)
-    metadata = _read_metadata_of_format(stem, TRAINING_STATE_FORMAT, "a model checkpoint is read with load_model")
+    json_path, weights_path, metadata = _read_metadata_of_format(
+        path, TRAINING_STATE_FORMAT, "a model checkpoint is read with load_model")
+    stem = json_path.with_suffix("")
     stateful = stateful or {}
-    _check_names("module", modules, metadata["modules"], stem)
-    _check_names("optimizer", optimizers, metadata["optimizers"], stem)
+    for key, kind in (("modules", dict), ("optimizers", dict), ("stateful", dict), ("rng", list), ("extra", dict)):
+        if not isinstance(metadata.get(key, kind()), kind):
+            raise CheckpointError(f"{json_path}: '{key}' must be a JSON {'object' if kind is dict else 'list'}")
+    if not isinstance(metadata.get("step"), int) or isinstance(metadata.get("step"), bool) or metadata["step"] < 0:
+        raise CheckpointError(f"{json_path}: 'step' must be a non-negative integer, got {metadata.get('step')!r}")
+    _check_names("module", modules, metadata.get("modules", {}), stem)
+    _check_names("optimizer", optimizers, metadata.get("optimizers", {}), stem)
     _check_names("stateful object", stateful, metadata.get("stateful", {}), stem)
-    tensors = _load_tensors(stem, metadata, "cpu")
+    tensors = _load_tensors(json_path, weights_path, metadata, "cpu")
     for name, module in modules.items():
         module = _unwrap(module)
         prefix = f"module/{name}/"
@@ -613,17 +859,28 @@ def load_training_state(
         module.load_state_dict(state, strict=True)
     # Optimizer.load_state_dict moves its state onto each parameter's device itself.
     for name, optimizer in optimizers.items():
-        optimizer.load_state_dict(_decode(metadata["optimizers"][name], tensors))
+        with _Malformed(json_path, f"restoring optimizer {name!r}"):
+            optimizer.load_state_dict(_decode(metadata["optimizers"][name], tensors))
     for name, obj in stateful.items():
-        obj.load_state_dict(_decode(metadata["stateful"][name], tensors))
+        with _Malformed(json_path, f"restoring {name!r}"):
+            obj.load_state_dict(_decode(metadata["stateful"][name], tensors))
+    missing = [key for key in metadata.get("rng", []) if f"rng/{key}" not in tensors]
+    if missing:
+        raise CheckpointError(f"{json_path}: RNG state(s) {missing} are listed but {weights_path.name} lacks them")
     rng_state = {key: tensors[f"rng/{key}"] for key in metadata.get("rng", [])}
     if restore_rng and rng_state:
-        restore_rng_state(rng_state)
-    return {"step": int(metadata["step"]), "extra": metadata.get("extra", {}), "rng_state": rng_state}
+        with _Malformed(weights_path, "restoring the RNG state"):
+            restore_rng_state(rng_state)
+    return {"step": metadata["step"], "extra": metadata.get("extra", {}), "rng_state": rng_state}
 
 
 # ---------------------------------------------------------------------------------------------
 # Shipped weights and their manifest
+#
+# MANIFEST.json is the one pointer of a weights folder: ``ship_models`` writes each new pair under
+# new names (``<name>.<version>.safetensors`` + ``<name>.<version>.json``), then replaces the
+# manifest atomically, then deletes the files only the old manifest named. A ship killed anywhere
+# leaves the previous manifest with the files and sha256s it records.
 
 
 def shipped_weights_dir() -> Path:
@@ -631,16 +888,16 @@ def shipped_weights_dir() -> Path:
     return Path(__file__).resolve().parent / "weights"
 
 
+def _weights_folder(weights_dir: str | Path | None) -> Path:
+    return Path(weights_dir) if weights_dir is not None else shipped_weights_dir()
+
+
 def read_manifest(weights_dir: str | Path | None = None) -> dict:
     """``MANIFEST.json`` of a weights folder (default: the shipped one) as a dict."""
-    folder = Path(weights_dir) if weights_dir is not None else shipped_weights_dir()
-    path = folder / MANIFEST_NAME
+    path = _weights_folder(weights_dir) / MANIFEST_NAME
     if not path.exists():
         return {}
-    manifest = _read_json(path)
-    if not isinstance(manifest, dict):
-        raise CheckpointError(f"{path} must hold a JSON object {{name: entry}}")
-    return manifest
+    return _read_json(path, MANIFEST_NAME)
 
 
 def available_pretrained(weights_dir: str | Path | None = None) -> list[str]:
@@ -654,23 +911,58 @@ def pretrained_info(name: str, weights_dir: str | Path | None = None) -> dict:
     if name not in manifest:
         available = ", ".join(sorted(manifest)) if manifest else "none are shipped yet"
         raise CheckpointError(f"no pretrained checkpoint named {name!r}; available: {available}")
-    return manifest[name]
+    entry = manifest[name]
+    if not isinstance(entry, dict):
+        raise CheckpointError(f"{MANIFEST_NAME}: entry {name!r} must be a JSON object, got {type(entry).__name__}")
+    return entry
+
+
+def _file_inside(folder: Path, name: Any, where: str) -> Path:
+    """``folder / name`` for a plain relative name that stays inside ``folder`` (no absolute path, no '..')."""
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise CheckpointError(f"{where}: file {name!r} must be a relative path inside the weights folder "
+                              "(absolute paths and '..' are refused)")
+    path = folder / name
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise CheckpointError(f"{where}: file {name!r} leads outside the weights folder {folder} (a symlink?)")
+    return path
+
+
+def _shipped_files(folder: Path, name: str, entry: dict) -> tuple[Path, Path]:
+    """``(weights_path, json_path)`` of a manifest entry, after checking the entry is complete."""
+    where = f"{MANIFEST_NAME} entry {name!r}"
+    for key in ("file", "sha256", "config_sha256", "class"):
+        if not isinstance(entry.get(key), str):
+            raise CheckpointError(f"{where} has no {key!r}; shipped weights must record their file, class and "
+                                  "both sha256s (re-ship them with python -m facelib train ... --ship)")
+    weights_path = _file_inside(folder, entry["file"], where)
+    if not weights_path.name.endswith(".safetensors"):
+        raise CheckpointError(f"{where}: file {entry['file']!r} is not a .safetensors file")
+    return weights_path, _json_of(_stem(weights_path))
 
 
 def load_pretrained(name: str, device: str | torch.device = "cpu", weights_dir: str | Path | None = None) -> nn.Module:
-    """Load a shipped checkpoint by manifest name after verifying its sha256; returns it in eval mode."""
-    folder = Path(weights_dir) if weights_dir is not None else shipped_weights_dir()
+    """Load a shipped checkpoint by manifest name after verifying its sha256s and class; returns it in eval mode."""
+    folder = _weights_folder(weights_dir)
     entry = pretrained_info(name, folder)
-    weights_path = folder / entry["file"]
-    if not weights_path.exists():
-        raise CheckpointError(f"manifest entry {name!r} names {entry['file']}, which is not in {folder}")
-    for path, key in ((weights_path, "sha256"), (_with_suffix(_stem(weights_path), ".json"), "config_sha256")):
-        if key in entry and sha256_file(path) != entry[key]:
+    weights_path, json_path = _shipped_files(folder, name, entry)
+    expected_class = PRETRAINED_CLASSES.get(name, entry["class"])
+    if entry["class"] != expected_class:
+        raise CheckpointError(f"{MANIFEST_NAME} entry {name!r} names class {entry['class']}, but {name!r} is a "
+                              f"{expected_class}; refusing to load it under that name")
+    for path, key in ((weights_path, "sha256"), (json_path, "config_sha256")):
+        if sha256_file(path) != entry[key]:
             raise CheckpointError(
                 f"sha256 mismatch for {path.name} (pretrained {name!r}): the file differs from the one recorded in "
                 f"{MANIFEST_NAME}; it is corrupted or was replaced without re-recording it"
             )
-    return load_model(weights_path, map_location=device)
+    json_named, weights_named = checkpoint_files(json_path)
+    if weights_named != weights_path:
+        raise CheckpointError(f"{json_named.name} points at {weights_named.name}, not at the manifest's {weights_path.name}")
+    if read_metadata(json_path).get("class") != expected_class:
+        raise CheckpointError(f"{json_path.name} holds a {read_metadata(json_path).get('class')}, not the "
+                              f"{expected_class} that {name!r} must be")
+    return load_model(json_path, map_location=device)
 
 
 def manifest_entry(
@@ -685,12 +977,10 @@ def manifest_entry(
     weights_dir: str | Path | None = None,
     **extra: Any,
 ) -> dict:
-    """The manifest record of a checkpoint already copied into the weights folder."""
-    folder = Path(weights_dir) if weights_dir is not None else shipped_weights_dir()
-    stem = _stem(folder / Path(file).name)
-    weights_path = _with_suffix(stem, ".safetensors")
-    json_path = _with_suffix(stem, ".json")
-    metadata = read_metadata(stem)
+    """The manifest record of a checkpoint already inside the weights folder (``file``: its weights file)."""
+    folder = _weights_folder(weights_dir)
+    json_path, weights_path = checkpoint_files(folder / Path(file).name)
+    metadata = read_metadata(json_path)
     _read_safetensors_bytes(weights_path)
     entry = {
         "file": weights_path.name,
@@ -711,14 +1001,80 @@ def manifest_entry(
     return entry
 
 
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    atomic_write_text(folder / MANIFEST_NAME, _json_dumps(manifest, MANIFEST_NAME) + "\n")
+
+
 def record_in_manifest(name: str, file: str | Path, *, weights_dir: str | Path | None = None, **fields: Any) -> dict:
     """Add or replace ``name`` in MANIFEST.json (written atomically); returns the entry.
 
     ``fields`` are :func:`manifest_entry`'s: command, preset, steps, seed, wall_time_s, metrics and extras.
     """
-    folder = Path(weights_dir) if weights_dir is not None else shipped_weights_dir()
+    folder = _weights_folder(weights_dir)
     entry = manifest_entry(file, weights_dir=folder, **fields)
-    manifest = read_manifest(folder)
-    manifest[name] = entry
-    atomic_write_text(folder / MANIFEST_NAME, _json_dumps(manifest, MANIFEST_NAME) + "\n")
+    with lock_folder(folder):
+        _write_manifest(folder, {**read_manifest(folder), name: entry})
     return entry
+
+
+def check_writable(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and prove a file can be written there; raises ``CheckpointError`` if not.
+
+    ``--ship`` calls this before training, so a read-only weights folder fails in a second, not after the run.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(folder / ".facelib-write-test", b"")
+        (folder / ".facelib-write-test").unlink()
+    except OSError as err:
+        raise CheckpointError(f"cannot write to {folder}: {err.strerror or err}") from None
+    return folder
+
+
+def _manifest_files(folder: Path, manifest: dict) -> set[str]:
+    """Names of the files a manifest's entries use (weights and JSON)."""
+    names = set()
+    for entry in manifest.values():
+        file = entry.get("file") if isinstance(entry, dict) else None
+        if isinstance(file, str) and file.endswith(".safetensors"):
+            names |= {Path(file).name, Path(file).name[:-len(".safetensors")] + ".json"}
+    return names
+
+
+def _remove_unshipped(folder: Path, manifest: dict, candidates: set[str]) -> None:
+    """Delete ``candidates`` (file names) the manifest does not use, and atomic writers' temporary files."""
+    used = _manifest_files(folder, manifest)
+    for path in folder.iterdir():
+        if path.name in candidates and path.name not in used:
+            path.unlink(missing_ok=True)
+    remove_temporary_files(folder)
+
+
+def ship_models(models: dict[str, str | Path], fields: dict[str, dict], weights_dir: str | Path | None = None) -> dict:
+    """Copy checkpoints into the weights folder and record them in MANIFEST.json, all or nothing.
+
+    ``models``: manifest name -> checkpoint (stem or file name); ``fields[name]``: the
+    :func:`manifest_entry` keywords of that name. Returns ``{name: entry}``. A ship killed at any
+    point leaves the previous manifest and every file it names intact; its leftovers are removed
+    by the next ship.
+    """
+    folder = check_writable(_weights_folder(weights_dir))
+    versioned = re.compile(rf"^.+\.{_VERSION}\.(safetensors|json)$")
+    with lock_folder(folder):
+        before = read_manifest(folder)
+        _remove_unshipped(folder, before, {p.name for p in folder.iterdir() if versioned.match(p.name)})
+        entries = {}
+        for name, source in models.items():
+            json_path, weights_path = checkpoint_files(source)
+            weights, metadata = _read_safetensors_bytes(weights_path), _read_json(json_path)
+            version = hashlib.sha256(weights + json_path.read_bytes()).hexdigest()[:12]
+            shipped = folder / f"{name}.{version}"
+            atomic_write_bytes(_with_suffix(shipped, ".safetensors"), weights)
+            metadata["weights_file"] = _with_suffix(shipped, ".safetensors").name
+            atomic_write_text(_with_suffix(shipped, ".json"), _json_dumps(metadata, f"{name} metadata") + "\n")
+            entries[name] = manifest_entry(_with_suffix(shipped, ".safetensors"), weights_dir=folder, **fields[name])
+        after = {**before, **entries}
+        _write_manifest(folder, after)  # the switch
+        _remove_unshipped(folder, after, _manifest_files(folder, before))
+    return entries

@@ -99,12 +99,16 @@ def get_recipe(name: str) -> Callable:
 def _check_result(name: str, result: Any) -> dict:
     if not isinstance(result, dict) or "checkpoints" not in result:
         raise TypeError(f"recipe {name!r} must return a dict with 'checkpoints', 'metrics', 'preset', 'steps'")
+    from .checkpoint import CheckpointError, checkpoint_files
+
     checkpoints = result["checkpoints"]
     for checkpoint_name, stem in checkpoints.items():
-        stem = Path(stem)
-        for suffix in (".safetensors", ".json"):
-            if not stem.with_name(stem.name + suffix).exists():
-                raise FileNotFoundError(f"recipe {name!r}: checkpoint {checkpoint_name!r} has no {stem.name}{suffix}")
+        try:
+            weights = checkpoint_files(stem)[1]
+        except CheckpointError as err:
+            raise FileNotFoundError(f"recipe {name!r}: checkpoint {checkpoint_name!r}: {err}") from None
+        if not weights.exists():
+            raise FileNotFoundError(f"recipe {name!r}: checkpoint {checkpoint_name!r} has no {weights.name}")
     metrics = result.get("metrics", {})
     for checkpoint_name, values in metrics.items():
         if checkpoint_name not in checkpoints:

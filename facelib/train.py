@@ -66,7 +66,8 @@ progress=True, ddp_kwargs=None)``
 - ``steps``: total optimisation steps (a resumed run continues up to ``steps``).
   ``batch_size`` is per process (the global batch under torchrun is ``batch_size * world_size``).
 - ``.fit(resume_from=None) -> FitResult`` (dataclass: ``step``, ``seconds``, ``log_path``,
-  ``checkpoint``, ``losses`` = last logged averages).
+  ``checkpoint``, ``losses`` = last logged averages, ``first_step`` = where it started (> 0
+  after a resume), ``task`` = the task's class name).
 - Seeding: ``set_seed(seed)`` before ``task.build`` (identical initial weights on every rank),
   then ``set_seed(seed + rank)`` for the training randomness (dropout, noise) of each rank.
 - Data: the indices of step ``t`` on rank ``r`` are ``batch_indices(len(dataset), batch_size, t,
@@ -84,22 +85,33 @@ progress=True, ddp_kwargs=None)``
   ``{"kind": "train", "step": completed_steps, "seconds": training_wall_time, <loss>: mean over
   the last log_every steps and over ranks, ...}``; validation lines have ``"kind": "val"``.
   A non-finite logged loss raises ``FloatingPointError`` naming the loss and step.
-- Checkpoints: ``out_dir/checkpoints/step_00001000.{safetensors,json}`` through
+- One run per folder: rank 0 holds an exclusive lock on ``out_dir`` (``facelib.utils.lock_folder``)
+  during ``fit``; a second run on that folder raises ``FolderLockedError`` at once, naming the
+  folder and the other run's PID.
+- Checkpoints: ``out_dir/checkpoints/step_00001000.json`` (+ the versioned weights it names) through
   ``facelib.checkpoint.save_training_state`` (weights, optimiser state, ``task.stateful()``,
   RNG states, elapsed seconds; no pickle), every ``checkpoint_every`` steps (0: only at the
   end) and always at the end; the newest ``keep_checkpoints`` are kept. Other attributes of
   the task (e.g. an early-stopping best) are not saved unless ``stateful()`` exposes them.
+  A checkpoint also keeps the losses summed since the last log line, so a resumed run logs
+  the same lines as an uninterrupted one (the earlier run's partial last line is dropped).
+  Temporary files and unreferenced weights left by a killed run are removed when a run starts.
   A fresh (not resumed) run starts a new log and deletes the ``step_*`` checkpoints a
   previous run left in ``out_dir/checkpoints``. Under DDP rank 0 writes the state and every
   other rank ``r`` writes its RNG to ``step_...rank{r}.rng.safetensors``.
 - Resume: ``resume=True`` continues from the newest checkpoint in ``out_dir`` (or starts fresh
   when there is none); ``fit(resume_from=stem)`` from a given one. On CPU the resumed run is
   bit-identical to an uninterrupted one; log lines after the checkpoint's step are dropped.
+  A torn last log line (a run killed mid-write, a full disk) is skipped with a warning.
+- ``run_options(resume=None, checkpoint_every=None, on_fit=None)``: a context manager; every
+  Trainer built inside it uses these settings (the CLI's ``--resume``/``--checkpoint-every``
+  reach a recipe's Trainers this way) and ``on_fit(FitResult)`` hears of each finished fit.
 
 Functions:
 
 - ``read_log(path, kind="train") -> pandas.DataFrame``: ``path`` is the ``log.jsonl`` or the
-  run folder; ``kind=None`` returns all lines.
+  run folder; ``kind=None`` returns all lines. A torn last line is skipped with a warning
+  naming the file; a broken earlier line raises ``ValueError``.
 - ``batch_indices(num_samples, batch_size, step, *, seed, rank=0, world_size=1) -> LongTensor``.
 - ``latest_checkpoint(out_dir) -> Path | None``: the stem of the newest complete checkpoint.
 - ``distributed_env() -> (rank, local_rank, world_size)`` from the torchrun environment.
@@ -108,6 +120,7 @@ Functions:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import math
 import os
@@ -126,8 +139,11 @@ from tqdm.auto import tqdm
 
 from .checkpoint import (
     TRAINING_STATE_FORMAT,
+    CheckpointError,
     _unwrap,
     capture_rng_state,
+    checkpoint_files,
+    clean_folder,
     load_rng_state,
     load_training_state,
     read_metadata,
@@ -135,14 +151,15 @@ from .checkpoint import (
     save_rng_state,
     save_training_state,
 )
-from .utils import atomic_write_text, get_device, set_seed
+from .utils import atomic_write_text, get_device, lock_folder, remove_temporary_files, set_seed
 
 LOG_NAME = "log.jsonl"
+_FLOAT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 CHECKPOINT_FOLDER = "checkpoints"
 
 __all__ = [
     "TrainingTask", "Trainer", "FitResult", "read_log", "batch_indices", "latest_checkpoint",
-    "distributed_env", "set_seed", "get_device",
+    "distributed_env", "run_options", "set_seed", "get_device",
 ]
 
 
@@ -187,6 +204,8 @@ class FitResult:
     log_path: Path
     checkpoint: Path | None
     losses: dict[str, float] = field(default_factory=dict)
+    first_step: int = 0  # the step training started from (> 0 after a resume)
+    task: str = ""  # the task's class name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,11 +293,33 @@ def read_log(path: str | Path, kind: str | None = "train"):
         path = path / LOG_NAME
     if not path.exists():
         raise FileNotFoundError(f"no training log at {path} (Trainer writes <out_dir>/{LOG_NAME})")
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = _read_log_records(path)
     frame = pd.DataFrame.from_records(records, columns=None if records else ["kind", "step", "seconds"])
     if kind is not None and len(frame):
         frame = frame[frame["kind"] == kind].dropna(axis=1, how="all").reset_index(drop=True)
     return frame
+
+
+def _read_log_records(path: Path) -> list[dict]:
+    """The JSON lines of a log. A torn last line (a run killed or a disk full mid-write) is skipped
+    with a warning naming the file; a broken line before the last one raises ``ValueError``."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif number == len(lines):
+            warnings.warn(f"{path}: skipping its torn last line {number} ({line[:60]!r}); the run that wrote it "
+                          "was interrupted mid-write", stacklevel=3)
+        else:
+            raise ValueError(f"{path}, line {number} is not a JSON object ({line[:60]!r}); the log is corrupt")
+    return records
 
 
 def _checkpoint_step(stem: Path) -> int | None:
@@ -305,8 +346,11 @@ def _checkpoint_stems(out_dir: Path) -> list[tuple[int, Path]]:
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     """Stem of the newest complete training checkpoint in ``out_dir/checkpoints`` (None when there is none)."""
     for _, stem in reversed(_checkpoint_stems(Path(out_dir))):
-        if stem.with_suffix(".safetensors").exists():
-            return stem
+        try:
+            if checkpoint_files(stem)[1].exists():
+                return stem
+        except CheckpointError:
+            continue  # an unreadable JSON: fall back to the checkpoint before it
     return None
 
 
@@ -320,8 +364,41 @@ def _destroy_process_group() -> None:
 
 
 def _delete_checkpoint(stem: Path) -> None:
+    """JSON first: a deletion killed midway leaves unreferenced weights (cleaned later), never a JSON without them."""
+    stem.with_name(stem.name + ".json").unlink(missing_ok=True)
     for path in stem.parent.glob(stem.name + ".*"):
         path.unlink(missing_ok=True)
+
+
+# Settings a caller (the CLI) imposes on every Trainer built inside ``run_options``, and the
+# functions told about each finished fit.
+_run_overrides: dict[str, Any] = {}
+_fit_listeners: list[Callable[["FitResult"], None]] = []
+
+
+@contextlib.contextmanager
+def run_options(*, resume: bool | None = None, checkpoint_every: int | None = None,
+                on_fit: Callable[["FitResult"], None] | None = None):
+    """Inside this block every ``Trainer`` (e.g. the ones a recipe builds) resumes and/or
+    checkpoints as asked, whatever the recipe passed; ``on_fit(result)`` is called after each fit.
+
+    This is how ``python -m facelib train NAME --resume --checkpoint-every N`` reaches the
+    Trainers of a multi-stage recipe without every recipe taking these options.
+    """
+    if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 0):
+        raise ValueError(f"checkpoint_every must be an int >= 0, got {checkpoint_every!r}")
+    saved = dict(_run_overrides)
+    _run_overrides.update({k: v for k, v in (("resume", resume), ("checkpoint_every", checkpoint_every))
+                           if v is not None})
+    if on_fit is not None:
+        _fit_listeners.append(on_fit)
+    try:
+        yield
+    finally:
+        _run_overrides.clear()
+        _run_overrides.update(saved)
+        if on_fit is not None:
+            _fit_listeners.remove(on_fit)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,6 +436,8 @@ class Trainer:
         for method in ("build", "training_step"):
             if not callable(getattr(task, method, None)):
                 raise TypeError(f"Trainer: the task {type(task).__name__} has no {method}() method (see TrainingTask)")
+        resume = _run_overrides.get("resume", resume)
+        checkpoint_every = _run_overrides.get("checkpoint_every", checkpoint_every)
         self.task = task
         self.steps, self.batch_size, self.seed = steps, batch_size, int(seed)
         self.out_dir = Path(out_dir)
@@ -429,13 +508,20 @@ class Trainer:
         with open(self.log_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
-    def _restart_log(self, keep_until_step: int | None) -> None:
-        """Fresh run: empty log. Resume: keep only lines up to the checkpoint's step."""
+    def _restart_log(self, keep_until_step: int | None, drop_partial_row: bool = False) -> None:
+        """Fresh run: empty log. Resume: keep only lines up to the checkpoint's step.
+
+        ``drop_partial_row``: the train line at that step averaged an unfinished window (the
+        earlier run ended there, off the ``log_every`` grid); the resumed run carries that window
+        on and logs it at the next grid step, as an uninterrupted run would.
+        """
         kept = []
         if keep_until_step is not None and self.log_path.exists():
-            for line in self.log_path.read_text(encoding="utf-8").splitlines():
-                if line.strip() and json.loads(line).get("step", 0) <= keep_until_step:
-                    kept.append(line + "\n")
+            for record in _read_log_records(self.log_path):
+                step = record.get("step", 0)
+                partial = drop_partial_row and step == keep_until_step and record.get("kind") == "train"
+                if isinstance(step, int) and step <= keep_until_step and not partial:
+                    kept.append(json.dumps(record) + "\n")
         atomic_write_text(self.log_path, "".join(kept))
 
     def _average(self, sums: dict[str, Any], count: int) -> dict[str, float]:
@@ -451,21 +537,26 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
 
-    def _save(self, step: int, seconds: float, modules, optimizers, stateful) -> Path:
+    def _save(self, step: int, seconds: float, modules, optimizers, stateful, window: dict) -> Path:
         stem = self.checkpoint_dir / f"step_{step:08d}"
+        # The losses summed since the last log line (averaged over ranks), so a resumed run's next
+        # line averages the same steps as an uninterrupted run's.
+        log_window = {"count": window["count"], "sums": self._average(window["sums"], 1) if window["count"] else {},
+                      "tensor_dtypes": {k: str(v.dtype).removeprefix("torch.") for k, v in window["sums"].items()
+                                        if isinstance(v, torch.Tensor)}}
         if self.rank != 0:
             save_rng_state(_rank_rng_path(stem, self.rank))
         if self.world_size > 1:
             dist.barrier()  # every rank's RNG file exists before rank 0 writes the JSON that marks completion
         if self.rank == 0:
             extra = {"seconds": seconds, "seed": self.seed, "batch_size": self.batch_size,
-                     "world_size": self.world_size, "task": type(self.task).__name__}
+                     "world_size": self.world_size, "task": type(self.task).__name__, "log_window": log_window}
             save_training_state(stem, modules, optimizers, step, stateful=stateful, extra=extra)
             for _, old in _checkpoint_stems(self.out_dir)[:-self.keep_checkpoints]:
                 _delete_checkpoint(old)
         return stem
 
-    def _resume(self, stem: Path, modules, optimizers, stateful) -> tuple[int, float]:
+    def _resume(self, stem: Path, modules, optimizers, stateful) -> tuple[int, float, dict | None]:
         metadata = read_metadata(stem)
         if metadata.get("format") != TRAINING_STATE_FORMAT:
             raise ValueError(f"{stem} is not a training checkpoint (format {metadata.get('format')!r})")
@@ -481,7 +572,17 @@ class Trainer:
                 restore_rng_state(load_rng_state(rng_path))
             else:
                 warnings.warn(f"{rng_path.name} is missing; rank {self.rank} keeps its fresh seed", stacklevel=3)
-        return state["step"], float(extra.get("seconds", 0.0))
+        return state["step"], float(extra.get("seconds", 0.0)), self._restored_window(extra.get("log_window"))
+
+    def _restored_window(self, saved: Any) -> dict | None:
+        """The log window a checkpoint stored (None for checkpoints from before it was stored)."""
+        if not (isinstance(saved, dict) and isinstance(saved.get("count"), int) and isinstance(saved.get("sums"), dict)):
+            return None
+        dtypes = saved.get("tensor_dtypes", {})
+        sums = {name: float(value) if name not in dtypes else
+                torch.tensor(value, dtype=_FLOAT_DTYPES.get(dtypes[name], torch.float32), device=self.device)
+                for name, value in saved["sums"].items()}
+        return {"sums": sums, "count": saved["count"]}
 
     def _validate(self, step: int, unwrapped: dict[str, nn.Module]) -> dict[str, float] | None:
         validate = getattr(self.task, "validate", None)
@@ -513,7 +614,13 @@ class Trainer:
             # Kept for later fits in this process (multi-stage recipes): a group cannot be re-created
             # under torchrun once destroyed.
             atexit.register(_destroy_process_group)
-        return self._fit(resume_from)
+        # One run per folder: rank 0 holds an exclusive lock on out_dir for the whole fit.
+        lock = lock_folder(self.out_dir, "training run") if self.rank == 0 else contextlib.nullcontext()
+        with lock:
+            result = self._fit(resume_from)
+        for listener in list(_fit_listeners):
+            listener(result)
+        return result
 
     def _fit(self, resume_from: str | Path | None) -> FitResult:
         task = self.task
@@ -525,23 +632,26 @@ class Trainer:
 
         if resume_from is None and self.resume:
             resume_from = latest_checkpoint(self.out_dir)
-        start, seconds_before = 0, 0.0
+        start, seconds_before, window = 0, 0.0, None
         if resume_from is not None:
-            start, seconds_before = self._resume(Path(resume_from), modules, optimizers, stateful)
+            start, seconds_before, window = self._resume(Path(resume_from), modules, optimizers, stateful)
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            remove_temporary_files(self.out_dir)  # left by a run killed mid-write
+            clean_folder(self.checkpoint_dir)
             if resume_from is None:
                 for _, old in _checkpoint_stems(self.out_dir):
                     _delete_checkpoint(old)
-            self._restart_log(start if resume_from is not None else None)
+            partial = window is not None and window["count"] > 0 and start < self.steps
+            self._restart_log(start if resume_from is not None else None, drop_partial_row=partial)
         if self.world_size > 1:
             dist.barrier()
 
         batches = self._loader(start)
         bar = tqdm(total=self.steps, initial=start, desc=type(task).__name__, dynamic_ncols=True,
                    disable=not (self.progress and self.rank == 0))
-        sums: dict[str, Any] = {}
-        count = 0
+        sums: dict[str, Any] = window["sums"] if window else {}
+        count = window["count"] if window else 0
         logged: dict[str, float] = {}
         checkpoint = None
         clock = time.perf_counter()
@@ -565,7 +675,8 @@ class Trainer:
                 seconds = seconds_before + time.perf_counter() - clock
                 if done % self.log_every == 0 or done == self.steps:
                     logged = self._average(sums, count)
-                    sums, count = {}, 0
+                    if done % self.log_every == 0:  # off the grid (the last step) the window stays open for a resume
+                        sums, count = {}, 0
                     for name, value in logged.items():
                         if not math.isfinite(value):
                             raise FloatingPointError(f"loss {name!r} is {value} at step {done}; training diverged")
@@ -577,10 +688,10 @@ class Trainer:
                     if metrics is not None:
                         self._write_log({"kind": "val", "step": done, "seconds": round(seconds, 3), **metrics})
                 if (self.checkpoint_every and done % self.checkpoint_every == 0) or done == self.steps:
-                    checkpoint = self._save(done, seconds, modules, optimizers, stateful)
+                    checkpoint = self._save(done, seconds, modules, optimizers, stateful, {"sums": sums, "count": count})
         finally:
             bar.close()
         if checkpoint is None:
             checkpoint = latest_checkpoint(self.out_dir)
         return FitResult(step=max(start, self.steps), seconds=seconds, log_path=self.log_path,
-                         checkpoint=checkpoint, losses=logged)
+                         checkpoint=checkpoint, losses=logged, first_step=start, task=type(task).__name__)

@@ -1,8 +1,10 @@
-"""Small utilities used across facelib: seeding, device choice, atomic writes."""
+"""Small utilities used across facelib: seeding, device choice, atomic writes, folder locks."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import re
 import tempfile
 from pathlib import Path
 
@@ -36,16 +38,37 @@ def get_device(device: str | torch.device = "auto") -> torch.device:
         raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from err
 
 
+#: The temporary files of :func:`atomic_write_bytes`: ``.<name>.<random>.tmp``.
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (``/proc/self/status``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but only for an instant)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.
 
-    A reader never sees a half-written file, and a crash leaves the old file intact.
+    A reader never sees a half-written file, and a crash leaves the old file intact (plus, if
+    killed, a ``.<name>.<random>.tmp`` file that ``facelib.checkpoint.clean_folder`` removes).
+    The file gets the permissions of a normal ``open()`` (0666 minus the umask), not ``mkstemp``'s
+    0600, so a shared install's weights are readable by its other users.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -54,11 +77,96 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Text version of :func:`atomic_write_bytes` (UTF-8)."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def remove_temporary_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``.<name>.<random>.tmp`` files that killed :func:`atomic_write_bytes` calls left in ``folder``.
+
+    Only for a folder no other process is writing to (hold :func:`lock_folder`); returns the deleted paths.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = [path for path in folder.iterdir() if _TEMPORARY.match(path.name) and path.is_file()]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
+class FolderLockedError(RuntimeError):
+    """Another process holds the lock of a folder (a run or a weights folder); the message names it."""
+
+
+LOCK_NAME = ".facelib.lock"
+_held_locks: dict[Path, list] = {}  # resolved folder -> [open lock file, depth]
+
+
+@contextlib.contextmanager
+def lock_folder(folder: str | os.PathLike, what: str = "folder"):
+    """Hold an exclusive lock on ``folder`` (``fcntl.flock`` on ``folder/.facelib.lock``) while inside.
+
+    A second process asking for the same folder fails at once with ``FolderLockedError`` naming
+    the folder and the holder's PID (written into the lock file). Re-entrant within a process, so
+    a CLI that locks its output folder can run a Trainer writing to that same folder. The lock
+    dies with the process (the kernel releases it), so a killed run never leaves a stale lock.
+    Where ``fcntl`` does not exist (Windows) this does nothing.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = folder.resolve()
+    if key in _held_locks:
+        _held_locks[key][1] += 1
+        try:
+            yield
+        finally:
+            _held_locks[key][1] -= 1
+        return
+    handle = open(folder / LOCK_NAME, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise FolderLockedError(
+            f"{folder} is in use by another process (PID {holder}); one {what} per folder: wait for it to "
+            "finish or choose another folder"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    _held_locks[key] = [handle, 1]
+    try:
+        yield
+    finally:
+        _held_locks.pop(key)
+        handle.close()  # closing releases the flock
 
 
 def is_smoke() -> bool:

@@ -14,7 +14,7 @@ from torch import nn
 import facelib
 from facelib import checkpoint
 from facelib.checkpoint import (
-    CheckpointError, capture_rng_state, load_model, load_pretrained, load_training_state, read_manifest,
+    CheckpointError, capture_rng_state, checkpoint_files, load_model, load_pretrained, load_training_state, read_manifest,
     record_in_manifest, restore_rng_state, save_model, save_training_state, sha256_file,
 )
 
@@ -75,8 +75,10 @@ def no_unpickling(monkeypatch):
 def test_round_trip_restores_config_weights_and_buffers(tmp_path):
     model = Net(NetConfig(width=7, kernel_sizes=(1, 5, 3), name="x"))
     stem = save_model(model, tmp_path / "net.safetensors", extra={"note": "hello"})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.json", "net.safetensors"]
     metadata = json.loads((tmp_path / "net.json").read_text())
+    # the JSON names its weights file: <stem>.<first 12 hex digits of the weights' sha256>.safetensors
+    assert metadata["weights_file"] == f"net.{metadata['weights_sha256'][:12]}.safetensors"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [metadata["weights_file"], "net.json"]
     assert metadata["class"].endswith("test_checkpoint.Net")
     assert metadata["config"] == {"width": 7, "kernel_sizes": [1, 5, 3], "dropout": 0.1, "name": "x"}
     assert metadata["versions"]["torch"] == torch.__version__ and metadata["extra"] == {"note": "hello"}
@@ -118,7 +120,7 @@ def test_pickle_suffixes_are_refused(tmp_path, suffix, no_unpickling):
 @pytest.mark.parametrize("zipfile_format, kind", [(True, "zip archive"), (False, "a pickle")])
 def test_pickled_content_is_refused_whatever_its_name(tmp_path, zipfile_format, kind, monkeypatch):
     stem = save_model(Net(NetConfig()), tmp_path / "net")
-    torch.save(Net(NetConfig()).state_dict(), tmp_path / "net.safetensors",
+    torch.save(Net(NetConfig()).state_dict(), checkpoint_files(stem)[1],
                _use_new_zipfile_serialization=zipfile_format)
     monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("unpickled"))
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("unpickled"))
@@ -174,7 +176,7 @@ def test_config_mismatch_names_the_field(tmp_path, change, field):
 def test_weights_and_json_from_different_saves_are_detected(tmp_path):
     save_model(Net(NetConfig()), tmp_path / "a")
     save_model(Net(NetConfig()), tmp_path / "b")
-    (tmp_path / "a.safetensors").write_bytes((tmp_path / "b.safetensors").read_bytes())
+    checkpoint_files(tmp_path / "a")[1].write_bytes(checkpoint_files(tmp_path / "b")[1].read_bytes())
     with pytest.raises(CheckpointError, match="not saved together"):
         load_model(tmp_path / "a", cls=Net)
 
@@ -275,15 +277,15 @@ def _ship(folder, model, name="net"):
 def test_load_pretrained_verifies_sha256(tmp_path, facelib_net):
     model = facelib_net(NetConfig(width=3))
     entry = _ship(tmp_path, model)
-    assert entry["sha256"] == sha256_file(tmp_path / "net.safetensors")
+    assert entry["sha256"] == sha256_file(tmp_path / entry["file"])
     assert read_manifest(tmp_path)["net"]["command"] == "python -m facelib train net --seed 0 --ship"
     loaded = load_pretrained("net", weights_dir=tmp_path)
     assert torch.equal(loaded.linear.weight, model.linear.weight)
 
-    data = bytearray((tmp_path / "net.safetensors").read_bytes())
+    data = bytearray((tmp_path / entry["file"]).read_bytes())
     data[-1] ^= 0xFF  # one flipped bit in the last weight
-    (tmp_path / "net.safetensors").write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="sha256 mismatch for net.safetensors"):
+    (tmp_path / entry["file"]).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"sha256 mismatch for {entry['file']}"):
         load_pretrained("net", weights_dir=tmp_path)
 
 
@@ -308,3 +310,140 @@ def test_shipped_manifest_is_consistent():
         assert entry["command"].startswith(f"python -m facelib train ") or converted, name
         assert entry["class"].startswith("facelib."), name
         assert sha256_file(folder / entry["file"]) == entry["sha256"], name
+
+
+# ---------------------------------------------------------------------------------------------
+# Malformed files: each of these escaped as a bare SafetensorError, KeyError, AttributeError,
+# TypeError, ValueError, RuntimeError or RecursionError before (16 of the 18 cases).
+
+
+def _saved_model(folder):
+    return save_model(Net(NetConfig()), folder / "net")
+
+
+def _saved_state(folder):
+    model = Net(NetConfig())
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 3)).sum().backward()
+    optimizer.step()
+    return save_training_state(folder / "state", {"net": model}, {"adam": optimizer}, step=1), model, optimizer
+
+
+def _edit_json(stem, change):
+    json_path = checkpoint_files(stem)[0]
+    json_path.write_text(json.dumps(change(json.loads(json_path.read_text()))))
+
+
+def _without_sha(metadata):
+    return {k: v for k, v in metadata.items() if k != "weights_sha256"}
+
+
+def _rewrite_header(stem, change):
+    """Rewrite the safetensors header with ``change(header_dict_or_bytes)`` (sha dropped from the JSON)."""
+    weights_path = checkpoint_files(stem)[1]
+    data = weights_path.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = change(data[8:8 + length])
+    header += b" " * (-len(header) % 8)
+    weights_path.write_bytes(len(header).to_bytes(8, "little") + header + data[8 + length:])
+    _edit_json(stem, _without_sha)
+
+
+def _header_json(change):
+    def apply(raw):
+        header = json.loads(raw)
+        change(header)
+        return json.dumps(header).encode()
+    return apply
+
+
+def _first_tensor_offsets_huge(header):
+    header[next(k for k in header if k != "__metadata__")]["data_offsets"] = [0, 10**9]
+
+
+def _load_state(folder, change):
+    stem, model, optimizer = _saved_state(folder)
+    _edit_json(stem, change)
+    load_training_state(stem, {"net": model}, {"adam": optimizer})
+
+
+def _set_optimizer(key, value):
+    def change(metadata):
+        metadata["optimizers"]["adam"][key] = value
+        return metadata
+    return change
+
+
+def _bad_rng_tensor(folder):
+    from safetensors.torch import load, save
+
+    stem, model, optimizer = _saved_state(folder)
+    weights_path = checkpoint_files(stem)[1]
+    tensors = load(weights_path.read_bytes())
+    tensors["rng/python_state"] = torch.zeros(3, dtype=torch.int64)
+    weights_path.write_bytes(save(tensors, metadata={"format": "facelib.training_state/1"}))
+    _edit_json(stem, _without_sha)
+    load_training_state(stem, {"net": model}, {"adam": optimizer})
+
+
+def _manifest(folder, text):
+    (folder / "MANIFEST.json").write_text(text)
+    load_pretrained("net", weights_dir=folder)
+
+
+@dataclass
+class PositiveConfig:
+    width: int = 3
+
+    def __post_init__(self):
+        if self.width < 1:
+            raise ValueError("width must be positive")
+
+
+class PositiveNet(nn.Module):
+    def __init__(self, config: PositiveConfig):
+        super().__init__()
+        self.config = config
+        self.linear = nn.Linear(3, config.width)
+
+
+def _rejected_by_post_init(folder):
+    stem = save_model(PositiveNet(PositiveConfig()), folder / "m")
+    _edit_json(stem, lambda m: {**m, "config": {"width": -1}})
+    load_model(stem, cls=PositiveNet)
+
+
+MALFORMED = {
+    "header is not JSON": lambda d: (_rewrite_header(_saved_model(d), lambda raw: b"{" + b"x" * (len(raw) - 1)),
+                                     load_model(d / "net", cls=Net)),
+    "tensor offsets beyond the file": lambda d: (_rewrite_header(_saved_model(d), _header_json(
+        _first_tensor_offsets_huge)), load_model(d / "net", cls=Net)),
+    "header metadata not strings": lambda d: (_rewrite_header(_saved_model(d), _header_json(
+        lambda h: h.update({"__metadata__": {"format": 5}}))), load_model(d / "net", cls=Net)),
+    "metadata is a list": lambda d: (checkpoint_files(_saved_model(d))[0].write_text("[1, 2]"),
+                                     load_model(d / "net", cls=Net)),
+    "metadata nested 100000 deep": lambda d: (checkpoint_files(_saved_model(d))[0].write_text(
+        "[" * 100000 + "]" * 100000), load_model(d / "net", cls=Net)),
+    "class is not a string": lambda d: (_edit_json(_saved_model(d), lambda m: {**m, "class": ["a"]}),
+                                        load_model(d / "net")),
+    "config is not a dict": lambda d: (_edit_json(_saved_model(d), lambda m: {**m, "config": 7}),
+                                       load_model(d / "net", cls=Net)),
+    "config refused by __post_init__": _rejected_by_post_init,
+    "config the model cannot build": lambda d: (_edit_json(_saved_model(d), lambda m: {
+        **m, "config": {**m["config"], "width": -4}}), load_model(d / "net", cls=Net)),
+    "state without modules": lambda d: _load_state(d, lambda m: {k: v for k, v in m.items() if k != "modules"}),
+    "state lists an RNG it lacks": lambda d: _load_state(d, lambda m: {**m, "rng": m["rng"] + ["bogus"]}),
+    "state step is not an int": lambda d: _load_state(d, lambda m: {**m, "step": "ten"}),
+    "optimizer param_groups mangled": lambda d: _load_state(d, _set_optimizer("param_groups", 5)),
+    "optimizer items malformed": lambda d: _load_state(d, _set_optimizer("state", {"__items__": [[1]]})),
+    "RNG tensor of the wrong shape": _bad_rng_tensor,
+    "manifest entry not a dict": lambda d: _manifest(d, json.dumps({"net": 3})),
+    "manifest entry without file": lambda d: _manifest(d, json.dumps({"net": {"sha256": "x"}})),
+    "manifest nested 100000 deep": lambda d: _manifest(d, "[" * 100000 + "]" * 100000),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_every_malformed_file_raises_checkpoint_error(tmp_path, case, no_unpickling):
+    with pytest.raises(CheckpointError):
+        MALFORMED[case](tmp_path)

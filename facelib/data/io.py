@@ -115,6 +115,8 @@ def _read_file(path: Path, max_pixels: int) -> np.ndarray:
         raise FileNotFoundError(f"image file not found: {path}")
     if path.is_dir():
         raise IsADirectoryError(f"expected an image file, got a folder: {path}")
+    if not path.is_file():  # a FIFO would block the open forever, a device would be read without end
+        raise ValueError(f"{path} is not a regular file (a FIFO, device or socket); load_image reads image files")
     try:
         with warnings.catch_warnings():
             # Pillow warns about large images while opening; our own limit below decides.
