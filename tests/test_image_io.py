@@ -123,3 +123,19 @@ def test_gigantic_image_is_refused_before_decoding(tmp_path):
     with pytest.raises(ValueError, match="max_pixels=5,000"):
         load_image(tmp_path / "ok.png", max_pixels=5_000)
     assert load_image(tmp_path / "ok.png").shape == (100, 100, 3) and MAX_PIXELS > 10_000
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_tensors_and_arrays_are_refused(bad):
+    # an all-NaN tensor used to come out as a black image
+    for image in (torch.full((3, 20, 20), bad), torch.full((1, 3, 20, 20), bad)):
+        with pytest.raises(ValueError, match="1200 NaN/inf values; only finite values in \\[-1, 1\\]"):
+            load_image(image)
+    one_bad = torch.zeros(3, 20, 20)
+    one_bad[1, 2, 3] = bad
+    with pytest.raises(ValueError, match="1 NaN/inf values"):
+        to_uint8(one_bad)
+    array = np.full((20, 20, 3), 0.5, np.float32)
+    array[4, 5, 0] = bad
+    with pytest.raises(ValueError, match="must be finite and lie in \\[0, 1\\]; got 1 NaN/inf values"):
+        load_image(array)
