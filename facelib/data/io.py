@@ -26,12 +26,15 @@ Arrays are taken to be RGB already (OpenCV users: convert BGR with ``img[..., ::
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+#: What Pillow may raise while decoding a broken file, besides OSError and SyntaxError.
+_PILLOW_DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, EOFError, ZeroDivisionError, struct.error)
 #: Images smaller than this on either side are refused (scikit-image's LFW faces, 25 px, pass).
 MIN_SIDE = 16
 #: Default limit on width * height: 64 megapixels, more than any camera photo, far below a bomb.
@@ -63,7 +66,10 @@ def load_image(image, *, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE)
         if not isinstance(image, Image.Image):
             raise TypeError(f"cannot read an image from {type(image).__name__}; accepted: {_ACCEPTED}")
         _check_pixels(image.size, max_pixels, "image")
-        rgb = _pil_to_rgb(image)
+        try:
+            rgb = _pil_to_rgb(image)
+        except OSError as err:  # a lazily opened PIL image whose file is broken
+            raise ValueError(f"the PIL image could not be decoded (corrupt or truncated image data: {err})") from None
     height, width = rgb.shape[:2]
     if min(height, width) < min_side:
         raise ValueError(
@@ -147,8 +153,13 @@ def _read_file(path: Path, max_pixels: int) -> np.ndarray:
 def _pil_to_rgb(picture) -> np.ndarray:
     from PIL import Image, ImageOps
 
-    picture = ImageOps.exif_transpose(picture)  # honour the camera's orientation tag
-    picture.load()
+    try:
+        picture = ImageOps.exif_transpose(picture)  # honour the camera's orientation tag
+        picture.load()
+    except _PILLOW_DECODE_ERRORS as err:
+        # Pillow reports some broken files with these (a TIFF's "invalid extents" is a ValueError); as
+        # OSError they reach the handlers that name the file ("could not be decoded")
+        raise OSError(f"{type(err).__name__}: {err}") from err
     mode = picture.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
         values = np.asarray(picture)
