@@ -1,6 +1,9 @@
 """Measuring instruments: every number in the five papers' tables, plus what SynthFaces' ground truth allows.
 
 Images are float ``[B, 3, H, W]`` in ``[-1, 1]`` (data range 2), as everywhere in facelib.
+PSNR, SSIM and MS-SSIM map them to ``[0, 1]`` first and measure there, the standard setting of
+the papers, scikit-image, pytorch-msssim and torchmetrics (SSIM's luminance term is not
+offset-invariant, so measuring on ``[-1, 1]`` would give other numbers).
 
 =====================================  ===============================================
 paper table                            function here
@@ -25,6 +28,7 @@ the per-image values as a tensor ``[B]`` instead.
 from __future__ import annotations
 
 import math
+import numbers
 import statistics
 import time
 import warnings
@@ -42,8 +46,9 @@ from tqdm.auto import tqdm
 from .conventions import AU_CODES, AU_MAX, NUM_AUS
 from .utils import get_device
 
-#: How far outside the accepted value range an image may stray (rounding, bilinear overshoot).
-RANGE_TOLERANCE = 1e-2
+#: How far outside the accepted value range an image may stray (rounding, bilinear overshoot), as a
+#: fraction of the data range: 0.01 for facelib's [-1, 1] images.
+RANGE_TOLERANCE = 5e-3
 #: Wang et al. 2003's MS-SSIM weights, finest scale first (pytorch_msssim's default).
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 #: SSIM's Gaussian window (Wang et al. 2004): 11 taps, sigma 1.5, "valid" positions only.
@@ -70,32 +75,51 @@ def _check_tensor(x, name: str, *, ndim: int | None = None, shape_hint: str = ""
     return x
 
 
+def _check_data_range(data_range) -> float:
+    """``data_range`` must be a finite positive number (2 for facelib's [-1, 1] images)."""
+    if isinstance(data_range, bool) or not isinstance(data_range, numbers.Real):
+        raise TypeError(f"data_range must be a positive number (2 for facelib images in [-1, 1], R for images "
+                        f"in [0, R]), got {type(data_range).__name__}")
+    if not math.isfinite(data_range) or data_range <= 0:
+        raise ValueError(f"data_range must be a finite positive number (2 for facelib images in [-1, 1], R for "
+                         f"images in [0, R]), got {data_range}")
+    return float(data_range)
+
+
 def _accepted_range(data_range: float) -> tuple[float, float]:
     """facelib images live in [-1, 1] (data range 2); any other data range means [0, data_range]."""
-    if data_range <= 0:
-        raise ValueError(f"data_range must be positive, got {data_range}")
-    return (-1.0, 1.0) if data_range == 2.0 else (0.0, float(data_range))
+    data_range = _check_data_range(data_range)
+    return (-1.0, 1.0) if data_range == 2.0 else (0.0, data_range)
 
 
 def _check_images(x, name: str, data_range: float = 2.0, *, channels: Sequence[int] = (3,)) -> torch.Tensor:
     """``x`` must be a finite float ``[B, C, H, W]`` batch inside the accepted value range."""
     hint = f"[B, C, H, W] with C in {tuple(channels)}"
+    low, high = _accepted_range(data_range)
     _check_tensor(x, name, ndim=4, shape_hint=hint)
     if not x.is_floating_point():
-        raise TypeError(f"{name} must be a float tensor with values in {_accepted_range(data_range)}, got {x.dtype}")
+        raise TypeError(f"{name} must be a float tensor with values in [{low:g}, {high:g}], got {x.dtype}")
     if x.shape[1] not in channels:
         raise ValueError(f"{name} must be {hint}, got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch; at least one image is needed")
-    low, high = _accepted_range(data_range)
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"{name} has no pixels (shape {tuple(x.shape)}); images need a height and width >= 1")
     x_min, x_max = float(x.min()), float(x.max())
-    if x_min < low - RANGE_TOLERANCE or x_max > high + RANGE_TOLERANCE:
+    tolerance = RANGE_TOLERANCE * (high - low)
+    if x_min < low - tolerance or x_max > high + tolerance:
         raise ValueError(
             f"{name} has values in [{x_min:.3g}, {x_max:.3g}], outside the accepted range [{low:g}, {high:g}] "
             f"for data_range={data_range:g} (facelib images are in [-1, 1] with data_range=2; "
             f"images in [0, R] need data_range=R)"
         )
     return x
+
+
+def _to_unit_range(x: torch.Tensor, data_range: float) -> torch.Tensor:
+    """Images in the accepted range of ``data_range`` -> float64 in [0, 1], where PSNR and SSIM are standard."""
+    low, _ = _accepted_range(data_range)
+    return (x.double() - low) / float(data_range)
 
 
 def _check_image_pair(pred, target, data_range: float, names=("pred", "target")) -> None:
@@ -134,9 +158,11 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = N
     Computed per image and averaged over the batch. With ``mask`` ``[B, 1, H, W]`` the MSE
     averages only over the masked pixels (weights in [0, 1]); every image needs a non-empty
     mask. Identical images give ``inf`` (and so does a batch mean that contains one).
+    The MSE is taken on the images mapped to [0, 1] (where the peak is 1), which is the same
+    number and cannot overflow or underflow for any finite positive ``data_range``.
     """
     _check_image_pair(pred, target, data_range)
-    squared_error = (pred.double() - target.double()) ** 2  # [B, C, H, W]
+    squared_error = (_to_unit_range(pred, data_range) - _to_unit_range(target, data_range)) ** 2  # [B, C, H, W]
     if mask is None:
         mse = squared_error.flatten(1).mean(1)  # [B]
     else:
@@ -146,24 +172,37 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = N
             empty = torch.nonzero(mass == 0).flatten().tolist()
             raise ValueError(f"mask is empty for images {empty}; every image needs at least one masked pixel")
         mse = (weights * squared_error).flatten(1).sum(1) / mass
-    values = 10.0 * torch.log10(data_range**2 / mse)  # mse == 0 -> inf
+    values = -10.0 * torch.log10(mse)  # peak 1 in [0, 1]; mse == 0 -> inf
     return _reduce(values.float(), per_image)
 
 
+def _check_ssim_size(pred: torch.Tensor, what: str) -> int:
+    size = min(pred.shape[-2:])
+    if size < SSIM_WINDOW:
+        raise ValueError(f"{what} needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} px (its Gaussian window), "
+                         f"got {tuple(pred.shape[-2:])}")
+    return size
+
+
 def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 2.0, per_image: bool = False):
-    """Structural similarity (Wang et al. 2004), via ``pytorch_msssim``.
+    """Structural similarity (Wang et al. 2004), via ``pytorch_msssim``, measured on [0, 1].
+
+    The images are first mapped to [0, 1] (facelib's [-1, 1] by ``(x + 1) / 2``, [0, R] by
+    ``x / R``) and SSIM is computed there with data range 1, as in the paper and in every
+    standard implementation: SSIM's luminance term ``(2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1)``
+    changes when both images are shifted by a constant, so the same pair measured on [-1, 1]
+    would score differently (lower for dark regions).
 
     11x11 Gaussian window with sigma 1.5, constants K = (0.01, 0.03), averaged over the
     positions where the window fits ("valid") and over channels. This equals
-    ``skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5,
-    use_sample_covariance=False, data_range=data_range, channel_axis=...)``; the tests check it.
-    Images must be at least 11 px on each side.
+    ``skimage.metrics.structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=1, channel_axis=...)`` on the [0, 1] images; the
+    tests check it. Images must be at least 11 px on each side.
     """
     _check_image_pair(pred, target, data_range)
-    if min(pred.shape[-2:]) < SSIM_WINDOW:
-        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} px, got {tuple(pred.shape[-2:])}")
-    values = _library_ssim(pred.double(), target.double(), data_range=data_range, size_average=False,
-                           win_size=SSIM_WINDOW, win_sigma=SSIM_SIGMA)  # [B]
+    _check_ssim_size(pred, "SSIM")
+    values = _library_ssim(_to_unit_range(pred, data_range), _to_unit_range(target, data_range), data_range=1.0,
+                           size_average=False, win_size=SSIM_WINDOW, win_sigma=SSIM_SIGMA)  # [B]
     return _reduce(values.float(), per_image)
 
 
@@ -184,29 +223,34 @@ def ms_ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 2.0, s
             per_image: bool = False):
     """Multi-scale SSIM (Wang et al. 2003; EGGAN's MS-SSIM), built on ``pytorch_msssim``'s SSIM kernel.
 
+    Measured on the images mapped to [0, 1] with data range 1, like :func:`ssim`.
     The standard 5 scales need images of at least 161 px. Small images (facelib's default
     64x64) use fewer scales instead of upsampling, which would invent detail: the
     ``ms_ssim_scales(size)`` finest scales, with their standard weights renormalised to sum
-    to 1 (64 px: 3 scales, weights 0.0448, 0.2856, 0.3001 / 0.6305). With 5 scales the
-    result is exactly ``pytorch_msssim.ms_ssim``; numbers from different scale counts are
-    not comparable, so report the scale count with the number.
+    to 1 (64 px: 3 scales, weights 0.0448, 0.2856, 0.3001 / 0.6305; 11 to 20 px: 1 scale,
+    which is plain SSIM). Asking for more ``scales`` than fit raises ``ValueError``, and
+    images under 11 px raise it too. With 5 scales the result is exactly
+    ``pytorch_msssim.ms_ssim`` on the [0, 1] images with ``data_range=1``; numbers from
+    different scale counts are not comparable, so report the scale count with the number.
     """
     _check_image_pair(pred, target, data_range)
-    size = min(pred.shape[-2:])
+    size = _check_ssim_size(pred, "MS-SSIM")
     possible = ms_ssim_scales(size)
-    scales = possible if scales is None else scales
+    if scales is None:
+        scales = possible
+    elif isinstance(scales, bool) or not isinstance(scales, numbers.Integral):
+        raise TypeError(f"scales must be an integer in [1, {possible}] or None, got {type(scales).__name__}")
     if not 1 <= scales <= possible:
         raise ValueError(f"scales must be in [1, {possible}] for {size} px images (each halving must keep "
                          f"the {SSIM_WINDOW} px window inside), got {scales}")
-    if size < SSIM_WINDOW:
-        raise ValueError(f"MS-SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} px, got {tuple(pred.shape[-2:])}")
+    scales = int(scales)
     weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], dtype=torch.float64)
     weights = weights / weights.sum() if scales < len(MS_SSIM_WEIGHTS) else weights
     window = _fspecial_gauss_1d(SSIM_WINDOW, SSIM_SIGMA).repeat(pred.shape[1], 1, 1, 1)
-    x, y = pred.double(), target.double()
+    x, y = _to_unit_range(pred, data_range), _to_unit_range(target, data_range)
     factors = []
     for scale in range(scales):
-        ssim_per_channel, contrast_structure = _ssim(x, y, data_range=data_range, win=window)  # [B, C]
+        ssim_per_channel, contrast_structure = _ssim(x, y, data_range=1.0, win=window)  # [B, C]
         if scale < scales - 1:
             factors.append(torch.relu(contrast_structure))
             padding = [s % 2 for s in x.shape[2:]]
@@ -768,9 +812,9 @@ def evaluate(edit_fn: Callable[[torch.Tensor, dict], torch.Tensor], split: str =
     rows = [
         psnr_row("PSNR (whole image, dB)", None, f"vs ground-truth target; {source_name}"),
         psnr_row("PSNR (visible mask, dB)", data["visible"].float(), "over pixels the true flow explains"),
-        _row("SSIM", ssim(edited, target), count, "11x11 Gaussian window, sigma 1.5"),
+        _row("SSIM", ssim(edited, target), count, "11x11 Gaussian window, sigma 1.5, on [0, 1]"),
         _row("MS-SSIM", ms_ssim(edited, target), count,
-             f"{ms_ssim_scales(min(edited.shape[-2:]))} scales at {edited.shape[-1]} px (5 need >= 161 px)"),
+             f"{ms_ssim_scales(min(edited.shape[-2:]))} scales at {edited.shape[-1]} px (5 need >= 161 px), on [0, 1]"),
         _row("sharpness (edited)", sharpness(edited), count, "variance of the Laplacian of luminance"),
         _row("sharpness (real targets)", sharpness(target), count, "reference for the row above"),
     ]

@@ -18,6 +18,7 @@ neighbours with zeros (``padding_mode="zeros"``).
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -47,9 +48,23 @@ def _check_field(name: str, field: Tensor) -> None:
         )
 
 
-def _check_finite(name: str, field: Tensor) -> None:
-    if not bool(torch.isfinite(field).all()):
-        raise ValueError(f"{name} contains NaN or infinite values; only finite pixel coordinates are accepted")
+def _finite_extremes(name: str, value: Tensor, what: str = "pixel coordinates") -> tuple[float, float]:
+    """``(min, max)`` of ``value``; ``ValueError`` if any element is NaN or +-inf.
+
+    One min/max pass: the extremes are NaN as soon as one element is (torch's reductions
+    propagate NaN), and +-inf when one is. On CPU this is ~25x faster than
+    ``torch.isfinite(value).all()``, which keeps the checks cheap on warp's fast path.
+    """
+    if value.numel() == 0:
+        return 0.0, 0.0
+    low, high = (float(v) for v in torch.aminmax(value.detach()))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"{name} contains NaN or infinite values; only finite {what} are accepted")
+    return low, high
+
+
+def _check_finite(name: str, value: Tensor, what: str = "pixel coordinates") -> None:
+    _finite_extremes(name, value, what)
 
 
 def _check_pair(src: Tensor, src_name: str, field: Tensor, field_name: str) -> None:
@@ -73,6 +88,8 @@ def _check_src(src: Tensor) -> None:
     _check_tensor("src", src, 4, "[B, C, H, W]")
     if src.shape[-2] < 2 or src.shape[-1] < 2:
         raise ValueError(f"src must be at least 2x2 pixels, got {tuple(src.shape[-2:])}")
+    # a NaN pixel would leak into every output pixel that reads it, silently
+    _check_finite("src", src, "pixel values")
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -125,7 +142,7 @@ def bilinear_sample(src: Tensor, coords: Tensor) -> Tensor:
         for y_k, weight_y in ((y0, 1 - frac_y), (y0 + 1, frac_y)):
             inside = (x_k >= 0) & (x_k <= width - 1) & (y_k >= 0) & (y_k <= height - 1)
             index = (y_k.clamp(0, height - 1) * width + x_k.clamp(0, width - 1)).long()  # [B, H', W']
-            s_k = torch.gather(flat_src, 2, index.reshape(batch, 1, -1).expand(-1, channels, -1))
+            s_k = torch.gather(flat_src, 2, index.flatten(1).unsqueeze(1).expand(-1, channels, -1))
             s_k = s_k.reshape(out.shape)  # [B, C, H', W']
             # FVAE Eq. 5: S_k (1 - |F_x - x_k|)(1 - |F_y - y_k|), zero for neighbours outside the image
             out = out + s_k * (weight_x * weight_y * inside).unsqueeze(1)
@@ -147,7 +164,7 @@ def warp(src: Tensor, flow: Tensor) -> Tensor:
     _check_src(src)
     _check_field("flow", flow)
     _check_pair(src, "src", flow, "flow")
-    _check_finite("flow", flow)
+    low, high = _finite_extremes("flow", flow, "pixel displacements")
     if flow.shape[-2:] != src.shape[-2:]:
         raise ValueError(
             f"flow is {tuple(flow.shape[-2:])} but src is {tuple(src.shape[-2:])}; they must have the same H, W "
@@ -158,17 +175,27 @@ def warp(src: Tensor, flow: Tensor) -> Tensor:
     # Pixel centres at integers <-> align_corners=True: pixel 0 -> -1, pixel W-1 -> +1. Dividing by
     # (W-1)/2 mirrors grid_sample's own (g + 1) * (W-1)/2, which keeps float32 round-off near 1e-6 px at 64x64.
     half_extent = coords.new_tensor([(width - 1) / 2, (height - 1) / 2]).view(1, 2, 1, 1)
-    grid = (coords / half_extent - 1).permute(0, 2, 3, 1)  # [B, H, W, 2] as (x, y) in [-1, 1]
-    return F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    grid = coords / half_extent - 1  # [B, 2, H, W] as (x, y), [-1, 1] inside the image
+    if max(-low, high) > max(height, width):
+        # Beyond +-3 (pixel 2(W-1) >= W, or -(W-1) <= -1) all four neighbours are outside and the sample is 0
+        # whatever the exact value, so clamping there changes nothing; it keeps grid_sample's own
+        # un-normalisation from overflowing to inf (0 * inf = NaN) for huge finite flows. Flows that cannot
+        # leave that band skip it, so it costs nothing (not even in backward) on ordinary flows.
+        grid = grid.clamp(-3, 3)
+    return F.grid_sample(src, grid.permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
 # ----------------------------------------------------------------------------- flow utilities
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _size_pair(size) -> tuple[int, int]:
-    if isinstance(size, int) and not isinstance(size, bool):
-        return size, size
-    if isinstance(size, (tuple, list, torch.Size)) and len(size) == 2 and all(isinstance(s, int) for s in size):
+    if _is_int(size):
+        return int(size), int(size)
+    if isinstance(size, (tuple, list, torch.Size)) and len(size) == 2 and all(_is_int(s) for s in size):
         return int(size[0]), int(size[1])
     raise TypeError(f"size must be an int or an (H, W) pair of ints, got {size!r}")
 
@@ -193,13 +220,22 @@ def upsample_flow(flow: Tensor, size) -> Tensor:
     the same geometry (``F.interpolate`` with ``align_corners=False``, or render at the new size).
     """
     _check_field("flow", flow)
-    _check_finite("flow", flow)
     height, width = _size_pair(size)
     low_height, low_width = flow.shape[-2:]
     if min(height, width, low_height, low_width) < 1:
         raise ValueError(f"upsample_flow needs non-empty sizes, got {low_height}x{low_width} -> {height}x{width}")
+    factors = (width / low_width, height / low_height)
+    if flow.numel():
+        # Bilinear resampling never exceeds the largest input vector, so the input's extremes say
+        # whether the rescaled output stays finite (they are NaN/inf when the input is not finite).
+        low, high = _finite_extremes("flow", flow, "pixel displacements")
+        largest = max(-low, high)
+        if largest * max(factors) > torch.finfo(flow.dtype).max / 2:
+            raise ValueError(f"flow holds displacements up to {largest:.3g} px; rescaled by {max(factors):g} they "
+                             f"overflow {flow.dtype}; displacements beyond the image size (a few hundred px) mean "
+                             "nothing, so clamp the flow first")
     resized = F.interpolate(flow, size=(height, width), mode="bilinear", align_corners=False)  # [B, 2, H, W]
-    scale = flow.new_tensor([width / low_width, height / low_height]).view(1, 2, 1, 1)
+    scale = flow.new_tensor(factors).view(1, 2, 1, 1)
     return resized * scale
 
 

@@ -123,3 +123,33 @@ def test_gigantic_image_is_refused_before_decoding(tmp_path):
     with pytest.raises(ValueError, match="max_pixels=5,000"):
         load_image(tmp_path / "ok.png", max_pixels=5_000)
     assert load_image(tmp_path / "ok.png").shape == (100, 100, 3) and MAX_PIXELS > 10_000
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_tensors_and_arrays_are_refused(bad):
+    # an all-NaN tensor used to come out as a black image
+    for image in (torch.full((3, 20, 20), bad), torch.full((1, 3, 20, 20), bad)):
+        with pytest.raises(ValueError, match="1200 NaN/inf values; only finite values in \\[-1, 1\\]"):
+            load_image(image)
+    one_bad = torch.zeros(3, 20, 20)
+    one_bad[1, 2, 3] = bad
+    with pytest.raises(ValueError, match="1 NaN/inf values"):
+        to_uint8(one_bad)
+    array = np.full((20, 20, 3), 0.5, np.float32)
+    array[4, 5, 0] = bad
+    with pytest.raises(ValueError, match="must be finite and lie in \\[0, 1\\]; got 1 NaN/inf values"):
+        load_image(array)
+
+
+def test_pillow_value_error_on_a_broken_tiff_names_the_file(tmp_path):
+    # found by tests/test_fuzz.py: Pillow raised a bare ValueError("invalid extents") for this 1x1 TIFF
+    broken = bytes.fromhex(
+        "49492a00080000000a000001040001000000010000000101040001000000010000000201030001000000200000000301030001"
+        "000000010000000601030001000000010000001101040001000000860000001601050001000000010000001701040001000000"
+        "040000001c0103000100000001000000530103000100000002000000000000000fa30000")
+    (tmp_path / "broken.tiff").write_bytes(broken)
+    with pytest.raises(ValueError, match=r"broken.tiff could not be decoded .*invalid extents"):
+        load_image(tmp_path / "broken.tiff")
+    with Image.open(tmp_path / "broken.tiff") as lazy:  # the same data as an opened, not yet decoded PIL image
+        with pytest.raises(ValueError, match="PIL image could not be decoded"):
+            load_image(lazy)

@@ -65,20 +65,42 @@ def test_masked_psnr_only_counts_masked_pixels():
     assert per_image.shape == (2,)
 
 
-@pytest.mark.parametrize("sigma", [0.02, 0.1, 0.4])
-@pytest.mark.parametrize("channels", [3, 1])
-def test_ssim_matches_scikit_image(sigma, channels):
-    x = images(batch=3, size=48, channels=channels)
-    y = noisy(x, sigma)
-    ours = metrics.ssim(x, y, per_image=True).double()
-    reference = torch.tensor([
-        structural_similarity(x[i].permute(1, 2, 0).double().numpy(), y[i].permute(1, 2, 0).double().numpy(),
-                              gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=2.0,
+def skimage_ssim_on_unit_range(x, y):
+    """The standard SSIM of each image pair: scikit-image on [0, 1] images, Wang et al.'s settings."""
+    return torch.tensor([
+        structural_similarity(((x[i] + 1) / 2).permute(1, 2, 0).double().numpy(),
+                              ((y[i] + 1) / 2).permute(1, 2, 0).double().numpy(),
+                              gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0,
                               channel_axis=2)
         for i in range(x.shape[0])
     ])
-    assert (ours - reference).abs().max() < 1e-5  # the brief asks for 1e-3; measured ~1e-8
+
+
+@pytest.mark.parametrize("sigma", [0.02, 0.1, 0.4])
+@pytest.mark.parametrize("channels", [3, 1])
+def test_ssim_matches_scikit_image_on_unit_range(sigma, channels):
+    x = images(batch=3, size=48, channels=channels)
+    y = noisy(x, sigma)
+    ours = metrics.ssim(x, y, per_image=True).double()
+    reference = skimage_ssim_on_unit_range(x, y)
+    assert (ours - reference).abs().max() < 1e-5  # measured ~1e-8
     assert metrics.ssim(x, y) == pytest.approx(float(reference.mean()), abs=1e-5)
+
+
+def test_ssim_is_the_standard_not_the_one_measured_on_minus_one_one():
+    # SSIM's luminance term is not offset-invariant: measured on [-1, 1] with data_range=2 (the old
+    # facelib behaviour), local means near 0 (mid-grey) make it collapse; the standard uses [0, 1]
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 64, 64, generator=generator) * 0.4 - 0.2  # mid-grey texture
+    y = (x + 0.1 * torch.randn(x.shape, generator=generator)).clamp(-1, 1)
+    on_minus_one_one = structural_similarity(x[0].permute(1, 2, 0).double().numpy(),
+                                             y[0].permute(1, 2, 0).double().numpy(), gaussian_weights=True,
+                                             sigma=1.5, use_sample_covariance=False, data_range=2.0, channel_axis=2)
+    standard = float(skimage_ssim_on_unit_range(x, y)[0])
+    assert standard - on_minus_one_one > 0.1  # 0.750 vs 0.566
+    assert metrics.ssim(x, y) == pytest.approx(standard, abs=1e-6)
+    # and an image in [0, R] with data_range=R is the same measurement
+    assert metrics.ssim((x + 1) / 2 * 255, (y + 1) / 2 * 255, data_range=255) == pytest.approx(standard, abs=1e-6)
 
 
 def test_ssim_falls_with_noise():
@@ -86,12 +108,14 @@ def test_ssim_falls_with_noise():
     assert metrics.ssim(x, noisy(x, 0.05)) > metrics.ssim(x, noisy(x, 0.3)) > 0
 
 
-def test_ms_ssim_with_five_scales_is_pytorch_msssim():
+def test_ms_ssim_with_five_scales_is_pytorch_msssim_on_unit_range():
     x = images(batch=2, size=176)
     y = noisy(x, 0.1)
     assert metrics.ms_ssim_scales(176) == 5
-    expected = float(pytorch_msssim.ms_ssim(x.double(), y.double(), data_range=2.0))
-    assert metrics.ms_ssim(x, y) == pytest.approx(expected, abs=1e-6)
+    expected = pytorch_msssim.ms_ssim((x.double() + 1) / 2, (y.double() + 1) / 2, data_range=1.0, size_average=False)
+    assert (metrics.ms_ssim(x, y, per_image=True).double() - expected).abs().max() < 1e-6
+    assert metrics.ms_ssim(x, y) == pytest.approx(float(expected.mean()), abs=1e-6)
+    assert metrics.ms_ssim(x / 2 + 0.5, y / 2 + 0.5, data_range=1.0) == pytest.approx(float(expected.mean()), abs=1e-6)
 
 
 def test_ms_ssim_small_images_use_fewer_scales():
@@ -103,6 +127,20 @@ def test_ms_ssim_small_images_use_fewer_scales():
     assert metrics.ms_ssim(x, y) > metrics.ms_ssim(x, y, scales=1)
     with pytest.raises(ValueError, match=r"scales must be in \[1, 3\]"):
         metrics.ms_ssim(x, y, scales=5)
+    with pytest.raises(TypeError, match="scales must be an integer"):
+        metrics.ms_ssim(x, y, scales=2.5)
+
+
+def test_ms_ssim_documented_behaviour_below_five_scales():
+    # 11 to 20 px: one scale, which is plain SSIM; under 11 px: a ValueError naming the window
+    x = images(batch=2, size=16)
+    y = noisy(x, 0.2)
+    assert metrics.ms_ssim_scales(11) == metrics.ms_ssim_scales(20) == 1
+    assert metrics.ms_ssim(x[..., :11, :13], y[..., :11, :13]) == pytest.approx(
+        metrics.ssim(x[..., :11, :13], y[..., :11, :13]), abs=1e-6)
+    for function in (metrics.ssim, metrics.ms_ssim):
+        with pytest.raises(ValueError, match=r"at least 11x11 px .*got \(10, 16\)"):
+            function(x[..., :10, :], y[..., :10, :])
 
 
 # ----------------------------------------------------------------------------------------- Fréchet
@@ -220,6 +258,48 @@ def test_latency_and_parameter_count():
 
 
 # ----------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("shape", [(1, 3, 0, 16), (1, 3, 16, 0), (2, 1, 0, 0)])
+def test_images_without_pixels_get_a_value_error(shape):
+    # used to crash with a bare RuntimeError from x.min() on an empty tensor
+    empty = torch.zeros(shape)
+    for function in (metrics.psnr, metrics.ssim, metrics.ms_ssim):
+        with pytest.raises(ValueError, match="has no pixels"):
+            function(empty, empty)
+
+
+@pytest.mark.parametrize("data_range", [math.nan, math.inf, -math.inf, 0.0, -2.0])
+def test_non_finite_or_non_positive_data_range_is_refused(data_range):
+    # psnr used to return NaN for data_range=nan
+    x = images(batch=1, size=16)
+    for function in (metrics.psnr, metrics.ssim, metrics.ms_ssim):
+        with pytest.raises(ValueError, match="data_range must be a finite positive number"):
+            function(x, x, data_range=data_range)
+    with pytest.raises(TypeError, match="data_range must be a positive number"):
+        metrics.psnr(x, x, data_range="2")
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_images_get_a_value_error_not_a_nan(bad):
+    x = images(batch=2, size=32)
+    broken = x.clone()
+    broken[1, 2, 5, 7] = bad
+    for function in (metrics.psnr, metrics.ssim, metrics.ms_ssim):
+        for pred, target in ((broken, x), (x, broken)):
+            with pytest.raises(ValueError, match="1 NaN/inf values; only finite values are accepted"):
+                function(pred, target)
+
+
+def test_psnr_is_finite_for_extreme_data_ranges():
+    # 10 log10(R^2 / MSE) would under/overflow to 0/0 or inf/inf; measured on [0, 1] it is exact
+    x = images(batch=1, size=16) / 2 + 0.5
+    y = noisy(x, 0.1).clamp(0, 1)
+    reference = metrics.psnr(x, y, data_range=1.0)
+    for data_range in (1e-300, 1e300):
+        assert metrics.psnr(x.double() * data_range, y.double() * data_range, data_range=data_range) == \
+            pytest.approx(reference, abs=1e-4)
+    assert metrics.psnr(x.double() * 1e-300, x.double() * 1e-300, data_range=1e-300) == math.inf
+
+
 def test_bad_input_gets_clear_errors():
     x = images(batch=2, size=32)
     with pytest.raises(ValueError, match="same shape"):

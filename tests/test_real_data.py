@@ -185,3 +185,63 @@ def test_csv_manifest_names_aus_and_errors(tmp_path):
     missing_file.write_text("path,identity,emotion\nimg/99.png,1,happy\n")
     with pytest.raises(FileNotFoundError, match="99.png"):
         CSVManifest(missing_file)
+
+
+# ----------------------------------------------------------------------------- known faults (issue 10)
+@pytest.fixture
+def three_images(tmp_path):
+    for i in range(3):
+        _write_image(tmp_path / "img" / f"{i}.png", 40 * i)
+    return tmp_path
+
+
+@pytest.mark.parametrize("row, column", [("img/0.png,1", "emotion"), ("img/0.png", "identity"),
+                                         (",1,happy", "path"), ("img/0.png, ,happy", "identity")])
+def test_csv_row_with_a_missing_or_empty_cell_names_line_and_column(three_images, row, column):
+    # a short row used to raise AttributeError ('NoneType' object has no attribute 'strip')
+    manifest = three_images / "short.csv"
+    manifest.write_text(f"path,identity,emotion,yaw\nimg/1.png,1,happy,0\n{row}\n")
+    with pytest.raises(ValueError, match=f"short.csv line 3: the '{column}' cell is empty or missing"):
+        CSVManifest(manifest, split="all")
+
+
+def test_csv_short_row_leaves_optional_cells_unknown(three_images):
+    manifest = three_images / "short_optional.csv"
+    manifest.write_text("path,identity,emotion,yaw,au01\nimg/0.png,1,happy\nimg/1.png,2,sad,10,2\n")
+    data = CSVManifest(manifest, split="all", size=16)
+    assert math.isnan(data[0]["yaw"].item()) and torch.isnan(data[0]["aus"]).all()
+    assert data[1]["yaw"].item() == 10.0 and data[1]["aus"][0].item() == 2.0
+
+
+def test_csv_in_another_encoding_is_a_value_error_naming_the_file(three_images):
+    # used to raise a bare UnicodeDecodeError that did not say which file
+    manifest = three_images / "latin1.csv"
+    manifest.write_bytes("path,identity,emotion\nimg/0.png,Zoë,happy\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.csv is not UTF-8 text \(byte 0xeb .*save the manifest as UTF-8"):
+        CSVManifest(manifest, split="all")
+
+
+def test_csv_unparseable_row_infinite_yaw_and_huge_identity(three_images):
+    unparseable = three_images / "long.csv"  # a cell over the csv module's field size limit (131072)
+    unparseable.write_text("path,identity,emotion\nimg/0.png,1,happy\nimg/1.png,2," + "x" * 200_000 + "\n")
+    with pytest.raises(ValueError, match="long.csv: the row after line 2 is not readable CSV .*field larger than field limit"):
+        CSVManifest(unparseable, split="all")
+    infinite = three_images / "inf.csv"
+    infinite.write_text("path,identity,emotion,yaw\nimg/0.png,1,happy,inf\n")
+    with pytest.raises(ValueError, match="inf.csv line 2: column yaw must be a finite number"):
+        CSVManifest(infinite, split="all")
+    huge = three_images / "huge.csv"
+    huge.write_text(f"path,identity,emotion\nimg/0.png,{2**70},happy\n")
+    with pytest.raises(ValueError, match="does not fit a 64-bit integer"):
+        CSVManifest(huge, split="all")
+
+
+def test_oulu_frame_names_with_non_ascii_digits_are_skipped(tmp_path):
+    # '²'.isdigit() is True but int('²') fails: such names used to crash the loader
+    root = tmp_path / "VL" / "Strong" / "P001" / "Happiness"
+    for frame in range(4):
+        _write_image(root / f"{frame:03d}.jpeg", 10 * frame)
+    _write_image(root / "00\u00b2.jpeg", 0)
+    with pytest.warns(UserWarning, match="skipped 1 image"):
+        data = OuluCASIA(tmp_path, split="all")
+    assert len(data) == 3

@@ -1,6 +1,7 @@
 """Tests for facelib.warp: FVAE Eq. 5 by hand, the grid_sample fast path, flow utilities."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -174,3 +175,61 @@ def test_device_mismatch_is_named():
     # The meta device holds no data, so this runs on any machine.
     with pytest.raises(ValueError, match="device"):
         warp(torch.rand(1, 3, 8, 8), torch.zeros(1, 2, 8, 8, device="meta"))
+
+
+# ----------------------------------------------------------------------------- known faults (issue 10)
+
+
+@pytest.mark.parametrize("size", [(2, 2), (3, 2), (2, 7), (64, 64)])
+@pytest.mark.parametrize("value", [3e38, -3e38, 3.4e38, 1e30, 1e6])
+def test_huge_finite_flow_samples_zero_like_bilinear_sample(size, value):
+    # warp used to return NaN for a 3e38 px flow on small images (grid_sample overflowed to inf)
+    src = _random_image(1, 3, *size, dtype=torch.float32)
+    flow = torch.zeros(1, 2, *size)
+    flow[:, 0] = value
+    flow[:, 1, :, : size[1] // 2] = -value  # half the pixels also move in y
+    reference = bilinear_sample(src, pixel_grid(*size) + flow)
+    out = warp(src, flow)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out, torch.zeros_like(out)) and torch.equal(reference, out)
+
+
+def test_clamping_far_samples_keeps_the_gradient_of_near_ones():
+    # a flow that sends some pixels far away (clamped path) and keeps others inside: same as bilinear_sample
+    src = _random_image(1, 2, 6, 7).requires_grad_(True)
+    flow = _off_integer_flow(1, 6, 7, 0.5)
+    flow[..., 0, :] = 1e9
+    flow.requires_grad_(True)
+    out = warp(src, flow)
+    reference = bilinear_sample(src, pixel_grid(6, 7, dtype=torch.float64) + flow)
+    assert torch.allclose(out, reference, atol=1e-12)
+    grads = torch.autograd.grad(out.sum(), (src, flow))
+    reference_grads = torch.autograd.grad(reference.sum(), (src, flow))
+    for ours, theirs in zip(grads, reference_grads):
+        assert torch.allclose(ours, theirs, atol=1e-10)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_src_is_refused_not_propagated(bad):
+    src = _random_image(1, 3, 8, 8, dtype=torch.float32)
+    src[0, 1, 3, 4] = bad
+    for call in (lambda: warp(src, torch.zeros(1, 2, 8, 8)), lambda: bilinear_sample(src, pixel_grid(8, 8))):
+        with pytest.raises(ValueError, match="src contains NaN or infinite values; only finite pixel values"):
+            call()
+
+
+def test_upsample_flow_refuses_flows_that_would_overflow():
+    # upsample_flow used to turn a finite 3e38 px flow into inf
+    with pytest.raises(ValueError, match=r"up to 3e\+38 px; rescaled by 2 they overflow torch.float32"):
+        upsample_flow(torch.full((1, 2, 4, 4), 3e38), 8)
+    downsampled = upsample_flow(torch.full((1, 2, 4, 4), 3e38), 2)  # halving cannot overflow
+    assert torch.isfinite(downsampled).all()
+    with pytest.raises(ValueError, match="finite pixel displacements"):
+        upsample_flow(torch.full((1, 2, 4, 4), float("nan")), 8)
+
+
+def test_empty_batches_and_numpy_sizes_are_served():
+    assert warp(torch.rand(0, 3, 4, 4), torch.zeros(0, 2, 4, 4)).shape == (0, 3, 4, 4)
+    assert bilinear_sample(torch.rand(0, 3, 4, 4), torch.zeros(0, 2, 4, 4)).shape == (0, 3, 4, 4)  # used to crash
+    assert bilinear_sample(torch.rand(1, 3, 4, 4), torch.zeros(1, 2, 0, 4)).shape == (1, 3, 0, 4)
+    assert upsample_flow(torch.ones(1, 2, 4, 4), (np.int64(8), 6)).shape == (1, 2, 8, 6)

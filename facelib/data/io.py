@@ -12,7 +12,8 @@ corrupt / truncated file   ``ValueError`` saying the file could not be decoded
 grayscale (L, 1-bit)       converted to RGB by repeating the channel
 RGBA, LA, palette + alpha  composited on a white background (transparent = white)
 16-bit (PNG, TIFF)         scaled to 8 bits: ``round(v / 257)`` (65535 -> 255)
-float arrays               must lie in ``[0, 1]``; scaled to ``[0, 255]``
+float arrays               must be finite and lie in ``[0, 1]``; scaled to ``[0, 255]``
+float tensors              ``[-1, 1]``, clipped there; NaN or inf raise ``ValueError``
 EXIF orientation           applied (a phone photo comes out upright)
 smaller than MIN_SIDE      ``ValueError`` (nothing useful can be aligned or learned from it)
 more than ``max_pixels``   ``ValueError`` *before* decoding: the header's size is checked
@@ -25,12 +26,15 @@ Arrays are taken to be RGB already (OpenCV users: convert BGR with ``img[..., ::
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+#: What Pillow may raise while decoding a broken file, besides OSError and SyntaxError.
+_PILLOW_DECODE_ERRORS = (ValueError, TypeError, KeyError, IndexError, EOFError, ZeroDivisionError, struct.error)
 #: Images smaller than this on either side are refused (scikit-image's LFW faces, 25 px, pass).
 MIN_SIDE = 16
 #: Default limit on width * height: 64 megapixels, more than any camera photo, far below a bomb.
@@ -62,7 +66,10 @@ def load_image(image, *, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE)
         if not isinstance(image, Image.Image):
             raise TypeError(f"cannot read an image from {type(image).__name__}; accepted: {_ACCEPTED}")
         _check_pixels(image.size, max_pixels, "image")
-        rgb = _pil_to_rgb(image)
+        try:
+            rgb = _pil_to_rgb(image)
+        except OSError as err:  # a lazily opened PIL image whose file is broken
+            raise ValueError(f"the PIL image could not be decoded (corrupt or truncated image data: {err})") from None
     height, width = rgb.shape[:2]
     if min(height, width) < min_side:
         raise ValueError(
@@ -82,7 +89,8 @@ def to_tensor(image) -> torch.Tensor:
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """Float tensor ``[3, H, W]`` or ``[1, 3, H, W]`` in ``[-1, 1]`` -> ``uint8`` ``[H, W, 3]``.
 
-    Values outside ``[-1, 1]`` are clipped (a generator's output may overshoot slightly).
+    Values outside ``[-1, 1]`` are clipped (a generator's output may overshoot slightly); NaN or
+    inf values raise ``ValueError``.
     """
     if not isinstance(image, torch.Tensor):
         raise TypeError(f"to_uint8 expects a torch tensor, got {type(image).__name__}")
@@ -94,7 +102,13 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
         )
     if not image.is_floating_point():
         raise TypeError(f"expected a float tensor in [-1, 1], got dtype {image.dtype}")
-    scaled = ((image.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round()
+    image = image.detach().float().cpu()
+    finite = torch.isfinite(image)
+    if not bool(finite.all()):
+        # NaN would silently become 0 (black) and inf a saturated pixel: refuse both
+        raise ValueError(f"image tensor contains {int((~finite).sum())} NaN/inf values; only finite values in "
+                         "[-1, 1] are accepted")
+    scaled = ((image.clamp(-1, 1) + 1.0) * 127.5).round()
     return scaled.to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
 
 
@@ -141,8 +155,13 @@ def _read_file(path: Path, max_pixels: int) -> np.ndarray:
 def _pil_to_rgb(picture) -> np.ndarray:
     from PIL import Image, ImageOps
 
-    picture = ImageOps.exif_transpose(picture)  # honour the camera's orientation tag
-    picture.load()
+    try:
+        picture = ImageOps.exif_transpose(picture)  # honour the camera's orientation tag
+        picture.load()
+    except _PILLOW_DECODE_ERRORS as err:
+        # Pillow reports some broken files with these (a TIFF's "invalid extents" is a ValueError); as
+        # OSError they reach the handlers that name the file ("could not be decoded")
+        raise OSError(f"{type(err).__name__}: {err}") from err
     mode = picture.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
         values = np.asarray(picture)
@@ -176,11 +195,13 @@ def _array_to_rgb(array: np.ndarray) -> np.ndarray:
     elif array.dtype.kind == "u" and array.dtype.itemsize == 2:  # uint16, either byte order
         scaled = array.astype(np.float64) / 257.0  # 16-bit -> 8-bit: 65535 maps to 255
     elif array.dtype.kind == "f":
-        if array.size and (not np.isfinite(array).all() or array.min() < 0 or array.max() > 1):
-            raise ValueError(
-                f"float image arrays must be finite and lie in [0, 1]; got range "
-                f"[{np.nanmin(array):.3g}, {np.nanmax(array):.3g}]"
-            )
+        finite = np.isfinite(array)
+        if not finite.all():
+            raise ValueError(f"float image arrays must be finite and lie in [0, 1]; got {int((~finite).sum())} "
+                             "NaN/inf values")
+        if array.size and (array.min() < 0 or array.max() > 1):
+            raise ValueError(f"float image arrays must be finite and lie in [0, 1]; got range "
+                             f"[{array.min():.3g}, {array.max():.3g}]")
         scaled = array.astype(np.float64) * 255.0
     else:
         raise ValueError(f"cannot read an image array of dtype {array.dtype}; accepted: {_ACCEPTED}")

@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 from ..conventions import AU_CODES, AU_MAX, EXPRESSIONS, NUM_AUS, expression_index
 from .io import load_image
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 SPLITS = ("train", "val", "test", "all")
 
@@ -103,6 +104,9 @@ class RealFaces(Dataset):
             records = [r for r in records if r.emotion in wanted]
         if not records:
             raise ValueError(f"no {self.dataset_name} images left after filtering")
+        for record in records:
+            if not _INT64_MIN <= record.identity <= _INT64_MAX:
+                raise ValueError(f"{record.path.name}: identity {record.identity} does not fit a 64-bit integer")
         self.identities = split_identities([r.identity for r in records], split, seed, fractions)
         keep = set(self.identities)
         self.records = [r for r in records if r.identity in keep]
@@ -278,7 +282,7 @@ class OuluCASIA(RealFaces):
             parts = path.relative_to(root).parts
             subject = _OULU_SUBJECT.match(parts[-3]) if len(parts) >= 5 else None
             if subject is None or parts[-5] not in OULU_MODALITIES or parts[-4] not in OULU_ILLUMINATIONS \
-                    or not path.stem.isdigit():
+                    or not re.fullmatch(r"[0-9]+", path.stem):
                 skipped.append(path)
                 continue
             expression = parts[-2].lower()
@@ -400,18 +404,16 @@ class CSVManifest(RealFaces):
         if not csv_path.is_file():
             raise FileNotFoundError(f"CSV manifest not found: {csv_path}")
         base = Path(root).expanduser() if root is not None else csv_path.parent
-        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = {name.strip().lower(): name for name in (reader.fieldnames or [])}
-            missing = [c for c in ("path", "identity", "emotion") if c not in columns]
-            if missing:
-                raise ValueError(f"{csv_path.name} lacks the column(s) {missing}; required columns are "
-                                 f"path, identity, emotion; optional: yaw, {', '.join(AU_COLUMNS)}")
-            rows = list(reader)
+        columns, rows = _read_csv(csv_path)
+        missing = [c for c in ("path", "identity", "emotion") if c not in columns]
+        if missing:
+            raise ValueError(f"{csv_path.name} lacks the column(s) {missing}; required columns are "
+                             f"path, identity, emotion; optional: yaw, {', '.join(AU_COLUMNS)}")
         if not rows:
             raise ValueError(f"{csv_path.name} lists no images")
-        raw_ids = [row[columns["identity"]].strip() for row in rows]
-        if all(re.fullmatch(r"-?\d+", i) for i in raw_ids):
+        raw_ids = [_required_cell(row, columns["identity"], f"{csv_path.name} line {line}")
+                   for line, row in rows]
+        if all(re.fullmatch(r"-?[0-9]+", i) for i in raw_ids):
             ids = [int(i) for i in raw_ids]
             self.identity_names = None
         else:
@@ -420,37 +422,75 @@ class CSVManifest(RealFaces):
             ids = [number[i] for i in raw_ids]
         au_columns = [columns.get(name) for name in AU_COLUMNS]
         records = []
-        for line, (row, identity) in enumerate(zip(rows, ids), start=2):
+        for (line, row), identity in zip(rows, ids):
             where = f"{csv_path.name} line {line}"
-            path = Path(row[columns["path"]].strip())
+            path = Path(_required_cell(row, columns["path"], where))
             path = path if path.is_absolute() else base / path
-            if not path.is_file():
+            try:
+                is_file = path.is_file()
+            except OSError as err:  # e.g. a name longer than the file system allows
+                raise ValueError(f"{where}: cannot use the image path {str(path)[:200]!r}: {err.strerror}") from None
+            if not is_file:
                 raise FileNotFoundError(f"{where}: image not found: {path}")
             try:
-                emotion = expression_index(row[columns["emotion"]].strip().lower())
+                emotion = expression_index(_required_cell(row, columns["emotion"], where).lower())
             except ValueError as err:
                 raise ValueError(f"{where}: {err}") from None
             aus = None
             if any(au_columns):
-                aus = tuple(_au_value(row.get(col, "") if col else "", name, where)
+                aus = tuple(_au_value(row.get(col) if col else "", name, where)
                             for col, name in zip(au_columns, AU_COLUMNS))
-            yaw = _number(row.get(columns["yaw"], ""), "yaw", where) if "yaw" in columns else math.nan
+            yaw = _number(row.get(columns["yaw"]), "yaw", where) if "yaw" in columns else math.nan
             records.append(Record(path, identity, emotion, yaw=yaw, aus=aus))
         super().__init__(records, split=split, size=size, align=align, seed=seed, fractions=fractions,
                          emotions=emotions)
 
 
-def _number(text: str, column: str, where: str) -> float:
+def _read_csv(csv_path: Path) -> tuple[dict[str, str], list[tuple[int, dict]]]:
+    """The header (lower-cased name -> name as written) and the ``(line number, row)`` pairs of a CSV file.
+
+    The file must be UTF-8 (a byte-order mark is fine); anything the csv module cannot parse, or
+    another encoding, raises ``ValueError`` naming the file and the line.
+    """
+    rows = []
+    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        try:
+            columns = {name.strip().lower(): name for name in (reader.fieldnames or [])}
+            for row in reader:
+                rows.append((reader.line_num, row))
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{csv_path.name} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                             f"{err.start}); save the manifest as UTF-8") from None
+        except csv.Error as err:
+            raise ValueError(f"{csv_path.name}: the row after line {reader.line_num} is not readable CSV ({err})") from None
+    return columns, rows
+
+
+def _required_cell(row: dict, column: str, where: str) -> str:
+    """The stripped text of a required cell; ``ValueError`` when the row ends early or the cell is empty."""
+    text = (row.get(column) or "").strip()
+    if not text:
+        raise ValueError(f"{where}: the {column!r} cell is empty or missing; every row needs path, identity "
+                         "and emotion")
+    return text
+
+
+def _number(text: str | None, column: str, where: str) -> float:
+    """A numeric cell: empty (or missing at the end of a short row) or ``nan`` means unknown."""
     text = (text or "").strip()
     if not text:
         return math.nan
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise ValueError(f"{where}: column {column} must be a number or empty, got {text!r}") from None
+        raise ValueError(f"{where}: column {column} must be a number or empty, got {text[:50]!r}") from None
+    if math.isinf(value):
+        raise ValueError(f"{where}: column {column} must be a finite number or empty, got {text[:50]!r}")
+    return value
 
 
-def _au_value(text: str, column: str, where: str) -> float:
+def _au_value(text: str | None, column: str, where: str) -> float:
     value = _number(text, column, where)
     if not math.isnan(value) and not 0.0 <= value <= AU_MAX:
         raise ValueError(f"{where}: {column} = {value} is out of range; AU intensities lie in [0, {AU_MAX:g}]")
