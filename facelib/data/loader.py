@@ -9,9 +9,9 @@ sampler would give it; two things make it fast for a dataset that renders its it
   step runs, so rendering and the model's compute overlap on different cores.
 - **Several steps per render call.** The renderer groups the faces of one call by pose and
   active AUs and renders about 78 faces (64x64) at a time; a call of 1,024 faces groups far
-  better than one of 256 (20-35 % faster for the multipie and rafd presets). A dataset says how
-  many pixels one item renders in its ``render_pixels`` attribute; the loader then fetches the
-  items of ``steps_per_group`` consecutive steps in one call (about ``RENDER_PIXELS_PER_CALL``
+  better than one of 256 (20-35 % less CPU time per face for the multipie and rafd presets,
+  measured in one process). A dataset says how many pixels one item renders in its
+  ``render_pixels`` attribute; the loader then fetches the items of ``steps_per_group`` consecutive steps in one call (about ``RENDER_PIXELS_PER_CALL``
   pixels) and collates each step's batch separately. A dataset without ``render_pixels`` (or
   with 0: a cached SynthFaces, in-memory tensors) is fetched one step at a time.
 
