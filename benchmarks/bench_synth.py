@@ -8,8 +8,12 @@ second (process time), which is less sensitive to other programs sharing the mac
 ratio between sizes measured in the same run. ``--processes 2`` renders with two
 single-threaded worker processes (as a DataLoader with ``num_workers=2`` would), which uses two
 cores better than intra-op threads on these small tensors. ``--loader`` also times what training
-sees: ``SynthFaces`` items of each preset through a ``DataLoader`` with two workers (labels,
-per-item light/background/noise, collation and the transfer between processes included).
+sees: ``SynthFaces`` batches of each preset (64x64, batch 256) consumed by ``Trainer.fit`` with
+its defaults (``facelib.data.loader``: render workers, several steps per render call; labels,
+per-item light/background/noise, collation and the transfer between processes included,
+from the start of ``fit`` to the last batch), beside a plain ``DataLoader`` with two workers
+and one render call per step, and the ratio to bare rendering with two processes in the same
+run (the figure to compare across runs when other programs share the machine).
 
 The renderer lets glibc keep freed memory (``facelib.utils.keep_freed_memory``); run with
 ``FACELIB_MALLOC=system`` to measure glibc's default behaviour instead.
@@ -22,6 +26,7 @@ import time
 import torch
 
 from facelib.data import SynthFaces, emotion_aus, render, render_pair
+from facelib.train import Trainer, TrainingTask, batch_indices
 from facelib.utils import keep_freed_memory
 
 
@@ -78,20 +83,41 @@ def measure_processes(ids, aus, size: int, processes: int, repeats: int = 3) -> 
     return best
 
 
-def measure_loader(preset: str, size: int = 64, images: int = 4096, batch_size: int = 256, workers: int = 2) -> float:
-    """Images/s of ``SynthFaces(preset)`` through a DataLoader (after the workers' first batch)."""
+class _Consume(TrainingTask):
+    """A training task that only takes its batches: the loader's speed as the Trainer sees it."""
+
+    def __init__(self, dataset):
+        self.dataset, self.times, self.images = dataset, [], 0
+
+    def build(self, device):
+        self.times.append(time.perf_counter())  # just before the Trainer starts its loader
+        return {}, {}
+
+    def training_step(self, batch, step):
+        self.images += len(batch["image"])
+        self.times.append(time.perf_counter())
+        return {}
+
+
+def measure_trainer(preset: str, size: int = 64, steps: int = 32, batch_size: int = 256) -> float:
+    """Images/s of ``SynthFaces(preset)`` batches through ``Trainer.fit`` with its default loader."""
+    import tempfile
+
+    task = _Consume(SynthFaces(preset, "train", size=size))
+    with tempfile.TemporaryDirectory() as out_dir:
+        Trainer(task, steps=steps, batch_size=batch_size, out_dir=out_dir, progress=False, log_every=steps).fit()
+    return task.images / (task.times[-1] - task.times[0])
+
+
+def measure_dataloader(preset: str, size: int = 64, steps: int = 32, batch_size: int = 256, workers: int = 2) -> float:
+    """Images/s of the same batches through a plain DataLoader: one render call per step (the old default path)."""
     from torch.utils.data import DataLoader
 
     data = SynthFaces(preset, "train", size=size)
-    loader = DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=True,
-                        generator=torch.Generator().manual_seed(0))
-    next(iter(loader))  # start the workers
-    seen, start = 0, time.perf_counter()
-    while seen < images:
-        for batch in loader:
-            seen += len(batch["image"])
-            if seen >= images:
-                break
+    sampler = [batch_indices(len(data), batch_size, step, seed=0).tolist() for step in range(steps)]
+    start, seen = time.perf_counter(), 0
+    for batch in DataLoader(data, batch_sampler=sampler, num_workers=workers):
+        seen += len(batch["image"])
     return seen / (time.perf_counter() - start)
 
 
@@ -101,7 +127,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=1, help="worker processes (1 thread each) for a second measurement")
     parser.add_argument("--images", type=int, default=2000, help="images rendered at 64x64 (fewer at larger sizes)")
     parser.add_argument("--pairs", action="store_true", help="also time render_pair (pairs with flow)")
-    parser.add_argument("--loader", action="store_true", help="also time SynthFaces presets through a 2-worker DataLoader")
+    parser.add_argument("--loader", action="store_true", help="also time SynthFaces presets through the Trainer's loader")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     render(*workload(64)[:2], None, 64)  # warm-up
@@ -122,9 +148,15 @@ def main() -> None:
     print(f"same-run ratios: 64/128 = {rates[64] / rates[128]:.2f}, 64/256 = {rates[64] / rates[256]:.2f} "
           f"(pixel ratios 4 and 16)")
     if args.loader:
+        # Interleaved and best of two: the three figures of a preset see the same machine load.
+        ids, aus, _ = workload(max(32, args.images), seed=64)
         for preset in ("multipie", "rafd", "oulu", "emotionet"):
-            print(f"SynthFaces({preset!r}) 64x64 through a DataLoader (2 workers, batch 256): "
-                  f"{measure_loader(preset):6.0f} images/s")
+            bare = max(len(ids) / measure_processes(ids, aus, 64, 2, repeats=1) for _ in range(2))
+            trainer = max(measure_trainer(preset) for _ in range(2))
+            plain = max(measure_dataloader(preset) for _ in range(2))
+            print(f"SynthFaces({preset!r:11}) 64x64, batch 256 (images/s): Trainer default loader {trainer:5.0f} "
+                  f"= {trainer / bare:.2f} x bare render (2 processes, {bare:5.0f}); plain DataLoader, 2 workers, "
+                  f"one render call per step {plain:5.0f} = {plain / bare:.2f} x")
     ref = reference_seconds()
     print(f"reference workload (100 x exp/mul/add on 78x64x64): {ref * 1e3:.0f} ms; "
           f"64x64 images rendered per reference workload: {rates[64] * ref:.0f}")

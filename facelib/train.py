@@ -60,7 +60,7 @@ forwards whose gradients you do not need (e.g. the generator during a discrimina
 under ``torch.no_grad()``; concatenate real and fake batches into one discriminator forward.
 
 ``Trainer(task, *, steps, batch_size, seed=0, out_dir, device="auto", log_every=10,
-checkpoint_every=0, validate_every=0, keep_checkpoints=2, num_workers=0, resume=False,
+checkpoint_every=0, validate_every=0, keep_checkpoints=2, num_workers=None, resume=False,
 progress=True, ddp_kwargs=None)``
 
 - ``steps``: total optimisation steps (a resumed run continues up to ``steps``).
@@ -73,8 +73,11 @@ progress=True, ddp_kwargs=None)``
 - Data: the indices of step ``t`` on rank ``r`` are ``batch_indices(len(dataset), batch_size, t,
   seed=seed, rank=r, world_size=W)``: epoch-wise permutations seeded by ``(seed, epoch)``, so
   every sample is seen once per epoch, ranks see disjoint samples, and the batch of a step
-  never depends on what ran before it. Loaded through a ``DataLoader`` (``num_workers``) and
-  moved to the device (tensors inside dicts/lists/tuples).
+  never depends on what ran before it. Loaded by ``facelib.data.loader.step_batches`` and
+  moved to the device (tensors inside dicts/lists/tuples): ``num_workers`` background
+  processes render ahead (``None``: as many as this process's cores, at most 4, for a dataset
+  that renders its items, such as an uncached ``SynthFaces``; 0 for one held in memory), and
+  such a dataset renders several steps' items in one call (same batches, faster).
 - Device: ``get_device(device)``; under torchrun (``WORLD_SIZE`` > 1) ``torch.distributed``
   is initialised (gloo on CPU, NCCL on CUDA with ``cuda:LOCAL_RANK``) unless already
   initialised; it stays up for later fits in the same process (a multi-stage recipe) and is
@@ -127,14 +130,14 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .checkpoint import (
@@ -151,6 +154,7 @@ from .checkpoint import (
     save_rng_state,
     save_training_state,
 )
+from .data.loader import default_num_workers, step_batches
 from .utils import atomic_write_text, get_device, lock_folder, remove_temporary_files, set_seed
 
 LOG_NAME = "log.jsonl"
@@ -244,23 +248,6 @@ def batch_indices(
         position += take
         remaining -= take
     return torch.cat(pieces)
-
-
-class _StepBatchSampler(Sampler[list[int]]):
-    """Yields ``batch_indices`` for steps ``start .. stop-1`` (a DataLoader ``batch_sampler``)."""
-
-    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int, world_size: int, start: int, stop: int):
-        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
-        self.rank, self.world_size, self.start, self.stop = rank, world_size, start, stop
-
-    def __iter__(self):
-        for step in range(self.start, self.stop):
-            yield batch_indices(
-                self.num_samples, self.batch_size, step, seed=self.seed, rank=self.rank, world_size=self.world_size
-            ).tolist()
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start)
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -421,7 +408,7 @@ class Trainer:
         checkpoint_every: int = 0,
         validate_every: int = 0,
         keep_checkpoints: int = 2,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         resume: bool = False,
         progress: bool = True,
         ddp_kwargs: dict | None = None,
@@ -429,7 +416,8 @@ class Trainer:
         for name, value, least in (
             ("steps", steps, 0), ("batch_size", batch_size, 1), ("log_every", log_every, 1),
             ("checkpoint_every", checkpoint_every, 0), ("validate_every", validate_every, 0),
-            ("keep_checkpoints", keep_checkpoints, 1), ("num_workers", num_workers, 0),
+            ("keep_checkpoints", keep_checkpoints, 1),
+            ("num_workers", 0 if num_workers is None else num_workers, 0),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise ValueError(f"Trainer: {name} must be an int >= {least}, got {value!r}")
@@ -486,21 +474,19 @@ class Trainer:
         }
 
     def _loader(self, start: int):
+        """The batches of steps ``start .. steps-1`` (a generator: ``close()`` stops its workers), or None."""
         dataset = getattr(self.task, "dataset", None)
         if dataset is None:
             return None
-        sampler = _StepBatchSampler(
-            len(dataset), self.batch_size, self.seed, self.rank, self.world_size, start, self.steps
-        )
+        indices_of_step = partial(batch_indices, len(dataset), self.batch_size, seed=self.seed,
+                                  rank=self.rank, world_size=self.world_size)
+        num_workers = default_num_workers(dataset) if self.num_workers is None else self.num_workers
         # An explicit generator: DataLoader would otherwise draw its worker seed from the global RNG.
-        return iter(DataLoader(
-            dataset,
-            batch_sampler=sampler,
-            num_workers=self.num_workers,
-            collate_fn=getattr(self.task, "collate_fn", None) or default_collate,
-            pin_memory=self.device.type == "cuda",
+        return step_batches(
+            dataset, indices_of_step, start, self.steps, batch_size=self.batch_size, num_workers=num_workers,
+            collate_fn=getattr(self.task, "collate_fn", None), pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(self.seed),
-        ))
+        )
 
     # -- log -----------------------------------------------------------------------------------
 
@@ -691,6 +677,8 @@ class Trainer:
                     checkpoint = self._save(done, seconds, modules, optimizers, stateful, {"sums": sums, "count": count})
         finally:
             bar.close()
+            if batches is not None:
+                batches.close()  # stops the loader's worker processes now, also on an exception
         if checkpoint is None:
             checkpoint = latest_checkpoint(self.out_dir)
         return FitResult(step=max(start, self.steps), seconds=seconds, log_path=self.log_path,

@@ -93,6 +93,18 @@ class SynthFaces(Dataset):
     def __len__(self) -> int:
         return int(np.prod(self._layout))
 
+    @property
+    def render_pixels(self) -> int:
+        """Pixels one item costs to render (faces x size^2), 0 when items come from the cache.
+
+        The Trainer's loader (``facelib.data.loader``) reads it to render several steps per call
+        in background workers.
+        """
+        if self._cache is not None:
+            return 0
+        faces = 2 if self.pairs else self.length if self.sequences else 1
+        return faces * self.size * self.size
+
     def _unravel(self, index: Tensor) -> list[Tensor]:
         out = []
         for dim in reversed(self._layout):

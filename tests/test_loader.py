@@ -1,0 +1,127 @@
+"""facelib.data.loader, the Trainer's data path: the same batches as one render call per step,
+rendered ahead in workers that stop when training ends, fails or is interrupted."""
+from __future__ import annotations
+
+import multiprocessing
+from functools import partial
+
+import pytest
+import torch
+from torch import nn
+
+from facelib.data import SynthFaces
+from facelib.data.loader import RENDER_PIXELS_PER_CALL, default_num_workers, step_batches, steps_per_group
+from facelib.train import Trainer, TrainingTask, batch_indices
+from toy_training import ToyDataset, parameter_digest
+
+torch.set_num_threads(1)
+
+
+def assert_same_batch(got: dict, expected: dict) -> None:
+    assert sorted(got) == sorted(expected)
+    for key, value in expected.items():
+        assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
+
+
+@pytest.mark.parametrize("options", [dict(preset="rafd"), dict(preset="multipie", pairs=True),
+                                     dict(preset="oulu", sequences=True, length=3), dict(preset="emotionet")],
+                         ids=["rafd", "multipie-pairs", "oulu-sequences", "emotionet"])
+def test_batches_equal_one_render_call_per_step_bit_for_bit(options):
+    data = SynthFaces(split="val", size=16, **options)
+    batch_size = 6
+    indices_of_step = partial(batch_indices, len(data), batch_size, seed=3)
+    # several steps per render call, over an epoch boundary, starting inside a group (a resume)
+    group = 4
+    assert steps_per_group(data, batch_size) >= group
+    start, stop = 3, 3 + 2 * group
+    got = list(step_batches(data, indices_of_step, start, stop, batch_size=batch_size, num_workers=2))
+    assert len(got) == stop - start
+    for step, batch in zip(range(start, stop), got):
+        assert_same_batch(batch, data.batch(indices_of_step(step)))
+
+
+def test_several_steps_share_a_render_call_and_cached_or_in_memory_data_do_not():
+    class CountingSynthFaces(SynthFaces):
+        calls: list[int] = []
+
+        def __getitems__(self, indices):
+            self.calls.append(len(indices))
+            return super().__getitems__(indices)
+
+    data = CountingSynthFaces("rafd", "val", size=16)
+    assert data.render_pixels == 16 * 16
+    group = steps_per_group(data, batch_size=8)
+    assert group == RENDER_PIXELS_PER_CALL // (8 * 16 * 16)
+    indices_of_step = partial(batch_indices, len(data), 8, seed=0)
+    list(step_batches(data, indices_of_step, 0, 5, batch_size=8))  # num_workers=0: in this process
+    assert data.calls == [5 * 8]  # one render call for all five steps (the group is cut at the last step)
+    assert steps_per_group(SynthFaces("multipie", "val", size=64, pairs=True), 256) == 2  # 1,024 faces
+    assert steps_per_group(SynthFaces("oulu", "val", size=64, sequences=True), 256) == 1
+
+    assert steps_per_group(ToyDataset(), 4) == 1 and default_num_workers(ToyDataset()) == 0
+    assert default_num_workers(None) == 0 and 1 <= default_num_workers(data) <= 4
+
+
+def test_cached_synthfaces_is_read_one_step_at_a_time_without_workers(tmp_path):
+    cached = SynthFaces("rafd", "val", size=16, cache=tmp_path / "rafd.npz")
+    assert cached.render_pixels == 0 and default_num_workers(cached) == 0
+    indices_of_step = partial(batch_indices, len(cached), 5, seed=1)
+    for step, batch in enumerate(step_batches(cached, indices_of_step, 0, 3, batch_size=5)):
+        assert_same_batch(batch, cached.batch(indices_of_step(step)))
+
+
+class FacesTask(TrainingTask):
+    """A tiny AU regressor on SynthFaces with dropout (global RNG) and Adam."""
+
+    def __init__(self, fail_at: int | None = None, interrupt_at: int | None = None):
+        self.dataset = SynthFaces("rafd", "val", size=16)
+        self.fail_at, self.interrupt_at = fail_at, interrupt_at
+        self.workers: list = []
+
+    def build(self, device):
+        model = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(3 * 16 * 16, 17))
+        return {"model": model}, {"adam": torch.optim.Adam(model.parameters(), lr=1e-3)}
+
+    def training_step(self, batch, step):
+        self.workers.extend(p for p in multiprocessing.active_children() if p not in self.workers)
+        if step == self.fail_at:
+            raise RuntimeError("a training step failed")
+        if step == self.interrupt_at:
+            raise KeyboardInterrupt
+        loss = nn.functional.mse_loss(self.modules["model"](batch["image"]), batch["aus"])
+        self.optimizers["adam"].zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizers["adam"].step()
+        return {"loss": loss.detach()}
+
+
+def fit(task, out_dir, steps, **options):
+    options = {"batch_size": 8, "seed": 0, "progress": False, "log_every": 1, **options}
+    return Trainer(task, steps=steps, out_dir=out_dir, **options).fit()
+
+
+def test_trainer_renders_in_workers_by_default_and_resume_is_bit_identical(tmp_path):
+    straight = FacesTask()
+    fit(straight, tmp_path / "straight", 6)
+    assert straight.workers, "the default path renders SynthFaces in background workers"
+    fit(FacesTask(), tmp_path / "resumed", 3)
+    resumed = FacesTask()
+    fit(resumed, tmp_path / "resumed", 6, resume=True)  # restarts inside a render group
+    assert parameter_digest(resumed.unwrap("model")) == parameter_digest(straight.unwrap("model"))
+    in_process = FacesTask()
+    fit(in_process, tmp_path / "in_process", 6, num_workers=0)
+    assert not in_process.workers
+    assert parameter_digest(in_process.unwrap("model")) == parameter_digest(straight.unwrap("model"))
+
+
+@pytest.mark.parametrize("ending", ["finished", "raised", "interrupted"])
+def test_no_worker_outlives_training(tmp_path, ending):
+    task = FacesTask(fail_at=2 if ending == "raised" else None, interrupt_at=2 if ending == "interrupted" else None)
+    if ending == "finished":
+        fit(task, tmp_path, 4, num_workers=2)
+    else:
+        with pytest.raises(RuntimeError if ending == "raised" else KeyboardInterrupt) as caught:
+            fit(task, tmp_path, 4, num_workers=2)
+        assert caught.tb is not None  # the traceback (and the fit's frame) is still alive here
+    assert len(task.workers) == 2
+    assert not any(worker.is_alive() for worker in task.workers)
