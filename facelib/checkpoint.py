@@ -135,6 +135,7 @@ PRETRAINED_CLASSES = {
     "expression_classifier": "facelib.models.evaluators.ExpressionClassifier",
     "au_regressor": "facelib.models.evaluators.AURegressor",
     "identity_embedder": "facelib.models.evaluators.IdentityEmbedder",
+    "fer2013_mini_xception": "facelib.models.real.MiniXception",
 }
 
 
