@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from facelib.data import SynthFaces
-from facelib.data.loader import RENDER_PIXELS_PER_CALL, default_num_workers, step_batches, steps_per_group
+from facelib.data.loader import (
+    RENDER_PIXELS_PER_CALL, default_num_workers, keeps_in_memory, step_batches, steps_per_group,
+)
 from facelib.train import Trainer, TrainingTask, batch_indices
 from toy_training import ToyDataset, parameter_digest
 
@@ -59,7 +61,33 @@ def test_several_steps_share_a_render_call_and_cached_or_in_memory_data_do_not()
     assert steps_per_group(SynthFaces("oulu", "val", size=64, sequences=True), 256) == 1
 
     assert steps_per_group(ToyDataset(), 4) == 1 and default_num_workers(ToyDataset()) == 0
-    assert default_num_workers(None) == 0 and 1 <= default_num_workers(data) <= 4
+    assert default_num_workers(None) == 0
+    # a split that fits in memory is rendered once in this process; one that does not, in workers
+    assert keeps_in_memory(data) and default_num_workers(data) == 0
+    large = SynthFaces("emotionet", "train", size=64)  # 200,000 faces: about 16 GB
+    assert not keeps_in_memory(large) and 1 <= default_num_workers(large) <= 4
+
+
+class CountingSynthFaces(SynthFaces):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rendered: list[int] = []
+
+    def __getitems__(self, indices):
+        self.rendered.extend(indices)
+        return super().__getitems__(indices)
+
+
+def test_a_split_that_fits_in_memory_is_rendered_once_over_many_epochs():
+    data = CountingSynthFaces("rafd", "val", size=16)
+    batch_size = 7
+    indices_of_step = partial(batch_indices, len(data), batch_size, seed=2)
+    steps = 3 * len(data) // batch_size + 2  # over three epochs
+    got = list(step_batches(data, indices_of_step, 0, steps, batch_size=batch_size))
+    assert sorted(data.rendered) == list(range(len(data)))  # every face rendered exactly once
+    for step in (0, steps // 2, steps - 1):  # and the batches are still those of one render call per step
+        assert_same_batch(got[step], SynthFaces("rafd", "val", size=16).batch(indices_of_step(step)))
+    assert not keeps_in_memory(data, budget=1000)
 
 
 def test_cached_synthfaces_is_read_one_step_at_a_time_without_workers(tmp_path):
@@ -100,18 +128,18 @@ def fit(task, out_dir, steps, **options):
     return Trainer(task, steps=steps, out_dir=out_dir, **options).fit()
 
 
-def test_trainer_renders_in_workers_by_default_and_resume_is_bit_identical(tmp_path):
-    straight = FacesTask()
+def test_trainer_data_paths_agree_and_resume_is_bit_identical(tmp_path):
+    straight = FacesTask()  # default: this small split is rendered once, in this process
     fit(straight, tmp_path / "straight", 6)
-    assert straight.workers, "the default path renders SynthFaces in background workers"
+    assert not straight.workers
     fit(FacesTask(), tmp_path / "resumed", 3)
     resumed = FacesTask()
     fit(resumed, tmp_path / "resumed", 6, resume=True)  # restarts inside a render group
     assert parameter_digest(resumed.unwrap("model")) == parameter_digest(straight.unwrap("model"))
-    in_process = FacesTask()
-    fit(in_process, tmp_path / "in_process", 6, num_workers=0)
-    assert not in_process.workers
-    assert parameter_digest(in_process.unwrap("model")) == parameter_digest(straight.unwrap("model"))
+    in_workers = FacesTask()
+    fit(in_workers, tmp_path / "in_workers", 6, num_workers=2)
+    assert in_workers.workers, "num_workers=2 renders SynthFaces in background workers"
+    assert parameter_digest(in_workers.unwrap("model")) == parameter_digest(straight.unwrap("model"))
 
 
 @pytest.mark.parametrize("ending", ["finished", "raised", "interrupted"])

@@ -15,13 +15,21 @@ sampler would give it; two things make it fast for a dataset that renders its it
   pixels) and collates each step's batch separately. A dataset without ``render_pixels`` (or
   with 0: a cached SynthFaces, in-memory tensors) is fetched one step at a time.
 
+- **Render once, keep in memory.** Items of SynthFaces are a fixed function of their index, so
+  a training split small enough to keep (at most ``MEMORY_CACHE_BYTES``, estimated from
+  ``render_pixels``: every preset's train split at 64x64 except emotionet's 200,000 faces) is
+  rendered once, in the training process, as its items are first asked for, and every later
+  epoch reads them from memory. Such a dataset gets no workers by default: after the first
+  epoch there is nothing left to render ahead.
+
 Groups are aligned to absolute step numbers (group ``g`` holds steps ``g*K .. g*K+K-1``), so
 which items share a render call never depends on where a run was resumed. SynthFaces renders a
 face identically whatever else is in its batch (``tests/test_loader.py`` checks the batches
 against ``dataset.batch(indices)`` bit for bit), so the batches are the same as one render
 call per step.
 
-Memory: a group of 64x64 single images is about 50 MB (image, landmarks, labels; pairs with
+Memory: the in-memory copy costs about 20 bytes per rendered pixel (rafd's train split at 64x64:
+2,000 faces, about 160 MB); a group of 64x64 single images is about 50 MB (image, landmarks, labels; pairs with
 flow and mask about 75 MB); at most ``num_workers + 1`` groups exist at a time (one being
 rendered by each worker and the one being consumed).
 
@@ -39,14 +47,57 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 # 1,024 faces at 64x64: about 13 of the renderer's chunks of 320,000 pixels per call.
 RENDER_PIXELS_PER_CALL = 1024 * 64 * 64
+# A dataset whose items (estimated at BYTES_PER_RENDERED_PIXEL) fit in this is rendered once and kept.
+MEMORY_CACHE_BYTES = 1 << 30
+# image (3 floats) + flow and mask for pairs, landmarks and labels: a generous 5 float32 per pixel.
+BYTES_PER_RENDERED_PIXEL = 20
 # Background render workers the Trainer starts by default, at most (each one holds one group).
 MAX_DEFAULT_WORKERS = 4
 
-__all__ = ["step_batches", "steps_per_group", "default_num_workers", "RENDER_PIXELS_PER_CALL"]
+__all__ = ["step_batches", "steps_per_group", "default_num_workers", "keeps_in_memory", "RenderedOnce",
+           "RENDER_PIXELS_PER_CALL", "MEMORY_CACHE_BYTES"]
 
 
 def _render_pixels(dataset: Dataset) -> int:
     return int(getattr(dataset, "render_pixels", 0) or 0)
+
+
+def keeps_in_memory(dataset: Dataset | None, budget: int | None = None) -> bool:
+    """Whether ``dataset`` renders its items and all of them fit in ``budget`` bytes (``MEMORY_CACHE_BYTES``)."""
+    pixels = _render_pixels(dataset) if dataset is not None else 0
+    budget = MEMORY_CACHE_BYTES if budget is None else budget
+    return pixels > 0 and len(dataset) * pixels * BYTES_PER_RENDERED_PIXEL <= budget
+
+
+class RenderedOnce(Dataset):
+    """``dataset`` with each item kept the first time it is rendered (items must be a function of the index).
+
+    ``render_pixels`` falls to 0 once every item is kept, so the loader stops grouping steps.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+        self.items: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def render_pixels(self) -> int:
+        return 0 if len(self.items) == len(self.dataset) else _render_pixels(self.dataset)
+
+    def __getitems__(self, indices: list[int]) -> list:
+        missing = [i for i in dict.fromkeys(indices) if i not in self.items]
+        if missing:
+            # Copies, so that a kept item does not hold on to the whole batch tensor it was sliced from.
+            rendered = _fetch(self.dataset, missing)
+            for i, item in zip(missing, rendered):
+                self.items[i] = ({key: value.clone() if isinstance(value, torch.Tensor) else value
+                                  for key, value in item.items()} if isinstance(item, dict) else item)
+        return [self.items[i] for i in indices]
+
+    def __getitem__(self, index: int):
+        return self.__getitems__([index])[0]
 
 
 def steps_per_group(dataset: Dataset, batch_size: int) -> int:
@@ -67,10 +118,12 @@ def _available_cores() -> int:
 def default_num_workers(dataset: Dataset | None) -> int:
     """Render workers for a dataset: the cores of this process's share (at most 4) if it renders, else 0.
 
+    A split that ``keeps_in_memory`` gets 0: it is rendered once in this process and then read.
+
     A dataset that only indexes tensors in memory is faster without workers (no start-up, no
     transfer between processes). Under torchrun the local ranks share the machine's cores.
     """
-    if dataset is None or _render_pixels(dataset) <= 0:
+    if dataset is None or _render_pixels(dataset) <= 0 or keeps_in_memory(dataset):
         return 0
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     return max(1, min(MAX_DEFAULT_WORKERS, _available_cores() // max(1, local_ranks)))
@@ -130,6 +183,8 @@ def step_batches(
     ``close()`` stops the workers at once.
     """
     collate_fn = collate_fn or default_collate
+    if num_workers == 0 and keeps_in_memory(dataset):
+        dataset = RenderedOnce(dataset)
     group = steps_per_group(dataset, batch_size)
     first = start - start % group  # groups begin at multiples of ``group`` whatever the start
     loader = DataLoader(
