@@ -263,6 +263,14 @@ def eye_transform(eyes: np.ndarray, size: int, *, eye_height: float = EYE_HEIGHT
     eyes = np.asarray(eyes, dtype=np.float64)
     if eyes.shape != (2, 2):
         raise ValueError(f"eyes must be a [2, 2] array of (x, y) eye centres, got shape {eyes.shape}")
+    if not np.isfinite(eyes).all():
+        raise ValueError(f"eyes must be finite pixel coordinates, got {eyes.tolist()}")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size must be a positive integer number of pixels, got {size!r}")
+    for name, value in (("eye_height", eye_height), ("eye_distance", eye_distance)):
+        # a fraction of the crop: NaN, 0 or > 1 would give a NaN, degenerate or off-crop transform
+        if not isinstance(value, (int, float, np.floating)) or isinstance(value, bool) or not 0 < value < 1:
+            raise ValueError(f"{name} must be a fraction of the crop between 0 and 1 (exclusive), got {value!r}")
     left, right = sorted(eyes.tolist())  # the eye on the image's left first
     dx, dy = right[0] - left[0], right[1] - left[1]
     distance = math.hypot(dx, dy)

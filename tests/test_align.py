@@ -240,3 +240,16 @@ def test_bad_arguments():
         facelib.align.shape_predictor(7)
     with pytest.raises(ValueError, match="unknown dlib model"):
         facelib.align.dlib_model_file("mmod_human_face_detector.dat.bz2")
+
+
+@pytest.mark.parametrize("eyes, options", [
+    ([[20.0, 30.0], [float("nan"), 30.0]], {}),
+    ([[20.0, 30.0], [40.0, float("inf")]], {}),
+    ([[20.0, 30.0], [40.0, 30.0]], {"eye_height": float("nan")}),
+    ([[20.0, 30.0], [40.0, 30.0]], {"eye_distance": 0.0}),
+    ([[20.0, 30.0], [40.0, 30.0]], {"eye_height": 1.5}),
+])
+def test_eye_transform_refuses_non_finite_eyes_and_framings_off_the_crop(eyes, options):
+    # before: a NaN eye gave a NaN transform, and warp_to_crop a silent black crop
+    with pytest.raises(ValueError, match="eyes|eye_height|eye_distance"):
+        facelib.align.eye_transform(np.array(eyes), 64, **options)

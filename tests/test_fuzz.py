@@ -21,6 +21,7 @@ writes those counts to a file.
 from __future__ import annotations
 
 import collections
+import functools
 import io
 import json
 import math
@@ -37,7 +38,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from skimage.metrics import structural_similarity
 
+import cv2
+
 from facelib import metrics
+from facelib.align import EYE_HEIGHT, NoFaceError, align_face
 from facelib.data import CSVManifest, MultiPIE, OuluCASIA, RaFD
 from facelib.data.io import load_image
 from facelib.data.real import AU_COLUMNS
@@ -659,12 +663,63 @@ def fuzz_csv_manifest(manifest, split, size, plain_arguments):
               allowed=(FileNotFoundError,))
 
 
+# ----------------------------------------------------------------------------------------- face alignment
+ALIGN_NAMES = IMAGE_NAMES + ("face", "size", "eye_height", "eye_distance", "eyes", "fraction")
+
+
+@functools.lru_cache(maxsize=1)
+def astronaut_face() -> np.ndarray:
+    """A real face (skimage's astronaut, cropped around her head), for inputs where a face is found."""
+    from skimage import data
+
+    return data.astronaut()[0:260, 120:340]
+
+
+@st.composite
+def align_inputs(draw):
+    """``(image, size, eye_height, eye_distance)``: any image load_image reads, or the real face transformed."""
+    if draw(st.booleans()):
+        face = astronaut_face()
+        scale = draw(st.sampled_from([0.25, 0.5, 0.75, 1.0, 1.5]))
+        face = cv2.resize(face, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        if draw(st.booleans()):
+            face = face[:, ::-1]
+        gain = draw(st.sampled_from([1.0, 1.0, 0.3, 1.6]))
+        image = np.clip(face.astype(np.float64) * gain, 0, 255).astype(np.uint8)
+    else:
+        image = draw(load_image_inputs())[1]
+        if isinstance(image, tuple):  # an encoded file: the bytes are read through a path below
+            image = None
+    size = draw(st.sampled_from([64] * 6 + [32, 128, 16, 15, 0, -3, 64.0, True]))
+    eye_height = draw(st.sampled_from([None] * 6 + [0.4, 0.0, 1.0, math.nan, math.inf, -0.2]))
+    eye_distance = draw(st.sampled_from([None] * 6 + [0.3, 0.0, 1.5, math.nan]))
+    return image, size, eye_height, eye_distance
+
+
+@FUZZ
+@given(align_inputs())
+def fuzz_align_face(inputs):
+    image, size, eye_height, eye_distance = inputs
+    options = {k: v for k, v in (("eye_height", eye_height), ("eye_distance", eye_distance)) if v is not None}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # several faces, eyes estimated from the box
+        aligned = outcome("align_face", lambda: align_face(image, size, **options), ALIGN_NAMES,
+                          allowed=(NoFaceError,))
+    if aligned is None:
+        return
+    assert aligned.crop.shape == (size, size, 3) and aligned.crop.dtype == np.uint8
+    assert np.isfinite(aligned.transform).all() and np.isfinite(aligned.eyes).all()
+    # the eyes land where the framing puts them
+    mapped = aligned.eyes @ aligned.transform[:, :2].T + aligned.transform[:, 2]
+    np.testing.assert_allclose(mapped[:, 1], options.get("eye_height", EYE_HEIGHT) * size - 0.5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------- the tests
 @pytest.mark.parametrize("entry, fuzz", [
     ("psnr", fuzz_psnr), ("ssim", fuzz_ssim), ("ms_ssim", fuzz_ms_ssim), ("warp", fuzz_warp),
     ("bilinear_sample", fuzz_bilinear_sample), ("upsample_flow", fuzz_upsample_flow),
     ("load_image", fuzz_load_image), ("RaFD", fuzz_rafd), ("MultiPIE", fuzz_multipie),
-    ("OuluCASIA", fuzz_oulu), ("CSVManifest", fuzz_csv_manifest),
+    ("OuluCASIA", fuzz_oulu), ("CSVManifest", fuzz_csv_manifest), ("align_face", fuzz_align_face),
 ])
 def test_generated_input_ends_in_a_clean_error_or_a_right_answer(entry, fuzz):
     fuzz()

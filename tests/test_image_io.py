@@ -153,3 +153,9 @@ def test_pillow_value_error_on_a_broken_tiff_names_the_file(tmp_path):
     with Image.open(tmp_path / "broken.tiff") as lazy:  # the same data as an opened, not yet decoded PIL image
         with pytest.raises(ValueError, match="PIL image could not be decoded"):
             load_image(lazy)
+
+
+def test_an_empty_path_is_a_value_error_not_the_current_folder():
+    # before: Path("") is ".", and load_image("") raised IsADirectoryError about the working folder
+    with pytest.raises(ValueError, match="empty"):
+        load_image("")

@@ -55,6 +55,8 @@ def load_image(image, *, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE)
     and what is accepted.
     """
     if isinstance(image, (str, os.PathLike)):
+        if not os.fspath(image):  # Path("") is the current folder
+            raise ValueError(f"the image path is empty; accepted: {_ACCEPTED}")
         rgb = _read_file(Path(image), max_pixels)
     elif isinstance(image, torch.Tensor):
         rgb = to_uint8(image)
