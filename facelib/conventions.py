@@ -62,3 +62,49 @@ def expression_index(name: str) -> int:
         raise ValueError(
             f"unknown expression {name!r}; valid expressions are {list(EXPRESSIONS)}"
         ) from None
+
+
+#: How far outside [-1, 1] an image may stray (rounding, bilinear overshoot), as a fraction of the range.
+RANGE_TOLERANCE = 5e-3
+
+
+def check_images(images, name: str = "images", *, size: int | None = None, resize: bool = False,
+                 value_range: tuple[float, float] = (-1.0, 1.0), channels: tuple[int, ...] = (3,)):
+    """The one image validator: ``images`` must be a finite float ``[B, C, H, W]`` batch in ``value_range``.
+
+    ``size``: the square side the caller works at. A batch of another size raises a
+    ``ValueError`` naming both sizes, unless ``resize=True`` (area averaging to shrink,
+    bilinear to enlarge; never silent for a caller that did not ask). Returns the images.
+    Errors: ``TypeError`` for a non-tensor or an integer tensor, ``ValueError`` for the shape,
+    an empty batch, NaN/inf or values outside ``value_range`` (by more than ``RANGE_TOLERANCE``).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    low, high = value_range
+    accepted = f"a float torch.Tensor [B, {'|'.join(map(str, channels))}, H, W] with values in [{low:g}, {high:g}]"
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be {accepted}, got {type(images).__name__}")
+    if not images.is_floating_point():
+        raise TypeError(f"{name} must be {accepted}, got dtype {images.dtype}")
+    if images.dim() != 4 or images.shape[1] not in channels:
+        hint = " (one image [3, H, W] needs .unsqueeze(0))" if images.dim() == 3 else ""
+        raise ValueError(f"{name} must be {accepted}, got shape {list(images.shape)}{hint}")
+    if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
+        raise ValueError(f"{name} is empty (shape {list(images.shape)}); at least one image of at least 1x1 is needed")
+    if not torch.isfinite(images).all():
+        raise ValueError(f"{name} contains {int((~torch.isfinite(images)).sum())} NaN/inf values; only finite values are accepted")
+    x_min, x_max = float(images.min()), float(images.max())
+    tolerance = RANGE_TOLERANCE * (high - low)
+    if x_min < low - tolerance or x_max > high + tolerance:
+        raise ValueError(f"{name} has values in [{x_min:.3g}, {x_max:.3g}], outside [{low:g}, {high:g}]; facelib "
+                         "images are RGB in [-1, 1] (from [0, 1] images: x * 2 - 1)")
+    if size is not None and tuple(images.shape[-2:]) != (size, size):
+        if not resize:
+            raise ValueError(f"{name} are {images.shape[-2]}x{images.shape[-1]}, but {size}x{size} is accepted here; "
+                             f"resize them first (facelib.conventions.check_images(..., size={size}, resize=True), "
+                             "or crop a photo with facelib.align.align_face(..., size=...))")
+        shrink = images.shape[-1] > size
+        images = F.interpolate(images, size=(size, size), mode="area" if shrink else "bilinear",
+                               **({} if shrink else {"align_corners": False}))
+    return images

@@ -3,7 +3,7 @@
 A recipe is a plain function, referenced lazily as ``"module.path:function"`` so that
 listing recipes imports no model code::
 
-    RECIPES: dict[str, str] = {"fvae": "facelib.models.fvae:train_recipe", ...}
+    RECIPES: dict[str, str] = {"fvae": "facelib.train.fvae:train_recipe", ...}
 
 Recipe signature (keyword-only; every recipe accepts exactly these)::
 
@@ -47,12 +47,12 @@ from typing import Any, Callable
 
 # One line per recipe: "name": "module:function" (the function follows the signature above).
 RECIPES: dict[str, str] = {
-    "fvae": "facelib.models.fvae:train_recipe",  # FVAE (Eq. 1) + confidence network (Eq. 7-8)
-    "fvae_pixel_vae": "facelib.models.fvae:train_pixel_vae_recipe",  # FVAE Sec. 6.1 "VAE" baseline
-    "evaluators": "facelib.models.evaluators:train_recipe",  # expression classifier, AU regressor, identity embedder
-    "expression_classifier": "facelib.models.evaluators:train_expression_classifier_recipe",
-    "au_regressor": "facelib.models.evaluators:train_au_regressor_recipe",
-    "identity_embedder": "facelib.models.evaluators:train_identity_embedder_recipe",
+    "fvae": "facelib.train.fvae:train_recipe",  # FVAE (Eq. 1) + confidence network (Eq. 7-8)
+    "fvae_pixel_vae": "facelib.train.fvae:train_pixel_vae_recipe",  # FVAE Sec. 6.1 "VAE" baseline
+    "evaluators": "facelib.train.evaluators:train_recipe",  # expression classifier, AU regressor, identity embedder
+    "expression_classifier": "facelib.train.evaluators:train_expression_classifier_recipe",
+    "au_regressor": "facelib.train.evaluators:train_au_regressor_recipe",
+    "identity_embedder": "facelib.train.evaluators:train_identity_embedder_recipe",
 }
 
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from facelib.models.fvae import Config
+from facelib.models.fvae import FVAEConfig
 
-SMALL = Config(image_size=32, base_channels=8, max_channels=32, latent_channels=4)
+SMALL = FVAEConfig(image_size=32, base_channels=8, max_channels=32, latent_channels=4)
 
 
 def smooth_images(batch: int, size: int, seed: int = 0, coarse_divisor: int = 4) -> torch.Tensor:

@@ -6,16 +6,16 @@ import math
 import pytest
 import torch
 
-from facelib.models.fvae import (
-    FVAE, Config, ConfidenceNet, ExpressionPairs, FVAETrainingTask, PixelVAE, TrainConfig, random_horizontal_flip,
-    reinhard_color_transfer,
+from facelib.models.fvae import FVAE, ConfidenceNet, FVAEConfig, PixelVAE
+from facelib.train.fvae import (
+    ExpressionPairs, FVAETrainConfig, FVAETrainingTask, random_horizontal_flip, reinhard_color_transfer,
 )
 from facelib.warp import bilinear_sample, pixel_grid, warp
 
 from fvae_helpers import SMALL, smooth_images  # tests/fvae_helpers.py (pytest puts tests/ on sys.path)
 
 
-@pytest.mark.parametrize("config", [Config(), Config(image_size=128, base_channels=8, max_channels=64, latent_channels=8)],
+@pytest.mark.parametrize("config", [FVAEConfig(), FVAEConfig(image_size=128, base_channels=8, max_channels=64, latent_channels=8)],
                          ids=["64", "128"])
 def test_shapes_follow_fig3(config):
     torch.manual_seed(0)
@@ -30,18 +30,18 @@ def test_shapes_follow_fig3(config):
 
 
 def test_paper_config_is_the_128px_network_with_a_4x4x1024_latent():
-    paper = Config.paper()
+    paper = FVAEConfig.paper()
     assert (paper.image_size, paper.latent_size, paper.latent_channels) == (128, 4, 1024)
     assert paper.stage_channels() == [64, 128, 256, 512, 1024]
 
 
 def test_bad_configs_and_images_are_refused():
     with pytest.raises(ValueError, match="power of two"):
-        Config(image_size=96)
+        FVAEConfig(image_size=96)
     with pytest.raises(ValueError, match="latent_channels"):
-        Config(latent_channels=0)
+        FVAEConfig(latent_channels=0)
     with pytest.raises(ValueError, match="max_flow"):
-        Config(max_flow=0.0)
+        FVAEConfig(max_flow=0.0)
     fvae = FVAE(SMALL)
     with pytest.raises(ValueError, match=r"\[B, 3, 32, 32\].*got \[1, 3, 64, 64\]"):
         fvae.encode(torch.zeros(1, 3, 64, 64))
@@ -115,13 +115,13 @@ def test_flips_apply_the_same_decision_to_both_images():
 def test_tiny_overfit_learns_a_shift_through_the_flow():
     """A hundred steps of Eq. 1 on four pairs (target = source shifted by 2 px) beat the identity warp."""
     torch.manual_seed(0)
-    tiny = Config(image_size=16, base_channels=8, max_channels=16, latent_channels=4)
+    tiny = FVAEConfig(image_size=16, base_channels=8, max_channels=16, latent_channels=4)
     source = smooth_images(4, 16, seed=3)
     shift = torch.zeros(4, 2, 16, 16)
     shift[:, 0] = 2.0
     target = warp(source, shift)
     inside = (slice(None), slice(None), slice(3, -3), slice(3, -3))
-    task = FVAETrainingTask(FVAE, tiny, TrainConfig(color_transfer=False, flip=False), None, {})
+    task = FVAETrainingTask(FVAE, tiny, FVAETrainConfig(color_transfer=False, flip=False), None, {})
     model = FVAE(tiny)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(100):
@@ -179,7 +179,7 @@ def shipped():
 @pytest.mark.slow
 def test_shipped_fvae_meets_the_floors_on_held_out_identities(shipped):
     """Issue 5's floors on a small held-out sample: PSNR over visible >= 27 dB and EPE <= 1 px (true latent)."""
-    from facelib.models.fvae import measure_table1
+    from facelib.evaluation.fvae import measure_table1
 
     table = measure_table1(shipped["fvae"], mask_net=shipped["fvae_confidence"], pixel_vae=shipped["fvae_pixel_vae"],
                            n=48, optical_flow_method=None, progress=False).set_index("method")
@@ -192,7 +192,7 @@ def test_shipped_fvae_meets_the_floors_on_held_out_identities(shipped):
 
 @pytest.mark.slow
 def test_shipped_confidence_blend_beats_single_sources_in_algorithm2(shipped):
-    from facelib.models.fvae import measure_interpolation
+    from facelib.evaluation.fvae import measure_interpolation
 
     table = measure_interpolation(shipped["fvae"], shipped["fvae_confidence"], n=24, progress=False)
     best_single = table[["source 1 only", "source 2 only"]].max(axis=1)

@@ -10,6 +10,7 @@ import importlib
 _EXPORTS = {
     # SynthFaces renderer and dataset
     "SynthFaces": "facelib.data.synthfaces",
+    "expression_aus": "facelib.data.synthfaces",
     "PRESETS": "facelib.data.presets",
     "get_preset": "facelib.data.presets",
     "render": "facelib.data.synth",

@@ -189,9 +189,7 @@ class SynthFaces(Dataset):
                 "target_aus": lab["target_aus"], "yaw": lab["yaw"],
                 "source_landmarks": r["source_landmarks"], "target_landmarks": r["target_landmarks"],
             }
-        key = "target" if (p.sequence_length and not self.sequences) else "source"
-        if p.random_aus:
-            key = "target"
+        key = self._single_key()
         aus, asym = lab[f"{key}_aus"], lab[f"{key}_asym"]
         if self.sequences:
             T, n = self.length, len(index)
@@ -211,6 +209,27 @@ class SynthFaces(Dataset):
             "image": r["image"], "identity": lab["identity"], "emotion": lab[f"{key}_emotion"],
             "intensity": lab[f"{key}_intensity"], "aus": aus, "yaw": lab["yaw"], "landmarks": r["landmarks"],
         }
+
+    def _single_key(self) -> str:
+        """Which of the pair labels a single-image item shows: the expressive frame of a sequence preset."""
+        p = self.preset
+        return "target" if p.random_aus or (p.sequence_length and not self.sequences) else "source"
+
+    def labels(self, indices=None) -> dict[str, Tensor]:
+        """The labels of items ``indices`` (default: every item) without rendering a pixel.
+
+        Single-image items: ``identity``, ``emotion``, ``intensity``, ``aus`` ``[N, 17]``, ``yaw``
+        (a sequence's peak AUs). Pairs: ``identity``, ``yaw`` and the ``source_``/``target_``
+        ``emotion``, ``intensity`` and ``aus``.
+        """
+        index = torch.arange(len(self)) if indices is None else self._check_indices(indices)
+        lab = self._labels(index)
+        if self.pairs:
+            names = [f"{side}_{what}" for side in ("source", "target") for what in ("emotion", "intensity", "aus")]
+            return {name: lab[name] for name in ("identity", "yaw", *names)}
+        key = self._single_key()
+        return {"identity": lab["identity"], "emotion": lab[f"{key}_emotion"], "intensity": lab[f"{key}_intensity"],
+                "aus": lab[f"{key}_aus"], "yaw": lab["yaw"]}
 
     def _check_indices(self, indices) -> Tensor:
         index = torch.as_tensor(list(indices) if not isinstance(indices, Tensor) else indices).long().reshape(-1)
@@ -290,3 +309,18 @@ def _nearest_expression(aus: Tensor) -> Tensor:
 
 
 __all__ = ["SynthFaces"]
+
+
+def expression_aus(preset: str = "rafd", split: str = "train") -> dict[str, Tensor]:
+    """Each expression's mean ground-truth AU intensities ``[17]`` over a preset's split.
+
+    What the AU-driven editors (GANimation, DFT-Net, EGGAN) take as the target of an edit named
+    by an expression: DFT-Net Sec. 3.2 takes these means from RaFD, so the default is the
+    ``rafd`` preset's training identities. Keys are the preset's expressions, values are in
+    ``[0, 5]`` in ``facelib.AU_CODES`` order. No pixel is rendered.
+    """
+    labels = SynthFaces(preset=preset, split=split, size=8).labels()
+    means = {}
+    for index in labels["emotion"].unique().tolist():
+        means[EXPRESSIONS[index]] = labels["aus"][labels["emotion"] == index].mean(0)
+    return {name: means[name] for name in EXPRESSIONS if name in means}

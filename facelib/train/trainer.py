@@ -140,7 +140,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .checkpoint import (
+from ..checkpoint import (
     TRAINING_STATE_FORMAT,
     CheckpointError,
     _unwrap,
@@ -154,8 +154,8 @@ from .checkpoint import (
     save_rng_state,
     save_training_state,
 )
-from .data.loader import default_num_workers, step_batches
-from .utils import atomic_write_text, get_device, lock_folder, remove_temporary_files, set_seed
+from ..data.loader import default_num_workers, step_batches
+from ..utils import atomic_write_text, get_device, lock_folder, remove_temporary_files, set_seed
 
 LOG_NAME = "log.jsonl"
 _FLOAT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}

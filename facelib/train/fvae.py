@@ -1,0 +1,322 @@
+"""FVAE training (Yeh et al. 2016, Sec. 5.2 and 5.4): data preparation, Eq. 1, Eq. 7-8, recipes."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from facelib.models.fvae import FVAE, ConfidenceNet, FVAEConfig, PixelVAE
+from facelib.train.trainer import TrainingTask
+
+# ----------------------------------------------------------------------------------------
+# Data preparation (Sec. 5.2)
+# ----------------------------------------------------------------------------------------
+# Reinhard et al. 2001's colour space: RGB -> LMS -> log10 -> l-alpha-beta (decorrelated axes).
+_RGB_TO_LMS = torch.tensor([[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782], [0.0241, 0.1288, 0.8444]])
+_LOG_LMS_TO_LAB = torch.diag(torch.tensor([3.0, 6.0, 2.0]).rsqrt()) @ torch.tensor(
+    [[1.0, 1.0, 1.0], [1.0, 1.0, -2.0], [1.0, -1.0, 0.0]]
+)
+
+
+def _mix(matrix: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("ij,bjhw->bihw", matrix.to(images), images)
+
+
+def reinhard_color_transfer(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sec. 5.2 (the paper's [25], Reinhard et al. 2001): move the colours of S toward T.
+
+    Each image pair's l-alpha-beta channels of the source get the target's mean and standard
+    deviation; images ``[B, 3, H, W]`` in ``[-1, 1]``; returns the adjusted source, clamped.
+    """
+    if source.shape != target.shape:
+        raise ValueError(f"source and target must have the same shape, got {list(source.shape)} and {list(target.shape)}")
+    eps = 1e-3  # keeps log10 finite on black pixels
+
+    def to_lab(images):
+        lms = _mix(_RGB_TO_LMS, (images + 1) / 2).clamp_min(eps)
+        return _mix(_LOG_LMS_TO_LAB, torch.log10(lms))
+
+    src, tgt = to_lab(source), to_lab(target)
+    src_mean, src_std = src.mean((2, 3), keepdim=True), src.std((2, 3), keepdim=True)
+    tgt_mean, tgt_std = tgt.mean((2, 3), keepdim=True), tgt.std((2, 3), keepdim=True)
+    matched = (src - src_mean) * (tgt_std / src_std.clamp_min(1e-6)) + tgt_mean
+    lms = 10 ** _mix(torch.linalg.inv(_LOG_LMS_TO_LAB), matched)
+    rgb = _mix(torch.linalg.inv(_RGB_TO_LMS), lms)
+    return (rgb * 2 - 1).clamp(-1, 1)
+
+
+def random_horizontal_flip(*images: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+    """Sec. 5.2's augmentation: flip each pair (same decision for S and T) with probability 1/2."""
+    flip = torch.rand(len(images[0]), generator=generator) < 0.5
+    flip = flip.to(images[0].device).view(-1, 1, 1, 1)
+    return tuple(torch.where(flip, x.flip(-1), x) for x in images)
+
+
+class ExpressionPairs(torch.utils.data.Dataset):
+    """Sec. 5.2's training pairs: every ordered (S, T) pair of expressions of each identity.
+
+    Built from a single-image dataset (``SynthFaces(..., pairs=False)``): its images are rendered
+    once, then pairs are indexed, so an epoch costs no rendering. Training needs no true flow;
+    evaluation uses ``SynthFaces(..., pairs=True)``, which has it. Items: ``source``, ``target``
+    ``[3, S, S]``, ``identity``, ``source_emotion``, ``target_emotion``.
+    """
+
+    def __init__(self, singles, batch_size: int = 128, progress: bool = True):
+        loader = torch.utils.data.DataLoader(singles, batch_size=batch_size, shuffle=False)
+        parts = [(b["image"], b["identity"], b["emotion"])
+                 for b in tqdm(loader, desc="rendering training images", disable=not progress)]
+        self.images = torch.cat([p[0] for p in parts])  # [N, 3, S, S]
+        self.identity = torch.cat([p[1] for p in parts])  # [N]
+        self.emotion = torch.cat([p[2] for p in parts])  # [N]
+        same = (self.identity[:, None] == self.identity[None, :]) & ~torch.eye(len(self.identity), dtype=torch.bool)
+        self.pairs = same.nonzero()  # [P, 2] (source index, target index)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitems__(self, indices) -> list[dict[str, torch.Tensor]]:
+        pairs = self.pairs[torch.as_tensor(indices, dtype=torch.long)]
+        return [{"source": self.images[i], "target": self.images[j], "identity": self.identity[i],
+                 "source_emotion": self.emotion[i], "target_emotion": self.emotion[j]} for i, j in pairs.tolist()]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([index])[0]
+
+
+# ----------------------------------------------------------------------------------------
+# Training (Sec. 5.4): Eq. 1 for the FVAE and the pixel VAE, then Eq. 7-8 for the mask network
+# ----------------------------------------------------------------------------------------
+@dataclass
+class FVAETrainConfig:
+    """Sec. 5.4's optimisation settings (CPU batch size; the paper uses 64)."""
+
+    lambda_prior: float = 0.003  # lambda_1 of Eq. 1
+    lambda_flow: float = 0.001  # lambda_2 of Eq. 1
+    coherence_alpha: float = 10.0  # alpha of Eq. 6 (the paper does not give it)
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 5.0  # clipping by value at +-5
+    color_transfer: bool = True
+    flip: bool = True
+    confidence_beta: float | None = None  # beta of Eq. 7; None: the losses module's default
+
+
+class _EarlyStoppingTask(TrainingTask):
+    """One Adam step on ``losses(...)["loss"]`` with gradients clipped by value (Sec. 5.4), and
+    early stopping (Sec. 5.4): each validation compares the loss on a fixed held-out batch with
+    the best so far and keeps the best weights in ``best_state``; those are what ships.
+    """
+
+    module_name = "model"
+
+    def __init__(self, train: FVAETrainConfig, dataset, val_batch: dict[str, torch.Tensor]):
+        self.train, self.dataset, self.val_batch = train, dataset, val_batch
+        self.best_val, self.best_step, self.best_state = math.inf, -1, None
+
+    def losses(self, module, source: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError  # each task defines its objective
+
+    def augment(self, source: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sec. 5.2: horizontal flips of each pair."""
+        return random_horizontal_flip(source, target) if self.train.flip else (source, target)
+
+    def training_step(self, batch, step):
+        source, target = self.augment(batch["source"], batch["target"])
+        module = self.modules[self.module_name]
+        terms = self.losses(module, source, target)
+        optimizer = self.optimizers["adam"]
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        torch.nn.utils.clip_grad_value_(module.parameters(), self.train.grad_clip)
+        optimizer.step()
+        return {name: value.detach() for name, value in terms.items()}
+
+    def validate(self, step):
+        module = self.unwrap(self.module_name)
+        batch = {k: v.to(self.device) for k, v in self.val_batch.items()}
+        terms = self.losses(module, batch["source"], batch["target"])
+        if float(terms["loss"]) < self.best_val:
+            self.best_val, self.best_step = float(terms["loss"]), step
+            self.best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        return {f"val_{name}": float(value) for name, value in terms.items()}
+
+
+class FVAETrainingTask(_EarlyStoppingTask):
+    """Eq. 1: L = L_reconstruct + lambda_1 L_prior + lambda_2 L_flow, for the FVAE or the pixel VAE
+    (which has no flow, so no L_flow)."""
+
+    def __init__(self, model_class, config: FVAEConfig, train: FVAETrainConfig, dataset, val_batch: dict[str, torch.Tensor]):
+        super().__init__(train, dataset, val_batch)
+        self.model_class, self.config = model_class, config
+
+    def build(self, device):
+        model = self.model_class(self.config).to(device)
+        return {"model": model}, {"adam": torch.optim.Adam(model.parameters(), lr=self.train.lr, betas=self.train.betas)}
+
+    def augment(self, source, target):
+        if self.train.color_transfer:
+            # Sec. 5.2: colour transfer of S toward T (Reinhard et al.), before flipping the pair.
+            source = reinhard_color_transfer(source, target)
+        return super().augment(source, target)
+
+    def losses(self, model, source, target):
+        from facelib import losses
+
+        out = model(source, target)
+        terms = {
+            # FVAE Eq. 4: reconstruction of T from S
+            "reconstruct": losses.fvae_reconstruction(out["output"], target),
+            # FVAE Eq. 3: KL divergence of the posterior from N(0, I)
+            "prior": losses.fvae_kl(out["mu"], out["logvar"]),
+        }
+        if "flow" in out:
+            # FVAE Eq. 6: flow coherence, 7x7 neighbourhood, bilateral weights on the target's colours
+            terms["flow"] = losses.fvae_flow_coherence(out["flow"], target, alpha=self.train.coherence_alpha, window=7)
+        # FVAE Eq. 1: L = L_reconstruct + lambda_1 L_prior + lambda_2 L_flow
+        terms["loss"] = (terms["reconstruct"] + self.train.lambda_prior * terms["prior"]
+                         + self.train.lambda_flow * terms.get("flow", 0.0))
+        return terms
+
+
+class ConfidenceTrainingTask(_EarlyStoppingTask):
+    """Sec. 3.2: train M(S, Z(T)) on the frozen FVAE's errors with Eq. 7 labels and Eq. 8 cross-entropy."""
+
+    module_name = "mask"
+
+    def __init__(self, fvae: FVAE, train: FVAETrainConfig, dataset, val_batch: dict[str, torch.Tensor]):
+        super().__init__(train, dataset, val_batch)
+        self.fvae = fvae
+
+    def build(self, device):
+        self.fvae.to(device).eval().requires_grad_(False)
+        mask_net = ConfidenceNet(self.fvae.config).to(device)
+        return {"mask": mask_net}, {"adam": torch.optim.Adam(mask_net.parameters(), lr=self.train.lr, betas=self.train.betas)}
+
+    def losses(self, mask_net, source, target):
+        from facelib import losses
+
+        with torch.no_grad():
+            z = self.fvae.latent(target)
+            output = self.fvae.decode(source, z)["output"]
+            beta = {} if self.train.confidence_beta is None else {"beta": self.train.confidence_beta}
+            # FVAE Eq. 7: y = exp(-||T - g(S, Z(T))||^2 / beta), per pixel
+            label = losses.fvae_confidence_label(output, target, **beta)
+        # FVAE Eq. 8: per-pixel binary cross-entropy between M(S, Z(T)) and y
+        loss = losses.fvae_confidence_loss(mask_net(source, z), label)
+        return {"loss": loss, "label_mean": label.mean()}
+
+
+# ----------------------------------------------------------------------------------------
+# Recipes: `python -m facelib train fvae` (FVAE + confidence network), `... fvae_pixel_vae`
+# ----------------------------------------------------------------------------------------
+PRESET = "multipie"
+FVAE_STEPS = 1500  # shipped run: about 20 min on one busy CPU core
+MASK_STEPS = 300
+PIXEL_VAE_STEPS = 1500
+BATCH_SIZE = 32  # the paper's 64 halved for CPU
+SMOKE_STEPS = 4
+
+
+def _pairs(split: str, size: int):
+    """Held-out pairs of the multipie preset with their true flow and visible mask."""
+    from facelib.data import SynthFaces
+
+    return SynthFaces(preset=PRESET, split=split, size=size, pairs=True, seed=0)
+
+
+def _training_pairs(size: int, smoke: bool) -> ExpressionPairs:
+    """All expression pairs per identity of the multipie training identities (Sec. 5.2)."""
+    from facelib.data import SynthFaces
+
+    singles = SynthFaces(preset=PRESET, split="train", size=size, seed=0)
+    if smoke:
+        singles = torch.utils.data.Subset(singles, range(12))  # two identities
+    return ExpressionPairs(singles)
+
+
+def _first_items(dataset, count: int) -> dict[str, torch.Tensor]:
+    """The first ``count`` items of a dataset, collated into one batch."""
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(min(count, len(dataset)))),
+                                         batch_size=count, shuffle=False)
+    return next(iter(loader))
+
+
+def _fit(task, *, steps: int, seed: int, out_dir, device: str, smoke: bool, name: str):
+    """Run a task with facelib's Trainer and restore the weights of its best validation (early stopping)."""
+    from facelib.train import Trainer
+
+    trainer = Trainer(task, steps=steps, batch_size=4 if smoke else BATCH_SIZE, seed=seed, out_dir=out_dir / name,
+                      device=device, log_every=1 if smoke else 10, validate_every=max(1, steps // 20),
+                      checkpoint_every=0)
+    result = trainer.fit()
+    module = task.unwrap(task.module_name)
+    if task.best_state is not None:
+        module.load_state_dict(task.best_state)
+    return module.eval(), result
+
+
+def _steps(default: int, steps: int | None, smoke: bool) -> int:
+    return SMOKE_STEPS if smoke else (default if steps is None else steps)
+
+
+def train_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: bool) -> dict:
+    """Recipe ``fvae``: the FVAE with Eq. 1, then its confidence network with Eq. 7-8 (FVAE frozen)."""
+    from pathlib import Path
+
+    from facelib.checkpoint import save_model
+
+    out_dir = Path(out_dir)
+    size = FVAEConfig().image_size
+    train_set = _training_pairs(size, smoke)
+    val_batch = _first_items(_pairs("val", size), 8 if smoke else 128)
+    schedule = FVAETrainConfig()
+    fvae_steps = _steps(FVAE_STEPS, steps, smoke)
+    fvae_task = FVAETrainingTask(FVAE, FVAEConfig(), schedule, train_set, val_batch)
+    fvae, _ = _fit(fvae_task, steps=fvae_steps, seed=seed, out_dir=out_dir, device=device, smoke=smoke, name="fvae")
+    mask_steps = _steps(MASK_STEPS, None if steps is None else max(1, steps // 5), smoke)
+    mask_task = ConfidenceTrainingTask(fvae, schedule, train_set, val_batch)
+    mask_net, _ = _fit(mask_task, steps=mask_steps, seed=seed, out_dir=out_dir, device=device, smoke=smoke, name="mask")
+    fvae_stem = save_model(fvae.cpu(), out_dir / "fvae", extra={"best_val_step": fvae_task.best_step})
+    mask_stem = save_model(mask_net.cpu(), out_dir / "fvae_confidence", extra={"best_val_step": mask_task.best_step})
+    table = measure_table1(fvae, mask_net=mask_net, split="val" if smoke else "test", n=8 if smoke else 256)
+    metrics = {row.method: row for row in table.itertuples()}
+    fvae_row, conf_row = metrics["FVAE (true latent)"], metrics["FVAE + confidence (true latent, 2 sources)"]
+    return {
+        "checkpoints": {"fvae": fvae_stem, "fvae_confidence": mask_stem},
+        "metrics": {
+            "fvae": {"psnr_visible_db": float(fvae_row.psnr_visible_db), "psnr_db": float(fvae_row.psnr_db),
+                     "flow_epe_visible_px": float(fvae_row.flow_epe_visible_px), "n_test_pairs": table.attrs["n"]},
+            "fvae_confidence": {"psnr_visible_db": float(conf_row.psnr_visible_db), "psnr_db": float(conf_row.psnr_db)},
+        },
+        "preset": PRESET,
+        "steps": fvae_steps + mask_steps,
+    }
+
+
+def train_pixel_vae_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: bool) -> dict:
+    """Recipe ``fvae_pixel_vae``: the paper's "VAE" baseline, trained with Eq. 1 minus the flow term."""
+    from pathlib import Path
+
+    from facelib.checkpoint import save_model
+
+    out_dir = Path(out_dir)
+    size = FVAEConfig().image_size
+    val_batch = _first_items(_pairs("val", size), 8 if smoke else 128)
+    total = _steps(PIXEL_VAE_STEPS, steps, smoke)
+    task = FVAETrainingTask(PixelVAE, FVAEConfig(), FVAETrainConfig(), _training_pairs(size, smoke), val_batch)
+    model, _ = _fit(task, steps=total, seed=seed, out_dir=out_dir, device=device, smoke=smoke, name="pixel_vae")
+    stem = save_model(model.cpu(), out_dir / "fvae_pixel_vae", extra={"best_val_step": task.best_step})
+    table = measure_table1(None, pixel_vae=model, split="val" if smoke else "test", n=8 if smoke else 256,
+                           optical_flow_method=None)
+    row = next(table[table.method == "Pixel VAE (true latent)"].itertuples())
+    return {
+        "checkpoints": {"fvae_pixel_vae": stem},
+        "metrics": {"fvae_pixel_vae": {"psnr_visible_db": float(row.psnr_visible_db), "psnr_db": float(row.psnr_db),
+                                       "sharpness": float(row.sharpness)}},
+        "preset": PRESET,
+        "steps": total,
+    }
+
+
