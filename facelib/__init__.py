@@ -14,6 +14,20 @@ def load_pretrained(name: str, **kwargs):
     return _load_pretrained(name, **kwargs)
 
 
+def load_editor(name: str, device="cpu"):
+    """A registered editor with its shipped weights, ready to edit (see ``facelib.editors``)."""
+    from .editors import load_editor as _load_editor
+
+    return _load_editor(name, device=device)
+
+
+def list_editors():
+    """Every registered editor: name, paper, accepted targets, whether its weights ship."""
+    from .editors import list_editors as _list_editors
+
+    return _list_editors()
+
+
 def versions() -> dict[str, str]:
     """Versions that matter for reproducing a notebook run."""
     import platform
@@ -31,5 +45,6 @@ def versions() -> dict[str, str]:
 
 __all__ = [
     "AU_CODES", "AU_NAMES", "EMOTIONS", "EXPRESSIONS",
-    "get_device", "is_smoke", "set_seed", "load_pretrained", "versions", "__version__",
+    "get_device", "is_smoke", "set_seed", "load_pretrained", "load_editor", "list_editors", "versions",
+    "__version__",
 ]

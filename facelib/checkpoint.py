@@ -60,6 +60,7 @@ Shipped weights (``facelib/weights/``, packaged with facelib):
   the weights folder. An unknown name raises ``CheckpointError`` listing the available names (or
   saying none are shipped yet).
 - ``pretrained_info(name, weights_dir=None) -> dict``: the manifest entry.
+- ``pretrained_metadata(name, weights_dir=None) -> dict``: the shipped JSON (sha256-checked), with ``extra``.
 - ``available_pretrained(weights_dir=None) -> list[str]``.
 - ``read_manifest(weights_dir=None) -> dict`` / ``shipped_weights_dir() -> Path``.
 - ``manifest_entry(file, *, command, preset, steps, seed, wall_time_s, metrics,
@@ -136,6 +137,7 @@ PRETRAINED_CLASSES = {
     "au_regressor": "facelib.models.evaluators.AURegressor",
     "identity_embedder": "facelib.models.evaluators.IdentityEmbedder",
     "fer2013_mini_xception": "facelib.models.real.MiniXception",
+    "average_flow": "facelib.models.baselines.AverageFlow",
 }
 
 
@@ -940,6 +942,17 @@ def _shipped_files(folder: Path, name: str, entry: dict) -> tuple[Path, Path]:
     if not weights_path.name.endswith(".safetensors"):
         raise CheckpointError(f"{where}: file {entry['file']!r} is not a .safetensors file")
     return weights_path, _json_of(_stem(weights_path))
+
+
+def pretrained_metadata(name: str, weights_dir: str | Path | None = None) -> dict:
+    """The JSON side of a shipped checkpoint (config, ``extra``: e.g. FVAE's expression latents),
+    after checking its sha256 against the manifest."""
+    folder = _weights_folder(weights_dir)
+    _, json_path = _shipped_files(folder, name, pretrained_info(name, folder))
+    if sha256_file(json_path) != pretrained_info(name, folder)["config_sha256"]:
+        raise CheckpointError(f"sha256 mismatch for {json_path.name} (pretrained {name!r}): the file differs from the one "
+                              f"recorded in {MANIFEST_NAME}; it is corrupted or was replaced without re-recording it")
+    return read_metadata(json_path)
 
 
 def load_pretrained(name: str, device: str | torch.device = "cpu", weights_dir: str | Path | None = None) -> nn.Module:

@@ -21,15 +21,19 @@ Images are ``[B, 3, H, W]`` in ``[-1, 1]``; flows are backward pixel flows (DESI
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 import torch
 from scipy.spatial import Delaunay
+from torch import nn
 
-from facelib.conventions import EXPRESSIONS
+from facelib.conventions import EXPRESSIONS, check_images
+from facelib.editors import Editor, EditResult, Target
 from facelib.warp import warp
 
-__all__ = ["AverageFlow", "optical_flow", "cross_fade", "mesh_morph", "optical_flow_morph"]
+__all__ = ["AverageFlow", "AverageFlowConfig", "AverageFlowEditor", "load_average_flow_editor", "optical_flow", "cross_fade", "mesh_morph", "optical_flow_morph"]
 
 
 def _check_images(images: torch.Tensor, name: str) -> None:
@@ -51,53 +55,113 @@ def _expression_name(expression) -> str:
     return name
 
 
-class AverageFlow:
+@dataclass
+class AverageFlowConfig:
+    """The expression pairs an :class:`AverageFlow` holds, as ``"source->target"`` names, and its size."""
+
+    image_size: int = 64
+    pairs: tuple[str, ...] = ()
+
+
+class AverageFlow(nn.Module):
     """Sec. 6.1's optical-flow editing baseline: one average flow per expression pair.
 
     ``AverageFlow.fit(dataset)`` averages the ground-truth flows of a ``SynthFaces(...,
     pairs=True)`` training split (items with ``flow``, ``source_emotion``, ``target_emotion`` and
-    optionally ``visible``);
-    ``average(source, "neutral", "disgusted")`` warps ``source`` by the average
-    neutral -> disgusted flow. The flow is not tailored to the source face: that is the point.
+    optionally ``visible``); ``average(source, "neutral", "disgusted")`` warps ``source`` by the
+    average neutral -> disgusted flow. The flow is not tailored to the source face: that is the
+    point. The flows are a buffer, so the fitted baseline saves and ships like a model
+    (``python -m facelib train average_flow``).
     """
 
-    def __init__(self, flows: dict[tuple[str, str], torch.Tensor]):
-        self.flows = flows  # {(source name, target name): [2, H, W]}
+    config_class = AverageFlowConfig
+
+    def __init__(self, config: AverageFlowConfig | None = None):
+        super().__init__()
+        self.config = config if config is not None else AverageFlowConfig()
+        size = self.config.image_size
+        self.register_buffer("flows", torch.zeros(len(self.config.pairs), 2, size, size))  # [P, 2, H, W]
 
     @classmethod
     @torch.no_grad()
     def fit(cls, dataset, *, max_pairs: int = 4000, batch_size: int = 128) -> "AverageFlow":
         """Average the true flows per expression pair, each pixel over the pairs where it is ``visible``
         (elsewhere the true flow is undefined); pixels never visible get zero flow."""
-        sums: dict[tuple[str, str], torch.Tensor] = {}
-        weights: dict[tuple[str, str], torch.Tensor] = {}
+        sums: dict[str, torch.Tensor] = {}
+        weights: dict[str, torch.Tensor] = {}
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
         seen = 0
         for batch in loader:
             visible = batch["visible"] if "visible" in batch else torch.ones_like(batch["flow"][:, :1])
             for flow, mask, src, tgt in zip(batch["flow"], visible, batch["source_emotion"], batch["target_emotion"]):
-                key = (EXPRESSIONS[int(src)], EXPRESSIONS[int(tgt)])
+                key = f"{EXPRESSIONS[int(src)]}->{EXPRESSIONS[int(tgt)]}"
                 sums[key] = sums.get(key, 0) + torch.where(mask > 0, flow, 0.0)
                 weights[key] = weights.get(key, 0) + mask
             seen += len(batch["flow"])
             if seen >= max_pairs:
                 break
-        return cls({key: sums[key] / weights[key].clamp_min(1) for key in sums})
+        if not sums:
+            raise ValueError("AverageFlow.fit found no pairs: is the dataset empty?")
+        pairs = tuple(sorted(sums))
+        fitted = cls(AverageFlowConfig(image_size=int(sums[pairs[0]].shape[-1]), pairs=pairs))
+        fitted.flows.copy_(torch.stack([sums[key] / weights[key].clamp_min(1) for key in pairs]))
+        return fitted
 
     def flow(self, source_expression, target_expression) -> torch.Tensor:
         """The average backward flow ``[2, H, W]`` from one expression to another."""
-        key = (_expression_name(source_expression), _expression_name(target_expression))
-        if key not in self.flows:
-            raise ValueError(f"no average flow for {key[0]} -> {key[1]}; fitted pairs are {sorted(self.flows)}")
-        return self.flows[key]
+        key = f"{_expression_name(source_expression)}->{_expression_name(target_expression)}"
+        if key not in self.config.pairs:
+            raise ValueError(f"no average flow for {key}; fitted pairs are {list(self.config.pairs)}")
+        return self.flows[self.config.pairs.index(key)]
 
-    def __call__(self, source: torch.Tensor, source_expression, target_expression) -> torch.Tensor:
+    def forward(self, source: torch.Tensor, source_expression, target_expression) -> torch.Tensor:
         """Warp ``source`` ``[B, 3, H, W]`` by the average flow; returns ``[B, 3, H, W]``."""
-        _check_images(source, "source")
+        source = check_images(source, "source", size=self.config.image_size)
         flow = self.flow(source_expression, target_expression).to(source)
-        if flow.shape[-2:] != source.shape[-2:]:
-            raise ValueError(f"source is {list(source.shape[-2:])} but the average flow is {list(flow.shape[-2:])}")
         return warp(source, flow.expand(len(source), -1, -1, -1))
+
+
+class AverageFlowEditor(Editor):
+    """The average-flow baseline as an editor: warp the source by the training average flow of its
+    (source, target) expression pair, scaled by the intensity. An unknown source expression is
+    taken to be neutral (a user's photo)."""
+
+    name = "average_flow"
+    paper = "FVAE (Yeh et al. 2016), Sec. 6.1 average-flow baseline"
+    accepts = ("expression",)
+    intensity_range = (0.0, 2.0)
+
+    def __init__(self, average: AverageFlow):
+        self.average = average.eval()
+        self.image_size = average.config.image_size
+        self.expressions = tuple(name for name in EXPRESSIONS
+                                 if any(pair.endswith(f"->{name}") for pair in average.config.pairs))
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"average": self.average}
+
+    def check_target(self, target: Target, batch: int) -> Target:
+        target = super().check_target(target, batch)
+        sources = target.source_expressions(batch) or ["neutral"] * batch
+        for source, name in zip(sources, target.expressions(batch)):
+            if source != name and f"{source}->{name}" not in self.average.config.pairs:
+                raise ValueError(f"average_flow has no flow for {source} -> {name}; it has {list(self.average.config.pairs)}")
+        return target
+
+    def _edit(self, images: torch.Tensor, target: Target) -> EditResult:
+        batch = len(images)
+        sources = target.source_expressions(batch) or ["neutral"] * batch
+        flows = torch.stack([torch.zeros_like(self.average.flows[0]) if source == name else self.average.flow(source, name)
+                             for source, name in zip(sources, target.expressions(batch))])  # [B, 2, H, W]
+        flows = flows * target.intensities(batch).to(flows).view(-1, 1, 1, 1)
+        return EditResult(output=warp(images, flows), flow=flows)
+
+
+def load_average_flow_editor(device="cpu") -> AverageFlowEditor:
+    """``facelib.load_editor("average_flow")``: the shipped average flows of the multipie training pairs."""
+    from facelib.checkpoint import load_pretrained
+
+    return AverageFlowEditor(load_pretrained("average_flow", device=device))
 
 
 def _to_gray_uint8(images: torch.Tensor) -> np.ndarray:

@@ -31,9 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facelib.warp import warp
+from facelib.conventions import check_images
+from facelib.editors import Editor, EditResult, Target
+from facelib.warp import upsample_flow, warp
 
-__all__ = ["FVAEConfig", "FVAE", "PixelVAE", "ConfidenceNet", "check_images"]
+__all__ = [
+    "FVAEConfig", "FVAE", "PixelVAE", "ConfidenceNet", "FVAEEditor", "confidence_blend", "interpolate",
+    "flow_upsample", "load_fvae_editor", "load_pixel_vae_editor",
+]
 
 
 @dataclass
@@ -83,19 +88,6 @@ class FVAEConfig:
     def stage_channels(self) -> list[int]:
         """Channels after each encoder stage, from full resolution / 2 down to the latent size."""
         return [min(self.base_channels * 2**i, self.max_channels) for i in range(self.num_stages)]
-
-
-def check_images(images: torch.Tensor, size: int, name: str = "images") -> None:
-    """Raise a clear error unless ``images`` is a float ``[B, 3, size, size]`` tensor."""
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor [B, 3, {size}, {size}], got {type(images).__name__}")
-    if not images.is_floating_point():
-        raise TypeError(f"{name} must be a float tensor in [-1, 1], got dtype {images.dtype}")
-    if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (size, size):
-        raise ValueError(
-            f"{name} must have shape [B, 3, {size}, {size}] for this model, got {list(images.shape)}; "
-            "resize it (facelib.edit resizes with a warning) or build a model with a matching FVAEConfig.image_size"
-        )
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, kernel: int, stride: int) -> nn.Sequential:
@@ -190,7 +182,7 @@ class _LatentVariableModel(nn.Module):
 
     def encode(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """f(T) -> (mu, logvar), each ``[B, latent_channels, latent_size, latent_size]``."""
-        check_images(target, self.config.image_size, "target")
+        check_images(target, "target", size=self.config.image_size)
         mu, logvar = self.to_latent(self.target_encoder(target)[-1]).chunk(2, dim=1)
         return mu, logvar
 
@@ -227,7 +219,7 @@ class FVAE(_LatentVariableModel):
 
     def flow(self, source: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The decoder's flow field in pixels, ``[B, 2, H, W]`` (ch 0 = dx, ch 1 = dy)."""
-        check_images(source, self.config.image_size, "source")
+        check_images(source, "source", size=self.config.image_size)
         raw = self.decoder(source, self.source_encoder(source), z)  # [B, 2, H, W]
         # Sec. 5.3: the flow head ends in tanh because it outputs normalised coordinates.
         # Departure: tanh gives the displacement from the pixel's own normalised position rather than
@@ -252,7 +244,7 @@ class PixelVAE(_LatentVariableModel):
     out_channels = 3
 
     def decode(self, source: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        check_images(source, self.config.image_size, "source")
+        check_images(source, "source", size=self.config.image_size)
         rgb = self.decoder(source, self.source_encoder(source), z)  # [B, 3, H, W]
         return {"output": torch.tanh(rgb)}
 
@@ -275,7 +267,7 @@ class ConfidenceNet(nn.Module):
         _init_weights(self)
 
     def forward(self, source: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        check_images(source, self.config.image_size, "source")
+        check_images(source, "source", size=self.config.image_size)
         return self.decoder(source, self.source_encoder(source), z)  # [B, 1, H, W] logits
 
     def mask(self, source: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -283,3 +275,155 @@ class ConfidenceNet(nn.Module):
         return torch.sigmoid(self(source, z))
 
 
+
+
+# ----------------------------------------------------------------------------------------
+# Editing: Algorithm 1 (the editor), Algorithm 2 (interpolation), Sec. 4.3 (flow upsampling)
+# ----------------------------------------------------------------------------------------
+class FVAEEditor(Editor):
+    """Algorithm 1 (Expression Edit) as an :class:`facelib.editors.Editor`, for the FVAE or the pixel VAE.
+
+    ``latents``: Algorithm 1's averages Z_label of each expression (lines 2-3), stored with the
+    checkpoint by the training recipe (``facelib.train.fvae.expression_latents``). An expression
+    target moves Z(S) along Z_target - Z_source (line 5) with the intensity as the paper's i/K:
+    below 0 suppresses, above 1 magnifies (Sec. 6.1). Z_source is the average of the known source
+    expression, or Z(S) itself when it is unknown (Sec. 6.1's out-of-dataset variant, a user's
+    photo). A reference target takes Z_target = Z(R): at intensity 1 and R = the true target this
+    is Table 1's "true latent" setting. Extras: ``flow`` (FVAE only) and ``latent`` (Z_edit).
+    """
+
+    accepts = ("expression", "reference")
+    intensity_range = (-1.0, 2.0)
+
+    def __init__(self, model: _LatentVariableModel, latents: dict[str, torch.Tensor], *, name: str = "fvae",
+                 paper: str = "FVAE (Yeh et al. 2016), Algorithm 1"):
+        shape = (model.config.latent_channels, model.config.latent_size, model.config.latent_size)
+        for expression, z in latents.items():
+            if tuple(z.shape) != shape:
+                raise ValueError(f"the latent of {expression!r} has shape {list(z.shape)}, the model's is {list(shape)}")
+        self.model, self.name, self.paper = model.eval(), name, paper
+        self.latents = {expression: z.float() for expression, z in latents.items()}
+        self.expressions = tuple(self.latents)
+        self.image_size = model.config.image_size
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def check_target(self, target: Target, batch: int) -> Target:
+        target = super().check_target(target, batch)
+        for name in target.source_expressions(batch) or ():
+            if name not in self.latents:
+                raise ValueError(f"{self.name} has no latent for the source expression {name!r}; it knows "
+                                 f"{list(self.expressions)} (or pass source_expression=None)")
+        return target
+
+    def _stacked(self, names: list[str], like: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.latents[name] for name in names]).to(like)  # [B, C, h, w]
+
+    def _edit(self, images: torch.Tensor, target: Target) -> EditResult:
+        batch = len(images)
+        z_of_source = self.model.latent(images)  # Z(S), [B, C, h, w]
+        if target.kind == "reference":
+            z_target, z_source = self.model.latent(target.reference), z_of_source
+        else:
+            # Algorithm 1, lines 2-3: the averaged latents of the target (and the source) label
+            z_target = self._stacked(target.expressions(batch), z_of_source)
+            sources = target.source_expressions(batch)
+            z_source = z_of_source if sources is None else self._stacked(sources, z_of_source)
+        factor = target.intensities(batch).to(z_of_source).view(-1, 1, 1, 1)
+        # FVAE Algorithm 1, line 5: Z_edit = i (Z_target - Z_source) / K + Z(S), with i/K = the intensity
+        z_edit = factor * (z_target - z_source) + z_of_source
+        decoded = self.model.decode(images, z_edit)
+        return EditResult(output=decoded["output"], flow=decoded.get("flow"), latent=z_edit)
+
+    @torch.no_grad()
+    def edit_highres(self, images: torch.Tensor, target: Target) -> EditResult:
+        """Sec. 4.3: edit a high-resolution face (a multiple of ``image_size``) by upsampling the flow.
+
+        The face is shrunk (area) to ``image_size`` for the encoder and decoder; the flow is
+        upsampled and applied to the high-resolution face itself, so its detail survives.
+        """
+        if not isinstance(self.model, FVAE):
+            raise ValueError(f"{self.name} predicts pixels, not a flow: Sec. 4.3's flow upsampling needs the FVAE")
+        images = check_images(images, "images")
+        small = check_images(images, "images", size=self.image_size, resize=True)
+        result = self.edit(small, target)
+        return EditResult(output=flow_upsample(images, result.flow), flow=result.flow, latent=result.latent)
+
+
+def confidence_blend(outputs: list[torch.Tensor], mask_logits: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blend outputs of several sources by their normalised confidence masks (Algorithm 2, line 10).
+
+    The paper prints exp(M1) / exp(M1 + M2); the intended normaliser is exp(M1) + exp(M2), a
+    softmax over the two masks. We take that softmax over the mask *logits* (M = sigmoid(logit)):
+    with M itself in [0, 1] the weights could never leave [0.27, 0.73] and a confident source
+    could not win a region outright.
+
+    ``outputs``: N tensors ``[B, 3, H, W]``; ``mask_logits``: N tensors ``[B, 1, H, W]``.
+    Returns ``(blended [B, 3, H, W], weights [N, B, 1, H, W])``.
+    """
+    if len(outputs) != len(mask_logits) or len(outputs) < 2:
+        raise ValueError(f"need the same number (>= 2) of outputs and masks, got {len(outputs)} and {len(mask_logits)}")
+    # FVAE Algorithm 2, line 10 (typo corrected): w_n = exp(M_n) / sum_m exp(M_m)
+    weights = torch.softmax(torch.stack(list(mask_logits)), dim=0)  # [N, B, 1, H, W]
+    return (weights * torch.stack(list(outputs))).sum(0), weights
+
+
+@torch.no_grad()
+def interpolate(fvae: FVAE, mask_net: ConfidenceNet, source1: torch.Tensor, source2: torch.Tensor,
+                factors: list[float]) -> dict[str, torch.Tensor]:
+    """Algorithm 2 (Expression Interpolate) between two photos of one person, at each of ``factors``.
+
+    Z_edit walks from Z(S1) to Z(S2) (the paper's i / K); at each step both sources are warped
+    with g(S_n, Z_edit) and blended by the softmax of their confidence masks M(S_n, Z_edit).
+    Returns ``{"outputs": [K, B, 3, H, W] (blended), "from_source1", "from_source2":
+    [K, B, 3, H, W], "weight1": [K, B, 1, H, W] (the weight of source 1)}``.
+    """
+    size = fvae.config.image_size
+    source1, source2 = check_images(source1, "source1", size=size), check_images(source2, "source2", size=size)
+    if source1.shape != source2.shape:
+        raise ValueError(f"source1 and source2 must have the same shape, got {list(source1.shape)} and {list(source2.shape)}")
+    fvae.eval(), mask_net.eval()
+    # Algorithm 2, lines 2-3: Z1 = Z(S1), Z2 = Z(S2)
+    z1, z2 = fvae.latent(source1), fvae.latent(source2)
+    steps: dict[str, list[torch.Tensor]] = {"outputs": [], "from_source1": [], "from_source2": [], "weight1": []}
+    for factor in factors:
+        # FVAE Algorithm 2, line 5: Z_edit = i (Z2 - Z1) / K + Z1
+        z_edit = factor * (z2 - z1) + z1
+        # Algorithm 2, lines 6-9: O_n = g(S_n, Z_edit), M_n = M(S_n, Z_edit)
+        out1, out2 = fvae.decode(source1, z_edit)["output"], fvae.decode(source2, z_edit)["output"]
+        blended, weights = confidence_blend([out1, out2], [mask_net(source1, z_edit), mask_net(source2, z_edit)])
+        for key, value in zip(steps, (blended, out1, out2, weights[0])):
+            steps[key].append(value)
+    return {key: torch.stack(values) for key, values in steps.items()}
+
+
+def flow_upsample(highres_source: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Sec. 4.3: upsample a low-resolution flow ``[B, 2, h, w]`` to the high-resolution source
+    ``[B, 3, H, W]`` (vectors rescaled with the size, ``facelib.warp.upsample_flow``) and sample it there."""
+    highres_source = check_images(highres_source, "highres_source")
+    return warp(highres_source, upsample_flow(flow, tuple(highres_source.shape[-2:])))
+
+
+def _load_latent_editor(name: str, device) -> FVAEEditor:
+    """A shipped FVAE or pixel VAE with the expression latents its checkpoint stores."""
+    from facelib.checkpoint import load_pretrained, pretrained_metadata
+
+    model = load_pretrained(name, device=device)
+    stored = pretrained_metadata(name).get("extra", {}).get("expression_latents")
+    if not stored:
+        raise ValueError(f"the shipped {name!r} checkpoint stores no expression latents; re-ship it with "
+                         f"python -m facelib train {name} --ship")
+    latents = {expression: torch.tensor(values).view(stored["shape"]) for expression, values in stored["values"].items()}
+    return FVAEEditor(model, latents, name=name,
+                      paper="FVAE (Yeh et al. 2016), " + ("Algorithm 1" if name == "fvae" else "Sec. 6.1 'VAE' baseline"))
+
+
+def load_fvae_editor(device="cpu") -> FVAEEditor:
+    """``facelib.load_editor("fvae")``: the shipped FVAE with its expression latents."""
+    return _load_latent_editor("fvae", device)
+
+
+def load_pixel_vae_editor(device="cpu") -> FVAEEditor:
+    """``facelib.load_editor("fvae_pixel_vae")``: the shipped pixel VAE with its expression latents."""
+    return _load_latent_editor("fvae_pixel_vae", device)

@@ -209,6 +209,61 @@ class ConfidenceTrainingTask(_EarlyStoppingTask):
 
 
 # ----------------------------------------------------------------------------------------
+# Algorithm 1, lines 2-3: the expression latents the editor needs, stored with the checkpoint
+# ----------------------------------------------------------------------------------------
+LATENTS_PER_EXPRESSION = 200
+
+
+@torch.no_grad()
+def expression_latents(model, dataset, *, max_per_expression: int = LATENTS_PER_EXPRESSION, batch_size: int = 64,
+                       progress: bool = True) -> dict[str, torch.Tensor]:
+    """Algorithm 1, lines 2-3: the average latent Z(I) of the labelled training images of each expression.
+
+    ``dataset`` yields items with ``image`` and ``emotion`` (index into ``facelib.EXPRESSIONS``),
+    e.g. ``SynthFaces(..., pairs=False)``; the first ``max_per_expression`` images of each label
+    are averaged. Returns ``{name: [C, h, w]}`` in ``facelib.EXPRESSIONS`` order.
+    """
+    from facelib.conventions import EXPRESSIONS
+
+    was_training = model.training
+    model.eval()
+    sums: dict[int, torch.Tensor] = {}
+    counts: dict[int, int] = {}
+    expected = len(getattr(dataset, "expressions", ())) or None  # stop early once every label is full
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for batch in tqdm(loader, desc="expression latents", disable=not progress):
+        emotions = torch.as_tensor(batch["emotion"]).long()
+        z = model.latent(batch["image"])  # [B, C, h, w]
+        for label in emotions.unique().tolist():
+            selected = z[emotions == label][:max_per_expression - counts.get(label, 0)]
+            if len(selected):
+                sums[label] = sums.get(label, 0) + selected.sum(0)
+                counts[label] = counts.get(label, 0) + len(selected)
+        if expected and len(counts) >= expected and min(counts.values()) >= max_per_expression:
+            break
+    model.train(was_training)
+    if not counts:
+        raise ValueError("expression_latents found no images: is the dataset empty?")
+    return {EXPRESSIONS[label]: sums[label] / counts[label] for label in sorted(counts)}
+
+
+def latents_for_checkpoint(latents: dict[str, torch.Tensor]) -> dict:
+    """The JSON form of the latents in a checkpoint's ``extra`` (read back by ``facelib.models.fvae``)."""
+    shape = list(next(iter(latents.values())).shape)
+    return {"shape": shape, "values": {name: z.flatten().tolist() for name, z in latents.items()},
+            "per_expression": LATENTS_PER_EXPRESSION, "dataset": f"SynthFaces({PRESET!r}, 'train', size=64)"}
+
+
+def training_latents(model, smoke: bool = False) -> dict:
+    """Expression latents of ``model`` over the preset's training images, ready for ``save_model(extra=...)``."""
+    from facelib.data import SynthFaces
+
+    singles = SynthFaces(preset=PRESET, split="train", size=model.config.image_size, seed=0)
+    count = 2 if smoke else LATENTS_PER_EXPRESSION
+    return latents_for_checkpoint(expression_latents(model, singles, max_per_expression=count, progress=False))
+
+
+# ----------------------------------------------------------------------------------------
 # Recipes: `python -m facelib train fvae` (FVAE + confidence network), `... fvae_pixel_vae`
 # ----------------------------------------------------------------------------------------
 PRESET = "multipie"
@@ -266,6 +321,7 @@ def train_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: b
     from pathlib import Path
 
     from facelib.checkpoint import save_model
+    from facelib.evaluation.fvae import measure_table1
 
     out_dir = Path(out_dir)
     size = FVAEConfig().image_size
@@ -278,7 +334,8 @@ def train_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: b
     mask_steps = _steps(MASK_STEPS, None if steps is None else max(1, steps // 5), smoke)
     mask_task = ConfidenceTrainingTask(fvae, schedule, train_set, val_batch)
     mask_net, _ = _fit(mask_task, steps=mask_steps, seed=seed, out_dir=out_dir, device=device, smoke=smoke, name="mask")
-    fvae_stem = save_model(fvae.cpu(), out_dir / "fvae", extra={"best_val_step": fvae_task.best_step})
+    fvae_stem = save_model(fvae.cpu(), out_dir / "fvae", extra={"best_val_step": fvae_task.best_step,
+                                                                 "expression_latents": training_latents(fvae, smoke)})
     mask_stem = save_model(mask_net.cpu(), out_dir / "fvae_confidence", extra={"best_val_step": mask_task.best_step})
     table = measure_table1(fvae, mask_net=mask_net, split="val" if smoke else "test", n=8 if smoke else 256)
     metrics = {row.method: row for row in table.itertuples()}
@@ -300,6 +357,7 @@ def train_pixel_vae_recipe(*, steps: int | None, seed: int, out_dir, device: str
     from pathlib import Path
 
     from facelib.checkpoint import save_model
+    from facelib.evaluation.fvae import measure_table1
 
     out_dir = Path(out_dir)
     size = FVAEConfig().image_size
@@ -307,7 +365,8 @@ def train_pixel_vae_recipe(*, steps: int | None, seed: int, out_dir, device: str
     total = _steps(PIXEL_VAE_STEPS, steps, smoke)
     task = FVAETrainingTask(PixelVAE, FVAEConfig(), FVAETrainConfig(), _training_pairs(size, smoke), val_batch)
     model, _ = _fit(task, steps=total, seed=seed, out_dir=out_dir, device=device, smoke=smoke, name="pixel_vae")
-    stem = save_model(model.cpu(), out_dir / "fvae_pixel_vae", extra={"best_val_step": task.best_step})
+    stem = save_model(model.cpu(), out_dir / "fvae_pixel_vae", extra={"best_val_step": task.best_step,
+                                                                      "expression_latents": training_latents(model, smoke)})
     table = measure_table1(None, pixel_vae=model, split="val" if smoke else "test", n=8 if smoke else 256,
                            optical_flow_method=None)
     row = next(table[table.method == "Pixel VAE (true latent)"].itertuples())
@@ -320,3 +379,36 @@ def train_pixel_vae_recipe(*, steps: int | None, seed: int, out_dir, device: str
     }
 
 
+
+
+def train_average_flow_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: bool) -> dict:
+    """Recipe ``average_flow``: Sec. 6.1's baseline, the training pairs' average true flow per expression pair.
+
+    No optimisation: "training" is one averaging pass over every 31st multipie training pair
+    (every identity, expression pair and yaw is represented). ``steps`` is ignored.
+    """
+    from pathlib import Path
+
+    from facelib.checkpoint import save_model
+    from facelib.conventions import EXPRESSIONS
+    from facelib.data import SynthFaces
+    from facelib.editors import Target
+    from facelib.metrics import psnr
+    from facelib.models.baselines import AverageFlow, AverageFlowEditor
+
+    train_pairs = SynthFaces(preset=PRESET, split="train", size=FVAEConfig().image_size, pairs=True, seed=0)
+    subset = torch.utils.data.Subset(train_pairs, range(0, len(train_pairs), 31))
+    average = AverageFlow.fit(subset, max_pairs=64 if smoke else 4000)
+    stem = save_model(average, Path(out_dir) / "average_flow", extra={"pairs_averaged": min(len(subset), 64 if smoke else 4000)})
+    test = _pairs("val" if smoke else "test", average.config.image_size).batch(range(8 if smoke else 256))
+    names = [EXPRESSIONS[int(i)] for i in test["target_emotion"]]
+    sources = [EXPRESSIONS[int(i)] for i in test["source_emotion"]]
+    edited = AverageFlowEditor(average).edit(test["source"], Target(expression=names, source_expression=sources)).output
+    return {
+        "checkpoints": {"average_flow": stem},
+        "metrics": {"average_flow": {"psnr_db": psnr(edited, test["target"]),
+                                     "psnr_visible_db": psnr(edited, test["target"], mask=test["visible"]),
+                                     "n_test_pairs": len(names)}},
+        "preset": PRESET,
+        "steps": 0,
+    }

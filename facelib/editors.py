@@ -1,0 +1,373 @@
+"""One interface for every expression-editing method: ``Target``, ``Editor``, ``EditResult``.
+
+Every method in facelib, paper or baseline, is an :class:`Editor`; the evaluation protocol,
+the benchmark and the widgets only ever talk to this interface::
+
+    import facelib
+    from facelib.editors import Target
+
+    editor = facelib.load_editor("fvae")                       # shipped weights, ready to edit
+    result = editor.edit(images, Target(expression="happy"))   # images [B, 3, 64, 64] in [-1, 1]
+    result.output                                              # [B, 3, 64, 64] in [-1, 1]
+    result.flow                                                # FVAE's flow; None for pixel methods
+
+A target says what the face should show, in one of three kinds an editor may accept:
+
+- ``expression``: a name from ``facelib.EXPRESSIONS`` (or one per image) with an ``intensity``
+  (0 = the source, 1 = the expression; some editors go below 0 to suppress or above 1 to
+  magnify: ``editor.intensity_range``);
+- ``aus``: 17 action-unit intensities ``[B, 17]`` in ``[0, 5]`` (``facelib.AU_CODES`` order);
+  :func:`facelib.data.expression_aus` gives each expression's mean AUs;
+- ``reference``: images ``[B, 3, H, W]`` whose expression is to be copied, at ``intensity``.
+
+A target the editor does not accept, or images of the wrong size or range, raise a
+``ValueError`` naming what this editor accepts; an editor never resizes silently
+(``facelib.conventions.check_images(..., size=editor.image_size, resize=True)`` resizes when
+asked). Editing is deterministic and runs without gradients.
+
+A new method is added by writing its model file (with an ``Editor`` subclass) and one
+:func:`register_editor` line; ``tests/test_editor_contract.py`` then covers it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import numbers
+import re
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .conventions import AU_MAX, EXPRESSIONS, NUM_AUS, check_images
+
+__all__ = [
+    "TARGET_KINDS", "Target", "EditResult", "Editor", "EditorInfo",
+    "register_editor", "list_editors", "load_editor", "editor_info",
+]
+
+#: The kinds of target an editor may accept.
+TARGET_KINDS = ("expression", "aus", "reference")
+
+
+def _names(value, what: str) -> tuple[str, ...]:
+    names = (value,) if isinstance(value, str) else tuple(value)
+    if not names:
+        raise ValueError(f"{what} is empty; give a name from facelib.EXPRESSIONS or one per image")
+    for name in names:
+        if not isinstance(name, str) or name not in EXPRESSIONS:
+            raise ValueError(f"unknown {what} {name!r}; valid expressions are {list(EXPRESSIONS)}")
+    return names
+
+
+@dataclass(frozen=True)
+class Target:
+    """What an edited face should show: exactly one of ``expression``, ``aus`` or ``reference``.
+
+    expression: a name from ``facelib.EXPRESSIONS``, or a sequence of one name per image.
+    intensity: a number or one per image: 0 leaves the source, 1 is the full expression (or the
+        reference's expression); the editor's ``intensity_range`` says what else it accepts.
+    aus: ``[B, 17]`` (or ``[17]``, the same for every image) AU intensities in ``[0, 5]``.
+    reference: ``[B, 3, H, W]`` images in ``[-1, 1]`` at the editor's size, one per source.
+    source_expression: the source's expression where it is known (a name or one per image). FVAE's
+        Algorithm 1 moves along Z_target - Z_source and uses it; other editors ignore it. ``None``:
+        unknown (a user's photo), and an editor that needs it says what it assumes.
+    """
+
+    expression: str | Sequence[str] | None = None
+    intensity: float | Sequence[float] | torch.Tensor = 1.0
+    aus: torch.Tensor | None = None
+    reference: torch.Tensor | None = None
+    source_expression: str | Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        given = [kind for kind in TARGET_KINDS if getattr(self, kind) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a Target needs exactly one of {list(TARGET_KINDS)}, got {given or 'none'}")
+        if self.expression is not None:
+            object.__setattr__(self, "expression", _names(self.expression, "expression"))
+        if self.source_expression is not None:
+            object.__setattr__(self, "source_expression", _names(self.source_expression, "source_expression"))
+        if self.aus is not None:
+            aus = self.aus
+            if not isinstance(aus, torch.Tensor) or not aus.is_floating_point():
+                raise TypeError(f"aus must be a float torch.Tensor [B, {NUM_AUS}] in [0, {AU_MAX:g}], "
+                                f"got {type(aus).__name__}")
+            aus = aus.unsqueeze(0) if aus.dim() == 1 else aus
+            if aus.dim() != 2 or aus.shape[1] != NUM_AUS:
+                raise ValueError(f"aus must have shape [B, {NUM_AUS}] (facelib.AU_CODES order), got {list(self.aus.shape)}")
+            if not torch.isfinite(aus).all() or float(aus.min()) < 0 or float(aus.max()) > AU_MAX:
+                raise ValueError(f"aus must be finite intensities in [0, {AU_MAX:g}], got values in "
+                                 f"[{float(aus.min()):.3g}, {float(aus.max()):.3g}]")
+            object.__setattr__(self, "aus", aus)
+        intensity = self.intensity
+        if isinstance(intensity, bool) or not isinstance(intensity, (numbers.Real, torch.Tensor, Sequence)):
+            raise TypeError(f"intensity must be a number or one number per image, got {type(intensity).__name__}")
+        values = torch.as_tensor(intensity, dtype=torch.float32).reshape(-1)
+        if values.numel() == 0 or not torch.isfinite(values).all():
+            raise ValueError(f"intensity must be finite numbers, got {intensity!r}")
+
+    @property
+    def kind(self) -> str:
+        """``"expression"``, ``"aus"`` or ``"reference"``."""
+        return next(kind for kind in TARGET_KINDS if getattr(self, kind) is not None)
+
+    @staticmethod
+    def _per_image(values: Sequence, batch: int, what: str) -> list:
+        if len(values) == 1:
+            return list(values) * batch
+        if len(values) != batch:
+            raise ValueError(f"{what} has {len(values)} entries for {batch} images; give one, or one per image")
+        return list(values)
+
+    def expressions(self, batch: int) -> list[str]:
+        """The target expression of each of ``batch`` images."""
+        return self._per_image(self.expression, batch, "expression")
+
+    def source_expressions(self, batch: int) -> list[str] | None:
+        """The known source expression of each image, or ``None`` where unknown."""
+        if self.source_expression is None:
+            return None
+        return self._per_image(self.source_expression, batch, "source_expression")
+
+    def intensities(self, batch: int) -> torch.Tensor:
+        """The intensity of each image, ``[batch]`` float32."""
+        values = torch.as_tensor(self.intensity, dtype=torch.float32).reshape(-1)
+        return torch.stack(self._per_image(list(values), batch, "intensity"))
+
+    def au_targets(self, batch: int) -> torch.Tensor:
+        """The AU target of each image, ``[batch, 17]``."""
+        return self.aus.expand(batch, -1) if len(self.aus) == 1 else torch.stack(self._per_image(list(self.aus), batch, "aus"))
+
+
+@dataclass
+class EditResult:
+    """What an edit returns: ``output`` ``[B, 3, H, W]`` in ``[-1, 1]``, plus the extras a method has.
+
+    flow: backward pixel flow ``[B, 2, H, W]`` (FVAE, DFT-Net). attention: mask ``[B, 1, H, W]`` in
+    ``[0, 1]`` (GANimation, DFT-Net). texture: the colour image the attention blends in
+    (GANimation, DFT-Net). latent: the code the output was decoded from (FVAE's Z_edit, ...).
+    """
+
+    output: torch.Tensor
+    flow: torch.Tensor | None = None
+    attention: torch.Tensor | None = None
+    texture: torch.Tensor | None = None
+    latent: torch.Tensor | None = None
+
+    def extras(self) -> dict[str, torch.Tensor]:
+        """The optional outputs this method produced, by name."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
+                if field.name != "output" and getattr(self, field.name) is not None}
+
+
+class Editor:
+    """The interface every method implements (subclass it and define :meth:`_edit`).
+
+    Class or instance attributes: ``name`` (its :func:`load_editor` name), ``paper`` (the paper and
+    the section it follows), ``accepts`` (a subset of :data:`TARGET_KINDS`), ``image_size`` (the
+    square side it edits at), ``expressions`` (the expression names it can edit to, for
+    ``expression`` targets), ``intensity_range`` (the intensities it is meant for).
+    ``modules()`` returns its networks (for ``to(device)`` and eval mode).
+    """
+
+    name: str = ""
+    paper: str = ""
+    accepts: tuple[str, ...] = ()
+    image_size: int = 64
+    expressions: tuple[str, ...] = ()
+    intensity_range: tuple[float, float] = (0.0, 1.0)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The networks this editor runs (none for a non-learned baseline)."""
+        return {}
+
+    @property
+    def device(self) -> torch.device:
+        params = [p for module in self.modules().values() for p in module.parameters()]
+        params += [b for module in self.modules().values() for b in module.buffers()]
+        return params[0].device if params else torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> "Editor":
+        """Move the editor's networks to ``device``; returns the editor."""
+        from .utils import get_device
+
+        device = get_device(device)
+        for module in self.modules().values():
+            module.to(device)
+        return self
+
+    def describe(self) -> str:
+        """One line: name, paper, accepted targets, size."""
+        return f"{self.name}: {self.paper}; accepts {', '.join(self.accepts)}; {self.image_size}x{self.image_size}"
+
+    def check_target(self, target: Target, batch: int) -> Target:
+        """Refuse a target this editor cannot follow, naming what it accepts."""
+        if not isinstance(target, Target):
+            raise TypeError(f"target must be a facelib.editors.Target, got {type(target).__name__}; "
+                            f"{self.name} accepts {self._accepted()}")
+        if target.kind not in self.accepts:
+            raise ValueError(f"{self.name} does not accept {target.kind} targets; it accepts {self._accepted()}")
+        intensities = target.intensities(batch)
+        low, high = self.intensity_range
+        if target.kind != "aus" and (float(intensities.min()) < low or float(intensities.max()) > high):
+            raise ValueError(f"{self.name} accepts intensities in [{low:g}, {high:g}], got "
+                             f"[{float(intensities.min()):g}, {float(intensities.max()):g}]")
+        if target.kind == "expression":
+            for name in target.expressions(batch):
+                if name not in self.expressions:
+                    raise ValueError(f"{self.name} cannot edit to {name!r}; it knows the expressions {list(self.expressions)}")
+        if target.kind == "aus":
+            target.au_targets(batch)
+        if target.kind == "reference":
+            reference = check_images(target.reference, "reference", size=self.image_size)
+            if len(reference) != batch:
+                raise ValueError(f"reference has {len(reference)} images for {batch} sources; give one per source")
+        target.source_expressions(batch)
+        return target
+
+    def _accepted(self) -> str:
+        kinds = []
+        for kind in self.accepts:
+            if kind == "expression":
+                kinds.append(f"expression ({', '.join(self.expressions)}; intensity in "
+                             f"[{self.intensity_range[0]:g}, {self.intensity_range[1]:g}])")
+            elif kind == "aus":
+                kinds.append(f"aus [B, {NUM_AUS}] in [0, {AU_MAX:g}]")
+            else:
+                kinds.append(f"reference [B, 3, {self.image_size}, {self.image_size}] in [-1, 1]")
+        return "; ".join(kinds) + f"; images [B, 3, {self.image_size}, {self.image_size}] in [-1, 1]"
+
+    @torch.no_grad()
+    def edit(self, images: torch.Tensor, target: Target) -> EditResult:
+        """Edit ``images`` ``[B, 3, image_size, image_size]`` in ``[-1, 1]`` toward ``target``.
+
+        Runs on the editor's device (inputs are moved there); the result is on the images' device.
+        """
+        try:
+            images = check_images(images, "images", size=self.image_size)
+        except ValueError as err:
+            raise ValueError(f"{err}. {self.name} accepts {self._accepted()}") from None
+        target = self.check_target(target, len(images))
+        home, device = images.device, self.device
+        if target.reference is not None:
+            target = dataclasses.replace(target, reference=target.reference.to(device))
+        if target.aus is not None:
+            target = dataclasses.replace(target, aus=target.aus.to(device))
+        states = {name: module.training for name, module in self.modules().items()}
+        for module in self.modules().values():
+            module.eval()
+        try:
+            result = self._edit(images.to(device), target)
+        finally:
+            for name, module in self.modules().items():
+                module.train(states[name])
+        return EditResult(**{name: None if value is None else value.to(home)
+                             for name, value in dataclasses.asdict(result).items()})
+
+    def _edit(self, images: torch.Tensor, target: Target) -> EditResult:
+        raise NotImplementedError(f"{type(self).__name__} must define _edit(images, target) -> EditResult")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.describe()}>"
+
+
+# ----------------------------------------------------------------------------------------
+# the registry: name -> how to build a ready editor
+# ----------------------------------------------------------------------------------------
+_TARGET = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class EditorInfo:
+    """What :func:`list_editors` shows of a registered editor, known without importing its model code."""
+
+    name: str
+    paper: str
+    accepts: tuple[str, ...]
+    weights: tuple[str, ...]  # the shipped checkpoints (``facelib.load_pretrained`` names) it loads
+    factory: str | Callable  # "module:function" (or the function) returning a ready Editor
+
+    def weights_shipped(self) -> bool:
+        from .checkpoint import available_pretrained
+
+        shipped = set(available_pretrained())
+        return all(name in shipped for name in self.weights)
+
+
+_EDITORS: dict[str, EditorInfo] = {}
+
+
+def register_editor(name: str, factory: str | Callable, *, paper: str, accepts: Sequence[str],
+                    weights: Sequence[str] = (), replace: bool = False) -> EditorInfo:
+    """Add an editor: ``factory(device=...) -> Editor`` builds it ready to edit (``"module:function"``
+    keeps listing cheap). ``weights`` names the shipped checkpoints it needs."""
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise ValueError(f"editor names are lower-case identifiers, got {name!r}")
+    if name in _EDITORS and not replace:
+        raise ValueError(f"an editor named {name!r} is already registered (pass replace=True to replace it)")
+    if isinstance(factory, str) and not _TARGET.match(factory):
+        raise ValueError(f"factory must be 'module.path:function' or a callable, got {factory!r}")
+    unknown = [kind for kind in accepts if kind not in TARGET_KINDS]
+    if unknown or not accepts:
+        raise ValueError(f"accepts must be a non-empty subset of {list(TARGET_KINDS)}, got {list(accepts)}")
+    info = EditorInfo(name, paper, tuple(accepts), tuple(weights), factory)
+    _EDITORS[name] = info
+    return info
+
+
+def editor_info(name: str) -> EditorInfo:
+    """The registry entry of ``name``; an unknown name raises ``ValueError`` listing the known ones."""
+    if name not in _EDITORS:
+        raise ValueError(f"unknown editor {name!r}; registered editors are {sorted(_EDITORS)}")
+    return _EDITORS[name]
+
+
+def list_editors():
+    """Every registered editor: ``name, paper, accepts, weights_shipped`` as a ``pandas.DataFrame``."""
+    import pandas as pd
+
+    rows = [{"name": info.name, "paper": info.paper, "accepts": ", ".join(info.accepts),
+             "weights_shipped": info.weights_shipped()} for info in _EDITORS.values()]
+    return pd.DataFrame(rows, columns=["name", "paper", "accepts", "weights_shipped"])
+
+
+def load_editor(name: str, device: str | torch.device = "cpu") -> Editor:
+    """The one obvious call: a registered editor with its shipped weights, ready to edit.
+
+    No pass over a dataset is made: whatever an editor needs (FVAE's expression latents, the
+    average flows) is stored with its checkpoint. Unshipped weights raise an error saying which
+    ``python -m facelib train ... --ship`` command makes them.
+    """
+    info = editor_info(name)
+    missing = [weights for weights in info.weights if not _shipped(weights)]
+    if missing:
+        raise FileNotFoundError(f"editor {name!r} needs the shipped weights {missing}, which are not in "
+                                "facelib/weights; train and ship them with python -m facelib train <recipe> --ship "
+                                "(python -m facelib list shows what ships)")
+    factory = info.factory
+    if isinstance(factory, str):
+        module_name, function = factory.split(":")
+        factory = getattr(importlib.import_module(module_name), function)
+    editor = factory(device=device)
+    if not isinstance(editor, Editor):
+        raise TypeError(f"the factory of editor {name!r} returned a {type(editor).__name__}, not an Editor")
+    return editor
+
+
+def _shipped(name: str) -> bool:
+    from .checkpoint import available_pretrained
+
+    return name in available_pretrained()
+
+
+# One line per editor. The paper string names the paper and the section the editor follows.
+register_editor("fvae", "facelib.models.fvae:load_fvae_editor", paper="FVAE (Yeh et al. 2016), Algorithm 1",
+                accepts=("expression", "reference"), weights=("fvae",))
+register_editor("fvae_pixel_vae", "facelib.models.fvae:load_pixel_vae_editor",
+                paper="FVAE (Yeh et al. 2016), Sec. 6.1 'VAE' baseline", accepts=("expression", "reference"),
+                weights=("fvae_pixel_vae",))
+register_editor("average_flow", "facelib.models.baselines:load_average_flow_editor",
+                paper="FVAE (Yeh et al. 2016), Sec. 6.1 average-flow baseline", accepts=("expression",),
+                weights=("average_flow",))
+
