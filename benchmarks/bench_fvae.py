@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 import facelib
 from facelib.checkpoint import available_pretrained, pretrained_info
-from facelib.edit import expression_edit
+from facelib.editors import Target
 from facelib.metrics import latency
-from facelib.models.fvae import FVAE
+from facelib.models.fvae import FVAE, FVAEEditor
 from facelib.warp import upsample_flow, warp
 
 
@@ -43,12 +43,12 @@ def main() -> None:
     highres = torch.rand(1, 3, 4 * size, 4 * size) * 2 - 1
     with torch.no_grad():
         z = model.latent(F.interpolate(highres, size=(size, size), mode="area"))
-    latents = {"neutral": torch.zeros_like(z[0]), "happy": 0.5 * torch.ones_like(z[0])}
+    editor = facelib.load_editor("fvae") if "fvae" in shipped else FVAEEditor(
+        model, {"neutral": torch.zeros_like(z[0]), "happy": 0.5 * torch.ones_like(z[0])})
+    target = Target(expression="happy", source_expression="neutral")
 
     def edit(source_highres):
-        lowres = F.interpolate(source_highres, size=(size, size), mode="area")
-        return expression_edit(model, lowres, "happy", latents, source_expression="neutral", factors=[1.0],
-                               highres_source=source_highres)["outputs_highres"]
+        return editor.edit_highres(source_highres, target).output
 
     lowres = F.interpolate(highres, size=(size, size), mode="area")
     with torch.no_grad():

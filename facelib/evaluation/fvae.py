@@ -67,7 +67,7 @@ def measure_table1(
     """
     import pandas as pd
 
-    from facelib.edit import confidence_blend
+    from facelib.models.fvae import confidence_blend
     from facelib.metrics import flow_epe, psnr, sharpness
     from facelib.models.baselines import optical_flow
 
@@ -146,7 +146,7 @@ def measure_interpolation(
     import pandas as pd
 
     from facelib.data import render
-    from facelib.edit import interpolate
+    from facelib.models.fvae import interpolate
     from facelib.metrics import psnr
 
     size = fvae.config.image_size
@@ -157,7 +157,7 @@ def measure_interpolation(
     collected: dict[tuple[str, float], list[torch.Tensor]] = {}
     truths: dict[float, list[torch.Tensor]] = {}
     for batch in tqdm(loader, desc="Algorithm 2", disable=not progress, leave=False):
-        result = interpolate(fvae, mask_net, batch["source"], batch["target"], factors=list(factors))
+        result = interpolate(fvae, mask_net, batch["source"], batch["target"], list(factors))
         for k, factor in enumerate(factors):
             aus = (1 - factor) * batch["source_aus"] + factor * batch["target_aus"]
             truths.setdefault(factor, []).append(render(batch["identity"].long(), aus, batch["yaw"].float(), size=size)["image"])
@@ -189,7 +189,7 @@ def measure_upsampling(fvae: FVAE, pixel_vae: PixelVAE | None = None, *, scale: 
     """
     import pandas as pd
 
-    from facelib.edit import flow_upsample, pixel_upsample
+    from facelib.models.fvae import flow_upsample
     from facelib.metrics import psnr, sharpness
 
     size = fvae.config.image_size
@@ -223,3 +223,8 @@ def measure_upsampling(fvae: FVAE, pixel_vae: PixelVAE | None = None, *, scale: 
     table = pd.DataFrame(rows)
     table.attrs["n"] = count
     return table, example
+
+
+def pixel_upsample(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Fig. 7's comparison: upsample the output image itself (bicubic), clamped to [-1, 1]."""
+    return torch.nn.functional.interpolate(images, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
