@@ -87,48 +87,95 @@ def au_editor(identity: int = 0, size: int = 128, yaw: float = 0.0):
     return box
 
 
-__all__ = ["au_editor", "image_png", "render_face_png"]
+def edit_png(editor, source: torch.Tensor, target) -> bytes:
+    """The editor widget's callback: edit one face and return PNG bytes of source | edited | extras.
 
-
-def fvae_edit_png(model, source: torch.Tensor, latents: dict, target_expression: str,
-                  source_expression: str | None, factor: float) -> bytes:
-    """The FVAE editor's callback: Algorithm 1 at one ``factor`` (< 0 suppresses, > 1 magnifies).
-
-    ``source`` is one image ``[3, H, W]`` in [-1, 1]; returns PNG bytes of the source, the edited
-    face and the flow's colour wheel (``facelib.warp.flow_to_rgb``) side by side.
+    ``source``: one image ``[3, S, S]`` (or ``[1, 3, S, S]``) at ``editor.image_size`` in [-1, 1];
+    ``target``: a :class:`facelib.editors.Target`. Extras the method has are shown after the
+    edit: the flow as a colour wheel (``facelib.warp.flow_to_rgb``), the attention mask in grey.
     """
-    from .edit import expression_edit, to_model_size
     from .warp import flow_to_rgb
 
-    source = to_model_size(source, model.config.image_size, "source")  # [1, 3, H, W]
-    result = expression_edit(model, source, target_expression, latents, source_expression=source_expression,
-                             factors=[float(factor)])
-    flow_rgb = flow_to_rgb(result["flows"][0], max_magnitude=2.0)[0] * 2 - 1  # [3, H, W] in [-1, 1]
-    return image_png(torch.cat([source[0], result["outputs"][0, 0], flow_rgb], dim=-1))
+    source = source.unsqueeze(0) if source.dim() == 3 else source
+    result = editor.edit(source, target)
+    tiles = [source[0], result.output[0]]
+    if result.flow is not None:
+        tiles.append(flow_to_rgb(result.flow, max_magnitude=2.0)[0] * 2 - 1)
+    if result.attention is not None:
+        tiles.append(result.attention[0].expand(3, -1, -1) * 2 - 1)
+    return image_png(torch.cat(tiles, dim=-1))
 
 
-def fvae_editor(model, source: torch.Tensor, latents: dict, target_expression: str = "happy",
-                source_expression: str | None = "neutral", width: int = 480):
-    """A slider from "suppress" (-1) through the source (0) and the target (1) to "magnify" (2).
+def target_from_controls(kind: str, expression: str, intensity: float, aus, reference: torch.Tensor | None,
+                         source_expression: str | None = None):
+    """The :class:`facelib.editors.Target` the controls describe (a plain function, for tests)."""
+    from .editors import Target
 
-    Shows source | edited | flow for FVAE Algorithm 1. Returns an ``ipywidgets.VBox`` with
-    attributes ``slider`` (FloatSlider), ``expression`` (Dropdown of ``latents``' names) and
-    ``image`` (Image widget); setting either ``.value`` redraws through :func:`fvae_edit_png`.
+    if kind == "expression":
+        return Target(expression=expression, intensity=float(intensity), source_expression=source_expression)
+    if kind == "aus":
+        return Target(aus=torch.as_tensor(aus, dtype=torch.float32).reshape(1, NUM_AUS))
+    if kind == "reference":
+        if reference is None:
+            raise ValueError("a reference target needs a reference image; pass references={name: image} to editor_widget")
+        return Target(reference=reference.unsqueeze(0) if reference.dim() == 3 else reference, intensity=float(intensity))
+    raise ValueError(f"unknown target kind {kind!r}; accepted are 'expression', 'aus', 'reference'")
+
+
+def editor_widget(editor, source: torch.Tensor, references: dict[str, torch.Tensor] | None = None,
+                  source_expression: str | None = None, width: int = 480):
+    """One widget for every method, built from ``editor.accepts``.
+
+    - ``kind``: ToggleButtons over the target kinds the editor accepts;
+    - ``expression`` (Dropdown of ``editor.expressions``) and ``intensity`` (FloatSlider over
+      ``editor.intensity_range``: below 0 suppresses, above 1 magnifies where the editor allows)
+      for expression targets; the same slider is the factor of a reference target;
+    - ``aus``: 17 FloatSliders (0-5, ``facelib.AU_CODES`` order) for AU targets;
+    - ``reference``: a Dropdown over ``references`` (name -> image ``[3, S, S]``) for reference targets.
+
+    Only the controls of the selected kind are shown. ``image`` shows source | edited | extras
+    through :func:`edit_png`; setting any control's ``.value`` redraws. ``source_expression`` is
+    passed on to expression targets (FVAE's Algorithm 1 uses it; ``None`` = unknown).
     """
     import ipywidgets as widgets
 
-    slider = widgets.FloatSlider(value=1.0, min=-1.0, max=2.0, step=0.25, continuous_update=False,
-                                 description="suppress <-> magnify", style={"description_width": "initial"},
-                                 layout=widgets.Layout(width="420px"))
-    expression = widgets.Dropdown(options=sorted(latents), value=target_expression, description="target")
+    references = dict(references or {})
+    kinds = [kind for kind in editor.accepts if kind != "reference" or references]
+    if not kinds:
+        raise ValueError(f"{editor.name} accepts only reference targets; pass references={{name: image}}")
+    kind = widgets.ToggleButtons(options=kinds, value=kinds[0], description="target")
+    low, high = editor.intensity_range
+    intensity = widgets.FloatSlider(value=min(max(1.0, low), high), min=low, max=high, step=0.25,
+                                    continuous_update=False, description="intensity",
+                                    layout=widgets.Layout(width="420px"))
+    expression = widgets.Dropdown(options=list(editor.expressions) or ["neutral"], description="expression")
+    aus = [widgets.FloatSlider(value=0.0, min=0.0, max=AU_MAX, step=0.25, description=f"AU{code}",
+                               tooltip=AU_NAMES[code], continuous_update=False, layout=widgets.Layout(width="320px"))
+           for code in AU_CODES]
+    reference = widgets.Dropdown(options=list(references) or ["(none)"], description="reference")
     image = widgets.Image(format="png", width=width)
+    groups = {"expression": widgets.VBox([expression, intensity]), "aus": widgets.VBox(aus),
+              "reference": widgets.VBox([reference])}
+
+    def current_target():
+        picked = references.get(reference.value)
+        return target_from_controls(kind.value, expression.value, intensity.value, [s.value for s in aus], picked,
+                                    source_expression)
 
     def redraw(_change=None) -> None:
-        image.value = fvae_edit_png(model, source, latents, expression.value, source_expression, slider.value)
+        for name, group in groups.items():
+            shown = name == kind.value or (name == "expression" and kind.value == "reference")
+            group.layout.display = None if shown else "none"
+        expression.layout.display = None if kind.value == "expression" else "none"
+        image.value = edit_png(editor, source, current_target())
 
-    slider.observe(redraw, names="value")
-    expression.observe(redraw, names="value")
+    for control in (kind, intensity, expression, reference, *aus):
+        control.observe(redraw, names="value")
     redraw()
-    box = widgets.VBox([widgets.HBox([expression, slider]), image])
-    box.slider, box.expression, box.image = slider, expression, image
+    box = widgets.VBox([widgets.HTML(f"<b>{editor.name}</b>: {editor.paper}"), kind, *groups.values(), image])
+    box.kind, box.intensity, box.expression, box.aus, box.reference, box.image = kind, intensity, expression, aus, reference, image
+    box.target = current_target
     return box
+
+
+__all__ = ["au_editor", "editor_widget", "edit_png", "image_png", "render_face_png", "target_from_controls"]

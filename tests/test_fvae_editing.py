@@ -1,4 +1,4 @@
-"""facelib.edit (FVAE Algorithms 1-2, flow upsampling) and facelib.models.baselines, on small models."""
+"""FVAE editing (Algorithm 1 as FVAEEditor, Algorithm 2, Sec. 4.3 flow upsampling) and the Sec. 6 baselines, on small models."""
 from __future__ import annotations
 
 import math
@@ -6,12 +6,11 @@ import math
 import pytest
 import torch
 
-from facelib.edit import (
-    confidence_blend, encode, expression_edit, expression_latents, flow_upsample, interpolate, pixel_upsample,
-    to_model_size,
-)
-from facelib.models.baselines import AverageFlow, cross_fade, mesh_morph, optical_flow, optical_flow_morph
-from facelib.models.fvae import FVAE, ConfidenceNet, PixelVAE
+from facelib.editors import Target
+from facelib.evaluation.fvae import pixel_upsample
+from facelib.models.baselines import AverageFlow, AverageFlowEditor, cross_fade, mesh_morph, optical_flow, optical_flow_morph
+from facelib.models.fvae import FVAE, ConfidenceNet, FVAEEditor, PixelVAE, confidence_blend, flow_upsample, interpolate
+from facelib.train.fvae import expression_latents
 from facelib.warp import warp
 
 from fvae_helpers import SMALL
@@ -30,59 +29,78 @@ def model():
 
 @pytest.fixture(scope="module")
 def latents(model):
-    images = smooth_images(4, 32, seed=1)
-    z = encode(model, images)
+    with torch.no_grad():
+        z = model.latent(smooth_images(4, 32, seed=1))
     return {"neutral": z[:2].mean(0), "happy": z[2:].mean(0)}
 
 
-def test_algorithm1_factor_zero_is_the_source_latent_and_factors_are_linear(model, latents):
+@pytest.fixture(scope="module")
+def editor(model, latents):
+    return FVAEEditor(model, latents)
+
+
+def test_algorithm1_intensity_zero_is_the_source_latent_and_intensities_are_linear(model, latents, editor):
     source = smooth_images(2, 32, seed=2)
-    result = expression_edit(model, source, "happy", latents, source_expression="neutral", factors=[0.0, 0.5, 1.0])
-    assert result["outputs"].shape == (3, 2, 3, 32, 32) and result["flows"].shape == (3, 2, 2, 32, 32)
-    direct = model.decode(source, model.latent(source))
-    torch.testing.assert_close(result["outputs"][0], direct["output"])
-    z_edit = model.latent(source) + 1.0 * (latents["happy"] - latents["neutral"])
-    torch.testing.assert_close(result["flows"][2], model.decode(source, z_edit)["flow"])
+    with torch.no_grad():
+        direct = model.decode(source, model.latent(source))
+        z_edit = model.latent(source) + 1.0 * (latents["happy"] - latents["neutral"])
+        expected = model.decode(source, z_edit)
+    at_zero = editor.edit(source, Target(expression="happy", intensity=0.0, source_expression="neutral"))
+    torch.testing.assert_close(at_zero.output, direct["output"])
+    full = editor.edit(source, Target(expression="happy", source_expression="neutral"))
+    assert full.output.shape == (2, 3, 32, 32) and full.flow.shape == (2, 2, 32, 32)
+    torch.testing.assert_close(full.flow, expected["flow"])
+    torch.testing.assert_close(full.latent, z_edit)
+    per_image = editor.edit(source, Target(expression="happy", intensity=[0.0, 1.0], source_expression="neutral"))
+    torch.testing.assert_close(per_image.output[0], direct["output"][0])
+    torch.testing.assert_close(per_image.output[1], expected["output"][1])
 
 
-def test_algorithm1_default_steps_are_i_over_k(model, latents):
-    result = expression_edit(model, smooth_images(1, 32), "happy", latents, steps=4)
-    assert result["factors"].tolist() == [0.25, 0.5, 0.75, 1.0]
-
-
-def test_out_of_dataset_variant_walks_from_z_of_s_to_the_target_average(model, latents):
+def test_out_of_dataset_variant_walks_from_z_of_s_to_the_target_average(model, latents, editor):
     source = smooth_images(1, 32, seed=3)
-    result = expression_edit(model, source, "happy", latents, source_expression=None, factors=[1.0])
-    expected = model.decode(source, latents["happy"].unsqueeze(0))["output"]
-    torch.testing.assert_close(result["outputs"][0], expected)
+    result = editor.edit(source, Target(expression="happy"))  # source expression unknown: Z_source = Z(S)
+    with torch.no_grad():
+        expected = model.decode(source, latents["happy"].unsqueeze(0))["output"]
+    torch.testing.assert_close(result.output, expected)
 
 
-def test_suppress_and_magnify_factors_extrapolate(model, latents):
+def test_suppress_and_magnify_intensities_extrapolate(model, latents, editor):
     source = smooth_images(1, 32, seed=4)
-    result = expression_edit(model, source, "happy", latents, source_expression="neutral", factors=[-1.0, 2.0])
-    for factor, flow in zip((-1.0, 2.0), result["flows"]):
-        z = model.latent(source) + factor * (latents["happy"] - latents["neutral"])
-        torch.testing.assert_close(flow, model.decode(source, z)["flow"])
+    for factor in (-1.0, 2.0):
+        result = editor.edit(source, Target(expression="happy", intensity=factor, source_expression="neutral"))
+        with torch.no_grad():
+            z = model.latent(source) + factor * (latents["happy"] - latents["neutral"])
+            torch.testing.assert_close(result.flow, model.decode(source, z)["flow"])
+    with pytest.raises(ValueError, match=r"intensities in \[-1, 2\]"):
+        editor.edit(source, Target(expression="happy", intensity=3.0))
 
 
-def test_unknown_expression_lists_the_valid_ones(model, latents):
-    with pytest.raises(ValueError, match="valid expressions are.*happy.*neutral"):
-        expression_edit(model, smooth_images(1, 32), "gleeful", latents)
-    with pytest.raises(ValueError, match="unknown source expression"):
-        expression_edit(model, smooth_images(1, 32), "happy", latents, source_expression="bored")
+def test_a_reference_target_decodes_with_the_reference_latent(model, editor):
+    source, reference = smooth_images(2, 32, seed=5), smooth_images(2, 32, seed=6)
+    result = editor.edit(source, Target(reference=reference))
+    with torch.no_grad():
+        expected = model.decode(source, model.latent(reference))["output"]
+    torch.testing.assert_close(result.output, expected)
 
 
-def test_wrong_size_is_resized_with_a_warning_and_bad_input_is_refused(model, latents):
-    with pytest.warns(UserWarning, match="64x64.*32x32"):
-        result = expression_edit(model, smooth_images(1, 64), "happy", latents, factors=[1.0])
-    assert result["outputs"].shape[-1] == 32
-    assert to_model_size(smooth_images(1, 32)[0], 32).shape == (1, 3, 32, 32)
-    with pytest.raises(ValueError, match="square"):
-        to_model_size(torch.zeros(1, 3, 32, 40), 32)
-    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
-        to_model_size(torch.zeros(1, 1, 32, 32), 32)
-    with pytest.raises(TypeError, match="float"):
-        to_model_size(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), 32)
+def test_unknown_expressions_and_wrong_sizes_are_refused_naming_what_is_accepted(editor):
+    with pytest.raises(ValueError, match="valid expressions are"):
+        Target(expression="gleeful")
+    with pytest.raises(ValueError, match="cannot edit to 'sad'.*happy"):
+        editor.edit(smooth_images(1, 32), Target(expression="sad"))
+    with pytest.raises(ValueError, match="no latent for the source expression 'sad'"):
+        editor.edit(smooth_images(1, 32), Target(expression="happy", source_expression="sad"))
+    with pytest.raises(ValueError, match="64x64, but 32x32 is accepted.*accepts expression"):
+        editor.edit(smooth_images(1, 64), Target(expression="happy"))
+    with pytest.raises(ValueError, match="does not accept aus targets; it accepts expression"):
+        editor.edit(smooth_images(1, 32), Target(aus=torch.zeros(1, 17)))
+
+
+def test_sec_4_3_edit_highres_warps_the_large_face_by_the_upsampled_flow(model, editor):
+    highres = smooth_images(1, 128, seed=12)
+    result = editor.edit_highres(highres, Target(expression="happy"))
+    assert result.output.shape == (1, 3, 128, 128) and result.flow.shape == (1, 2, 32, 32)
+    torch.testing.assert_close(result.output, flow_upsample(highres, result.flow))
 
 
 def test_confidence_blend_is_a_softmax_over_the_masks():
@@ -105,7 +123,7 @@ def test_algorithm2_ends_at_the_second_latent_and_blends_both_sources(model):
     torch.manual_seed(1)
     mask_net = ConfidenceNet(SMALL).eval()
     s1, s2 = smooth_images(2, 32, seed=5), smooth_images(2, 32, seed=6)
-    result = interpolate(model, mask_net, s1, s2, steps=3)
+    result = interpolate(model, mask_net, s1, s2, [1 / 3, 2 / 3, 1.0])
     assert result["outputs"].shape == (3, 2, 3, 32, 32) and result["weight1"].shape == (3, 2, 1, 32, 32)
     z2 = model.latent(s2)
     torch.testing.assert_close(result["from_source2"][-1], model.decode(s2, z2)["output"])
@@ -125,9 +143,12 @@ def test_flow_upsampling_applies_the_rescaled_flow_to_the_highres_source():
 def test_pixel_vae_edits_have_no_flow():
     torch.manual_seed(2)
     vae = PixelVAE(SMALL).eval()
-    z = encode(vae, smooth_images(2, 32))
-    result = expression_edit(vae, smooth_images(1, 32), "b", {"a": z[0], "b": z[1]}, source_expression="a", steps=2)
-    assert "flows" not in result and result["outputs"].shape == (2, 1, 3, 32, 32)
+    with torch.no_grad():
+        z = vae.latent(smooth_images(2, 32))
+    result = FVAEEditor(vae, {"neutral": z[0], "happy": z[1]}, name="pixel").edit(smooth_images(1, 32), Target(expression="happy"))
+    assert result.flow is None and result.output.shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match="predicts pixels"):
+        FVAEEditor(vae, {"happy": z[1]}, name="pixel").edit_highres(smooth_images(1, 64), Target(expression="happy"))
 
 
 # ------------------------------------------------------------------ baselines (FVAE Sec. 6)
@@ -178,17 +199,22 @@ def test_average_flow_warps_by_the_mean_flow():
     torch.testing.assert_close(average(image, "neutral", "happy"), warp(image, average.flow(0, 5).unsqueeze(0)))
     with pytest.raises(ValueError, match="fitted pairs"):
         average.flow("neutral", "sad")
+    editor = AverageFlowEditor(average)
+    half = editor.edit(image, Target(expression="happy", intensity=0.5))  # unknown source: taken as neutral
+    torch.testing.assert_close(half.output, warp(image, 0.5 * average.flow(0, 5).unsqueeze(0)))
+    with pytest.raises(ValueError, match="no flow for angry -> happy"):
+        editor.edit(image, Target(expression="happy", source_expression="angry"))
     with pytest.raises(ValueError, match="valid expressions"):
         average.flow("neutral", "elated")
 
 
 def test_expression_latents_average_each_label_and_respect_the_limits(model):
     images = smooth_images(6, 32, seed=11)
-    items = [{"image": image, "emotion": torch.tensor(label), "intensity": torch.tensor(level)}
-             for image, label, level in zip(images, [0, 0, 5, 5, 5, 7], [0.0, 0.0, 4.0, 4.0, 1.0, 4.0])]
-    latents = expression_latents(model, items, max_per_expression=2, min_intensity=2.0, batch_size=4, progress=False)
-    z = encode(model, images)
+    items = [{"image": image, "emotion": torch.tensor(label)} for image, label in zip(images, [0, 0, 5, 5, 5, 7])]
+    latents = expression_latents(model, items, max_per_expression=2, batch_size=4, progress=False)
+    with torch.no_grad():
+        z = model.latent(images)
     assert sorted(latents) == ["happy", "neutral", "surprised"]
     torch.testing.assert_close(latents["neutral"], z[:2].mean(0))
-    torch.testing.assert_close(latents["happy"], z[2:4].mean(0))  # the weak (intensity 1) smile is skipped
+    torch.testing.assert_close(latents["happy"], z[2:4].mean(0))  # the third smile is over the limit
     torch.testing.assert_close(latents["surprised"], z[5])
