@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["pixel_grid", "bilinear_sample", "warp", "upsample_flow", "flow_to_rgb"]
+__all__ = ["pixel_grid", "bilinear_sample", "warp", "upsample_flow", "flow_to_rgb", "swirl_flow"]
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -293,3 +293,19 @@ def flow_to_rgb(flow: Tensor, max_magnitude: float | None = None) -> Tensor:
     # Inside the unit disc, fade towards white as the vector shrinks; outside, darken to flag saturation.
     colour = torch.where(r <= 1, 1 - r * (1 - colour), colour * 0.75)
     return colour.permute(0, 3, 1, 2).clamp(0, 1)  # [B, 3, H, W]
+
+
+def swirl_flow(size: int, centre: tuple[float, float] = (0.5, 0.35), radius: float = 0.18, turn: float = 0.35,
+               drop: float = 0.03) -> Tensor:
+    """A smooth test flow: a swirl around ``centre`` (with a small downward drift), ``[1, 2, size, size]`` pixels.
+
+    Defined on the continuous image plane u in [0, 1]^2 (pixel x covers [x, x + 1) / size), so the
+    same swirl drawn at two sizes is one field at two resolutions (notebook 01 uses it to show
+    Eq. 6's coherence and Sec. 4.3's upsampling). ``turn`` and ``drop`` are in units of the image side.
+    """
+    u = (pixel_grid(size, size, dtype=torch.float64) + 0.5) / size
+    offset = u - torch.tensor(centre, dtype=torch.float64).view(1, 2, 1, 1)
+    bump = torch.exp(-(offset ** 2).sum(1, keepdim=True) / (2 * radius ** 2))
+    rotation = torch.cat([-offset[:, 1:], offset[:, :1]], 1)  # the offset turned by 90 degrees
+    shift = torch.tensor([0.0, drop], dtype=torch.float64).view(1, 2, 1, 1)
+    return ((turn * rotation + shift) * bump * size).float()  # [1, 2, size, size] in pixels

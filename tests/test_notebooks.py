@@ -21,6 +21,11 @@ REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 RUNNER = REPO / "scripts" / "run_tutorials.py"
 MAX_BYTES = 5 * 1024 * 1024
+#: A notebook may define a helper of at most this many lines after its ``def`` line; longer code
+#: belongs in the package, where it is tested and shared.
+MAX_FUNCTION_LINES = 6
+#: Dunder names a notebook may read; every other name starting with "_" is private.
+PUBLIC_DUNDERS = {"__version__", "__name__", "__file__", "__doc__", "__class__"}
 
 
 def _code(cell) -> str:
@@ -38,6 +43,22 @@ def _defines_model_or_loss(tree: ast.AST) -> list[str]:
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and "loss" in node.name.lower():
             found.append(f"def {node.name}")
     return found
+
+
+def _private_names(tree: ast.AST) -> list[str]:
+    """Private names the code reaches for: ``x._name`` / ``x.__getitems__`` and ``from m import _name``."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and node.attr not in PUBLIC_DUNDERS:
+            found.append(f"{ast.unparse(node)} (line {node.lineno})")
+        elif isinstance(node, ast.ImportFrom):
+            found += [f"from {node.module} import {alias.name}" for alias in node.names if alias.name.startswith("_")]
+    return found
+
+
+def _long_functions(tree: ast.AST) -> list[str]:
+    return [f"def {node.name} ({node.end_lineno - node.lineno} lines after its def)" for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno > MAX_FUNCTION_LINES]
 
 
 def notebook_problems(path: Path) -> list[str]:
@@ -97,6 +118,10 @@ def notebook_problems(path: Path) -> list[str]:
         problems.append("never calls facelib.set_seed")
     for definition in _defines_model_or_loss(tree):
         problems.append(f"defines {definition}: models and losses belong in the facelib package")
+    for definition in _long_functions(tree):
+        problems.append(f"defines {definition}: functions over {MAX_FUNCTION_LINES} lines belong in the facelib package")
+    for name in _private_names(tree):
+        problems.append(f"uses the private name {name}: notebooks use the package's public API")
     return problems
 
 
@@ -141,9 +166,11 @@ def test_policy_catches_each_violation(tmp_path):
         "import torch.nn as nn\nclass Net(nn.Module):\n    pass\ndef my_loss(a, b):\n    return a - b"
     )
     unchecked = new_code_cell("# NBVAL_CHECK_OUTPUT\nprint(1)")  # marked, but no stored output
+    private = new_code_cell("from facelib.data import SynthFaces, _hidden\nitems = SynthFaces().__getitems__([0])\n"
+                            "def long_helper(x):\n" + "    x = x + 1\n" * 7 + "    return x")
     huge = new_code_cell("print('x' * 6_000_000)")
     huge.outputs = [new_output("stream", name="stdout", text="x" * (MAX_BYTES + 1))]
-    notebook = _executed(_tiny_notebook(broken, model, unchecked, huge, parameters="SMOKE = None"))
+    notebook = _executed(_tiny_notebook(broken, model, unchecked, private, huge, parameters="SMOKE = None"))
     huge.execution_count = 9  # run out of order
     notebook.metadata["kernelspec"]["name"] = "other"
     path = tmp_path / "01_bad.ipynb"
@@ -158,6 +185,9 @@ def test_policy_catches_each_violation(tmp_path):
         "does not set ['STEPS']",
         "class Net(nn.Module)",
         "def my_loss",
+        "private name SynthFaces().__getitems__ (line",
+        "private name from facelib.data import _hidden",
+        "def long_helper (8 lines after its def)",
     ):
         assert expected in report, f"{expected!r} missing from:\n{report}"
 

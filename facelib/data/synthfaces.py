@@ -259,6 +259,25 @@ class SynthFaces(Dataset):
             return {key: torch.from_numpy(value[index.numpy()]) for key, value in self._cache.items()}
         return self._render(index)
 
+    def across_expressions(self, count: int = 10, candidates: int = 120, seed: int = 0) -> Tensor:
+        """``count`` item indices that cycle through the split's expressions (for showing a preset).
+
+        Evenly spaced indices alias with the identity x yaw x expression order (every 10th item of
+        multipie is nearly always a scream), so the indices come from a seeded random draw of
+        ``candidates`` items, taken so that no expression repeats before the others have appeared.
+        """
+        draw = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:candidates]
+        emotions = self.labels(draw)["emotion"].tolist()
+        distinct = len(set(emotions))
+        chosen, seen = [], []
+        while len(chosen) < min(count, len(draw)):
+            for index, emotion in zip(draw.tolist(), emotions):
+                if index not in chosen and emotion not in seen[-(distinct - 1):] and len(chosen) < count:
+                    chosen.append(index)
+                    seen.append(emotion)
+            seen.clear()
+        return torch.tensor(chosen)
+
     # ------------------------------------------------------------------ cache
     def _cache_meta(self) -> np.ndarray:
         return np.array(f"v{_CACHE_VERSION}|{self.preset.name}|{self.split}|{self.size}|{self.pairs}|"
