@@ -3,13 +3,6 @@
 A VAE whose decoder does not paint pixels: it predicts a dense *flow field* and
 builds the output by sampling the source image along it (paper Sec. 3, Fig. 3).
 
-    Z(T) = mu(T) + sigma(T) * eps                      Eq. 2  (encoder f sees the target T)
-    F    = flow head of g(S, Z)                        Sec. 5.3 (tanh, normalised coordinates)
-    out  = bilinear sample of S at x + F(x)            Eq. 5
-    M    = sigmoid(M(S, Z))                            Sec. 3.2 (confidence network)
-
-Classes:
-
 - :class:`FVAE` - encoder f(T) -> (mu, logvar) of a spatial latent (the paper's central
   4x4 block), decoder g(S, Z) that receives the source features by concatenation
   (Fig. 3's blue arrows) and outputs a backward flow in pixels plus the warped source.
@@ -17,10 +10,34 @@ Classes:
   the last layer predicting RGB directly.
 - :class:`ConfidenceNet` - the confidence mask network M(S, Z) of Sec. 3.2 (Eq. 7-8),
   trained after the FVAE with the FVAE frozen.
+- :class:`FVAEEditor` - Algorithm 1 behind the editor interface (``facelib.load_editor("fvae")``).
 
-All three share :class:`FVAEConfig`; ``FVAEConfig()`` is the 64x64 CPU configuration and
-``FVAEConfig.paper()`` the paper's 128x128 one (4x4x1024 latent). Images are ``[B, 3, H, W]``
+All three networks share :class:`FVAEConfig`; ``FVAEConfig()`` is the 64x64 CPU configuration
+and ``FVAEConfig.paper()`` the paper's 128x128 one (4x4x1024 latent). Images are ``[B, 3, H, W]``
 in ``[-1, 1]``; flows are backward pixel displacements ``[B, 2, H, W]`` (DESIGN.md).
+
+Where the paper is computed (file: function):
+
+=================================  =========================================================
+Eq. 1 (the objective)              facelib/train/fvae.py: FVAETrainingTask.losses
+Eq. 2 (reparameterisation)         facelib/models/fvae.py: _LatentVariableModel.reparameterize
+Eq. 3 (KL prior)                   facelib/losses.py: fvae_kl
+Eq. 4 (reconstruction)             facelib/losses.py: fvae_reconstruction
+Eq. 5 (bilinear sampling)          facelib/warp.py: bilinear_sample (fast path: warp), in FVAE.decode
+Eq. 6 (flow coherence)             facelib/losses.py: fvae_flow_coherence
+Eq. 7-8 (confidence label, loss)   facelib/losses.py: fvae_confidence_label, fvae_confidence_loss;
+                                   facelib/train/fvae.py: ConfidenceTrainingTask.losses
+Algorithm 1 (expression edit)      facelib/models/fvae.py: FVAEEditor._edit; lines 2-3 (the
+                                   expression latents): facelib/train/fvae.py: expression_latents
+Algorithm 2 (interpolation)        facelib/models/fvae.py: interpolate, confidence_blend
+Sec. 4.3 (flow upsampling)         facelib/models/fvae.py: flow_upsample, FVAEEditor.edit_highres
+Sec. 5.2 (data preparation)        facelib/train/fvae.py: reinhard_color_transfer, random_horizontal_flip,
+                                   ExpressionPairs
+Sec. 5.3 (architecture)            facelib/models/fvae.py: FVAE, PixelVAE, ConfidenceNet;
+                                   facelib/models/blocks.py: ConvEncoder, SkipDecoder
+Sec. 5.4 (optimisation)            facelib/train/fvae.py: FVAETrainConfig, train_recipe
+Table 1, Fig. 6-7 (measurements)   facelib/evaluation/fvae.py
+=================================  =========================================================
 """
 from __future__ import annotations
 
