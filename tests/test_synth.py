@@ -341,3 +341,35 @@ def test_keep_freed_memory_applies_once_and_honours_the_opt_out(monkeypatch):
     monkeypatch.setenv("FACELIB_MALLOC", "jemalloc")
     with pytest.raises(ValueError, match="'tuned' or 'system'"):
         utils.keep_freed_memory()
+
+
+def test_labels_match_the_rendered_items_without_rendering():
+    from facelib.data import SynthFaces
+
+    for pairs in (False, True):
+        data = SynthFaces("rafd", "test", size=16, pairs=pairs)
+        labels, items = data.labels([3, 11]), data.batch([3, 11])
+        for key, value in labels.items():
+            torch.testing.assert_close(value, items[key], msg=key)
+
+
+def test_expression_aus_are_the_mean_ground_truth_aus_of_each_expression():
+    from facelib.conventions import AU_CODES, EMOTIONS
+    from facelib.data import SynthFaces, expression_aus
+
+    means = expression_aus("rafd")
+    assert list(means) == list(EMOTIONS) and all(v.shape == (17,) for v in means.values())
+    labels = SynthFaces("rafd", "train", size=8).labels()
+    happy = labels["aus"][labels["emotion"] == EMOTIONS.index("happy")].mean(0)
+    torch.testing.assert_close(means["happy"], happy)
+    assert float(means["neutral"].abs().max()) == 0.0
+    assert means["happy"][AU_CODES.index(12)] > 3  # the lip corner puller of a smile
+
+
+def test_across_expressions_cycles_through_the_expressions():
+    from facelib.data import SynthFaces
+
+    data = SynthFaces("multipie", "train", size=16)
+    chosen = data.across_expressions(6)
+    emotions = data.labels(chosen)["emotion"].tolist()
+    assert len(chosen) == 6 and len(set(emotions)) == 6
