@@ -1,90 +1,23 @@
 """Safe checkpoints: safetensors weights + a JSON config, written atomically, never unpickled.
 
-A saved model is two files sharing a stem::
+A saved model is two files sharing a stem: ``<stem>.json`` (class, config dataclass, versions,
+``extra``, the name and sha256 of the weights) and ``<stem>.<version>.safetensors`` (the
+``state_dict``; ``<version>`` = 12 hex digits of its sha256). The JSON is the pointer: saving again
+writes new weights beside the old ones, replaces the JSON (one atomic rename), then deletes the
+old weights, so a writer killed at any point leaves the old or the new checkpoint loadable. A JSON
+without ``weights_file`` (older checkpoints) uses ``<stem>.safetensors``.
 
-    save_model(model, "runs/fvae/fvae")   # -> runs/fvae/fvae.json + runs/fvae/fvae.<version>.safetensors
+Three families of functions: models (:func:`save_model`, :func:`load_model`), resumable training
+state for ``facelib.train.Trainer`` (:func:`save_training_state`, :func:`load_training_state`, the
+RNG helpers), and the shipped weights in ``facelib/weights/`` with their ``MANIFEST.json``
+(:func:`load_pretrained`, :func:`pretrained_info`, :func:`ship_models`, ...).
 
-``<stem>.<version>.safetensors`` holds ``model.state_dict()`` (``<version>``: the first 12 hex
-digits of its sha256); ``<stem>.json`` holds ``{"format": "facelib.model/1", "class":
-"facelib.models.fvae.FVAE", "config_class": "facelib.models.fvae.FVAEConfig", "config":
-{...dataclasses.asdict(model.config)}, "weights_file": "fvae.<version>.safetensors",
-"weights_sha256": ..., "versions": {...}, "extra": {...}}``. The JSON is the pointer: saving
-again writes the new weights beside the old ones, replaces the JSON (one atomic rename), then
-deletes the old weights, so a writer killed at any point leaves the old or the new checkpoint
-loadable. A JSON without ``weights_file`` (older checkpoints, the first shipped weights) uses
-``<stem>.safetensors``.
-
-Public API
-----------
-Models (a model is an ``nn.Module`` built as ``Model(config)`` that keeps the
-dataclass in ``self.config``; its ``__init__`` annotates ``config: SomeConfig`` or the
-class sets ``config_class = SomeConfig``):
-
-- ``save_model(model, path, extra: dict | None = None) -> Path``: writes both files
-  atomically and returns the stem. ``path`` may be a stem or end in ``.safetensors``/``.json``.
-  A DDP-wrapped model is unwrapped. ``extra`` must be JSON-serialisable.
-- ``load_model(path, cls=None, map_location="cpu") -> nn.Module``: rebuilds the class named
-  in the JSON (only classes inside the ``facelib`` package are resolved; anything else is
-  refused unless you pass ``cls`` yourself), rebuilds its Config dataclass (an unknown or
-  ill-typed field raises ``CheckpointError`` naming the field), loads the weights strictly
-  (missing / unexpected tensors and shape mismatches are named with their shapes) and
-  returns the model in ``eval()`` mode on ``map_location``.
-- ``read_metadata(path) -> dict``: the JSON side of a checkpoint.
-- ``checkpoint_files(path) -> (json_path, weights_path)``: the two files of a checkpoint.
-- ``clean_folder(folder) -> list[Path]``: delete what killed writers left there (temporary
-  files, weights no JSON names); the Trainer calls it on its checkpoint folder.
-
-Resumable training state (what ``facelib.train.Trainer`` writes; also no pickle):
-
-- ``save_training_state(path, modules: dict[str, nn.Module], optimizers: dict[str, Optimizer],
-  step: int, rng_state: dict | None = None, stateful: dict | None = None,
-  extra: dict | None = None) -> Path``: module weights and optimiser state tensors
-  go to ``<stem>.safetensors``; step, optimiser ``param_groups`` hyper-parameters and
-  non-tensor state go to ``<stem>.json``. ``rng_state`` defaults to ``capture_rng_state()``.
-  ``stateful`` holds anything else with ``state_dict()``/``load_state_dict()`` (LR schedulers,
-  GradScaler) whose state is tensors and JSON values.
-- ``load_training_state(path, modules, optimizers, stateful=None, restore_rng=True) -> dict``:
-  loads everything back in place, onto the devices the modules and optimisers already live on
-  (strictly: the same module and optimiser names must be present) and returns ``{"step": int, "extra": dict, "rng_state": dict}``.
-- ``capture_rng_state() -> dict[str, Tensor]`` / ``restore_rng_state(state)``: Python ``random``,
-  NumPy, torch CPU and every CUDA/MPS generator, all as tensors.
-- ``save_rng_state(path, state)`` / ``load_rng_state(path) -> dict``: one safetensors file
-  (used for the RNG of DDP ranks other than 0).
-
-Shipped weights (``facelib/weights/``, packaged with facelib):
-
-- ``load_pretrained(name, device="cpu", weights_dir=None) -> nn.Module``: looks ``name`` up in
-  ``MANIFEST.json``, verifies the sha256 of the weights and of the JSON (both are required; a
-  mismatch raises ``CheckpointError``), checks the class is the one ``PRETRAINED_CLASSES`` gives
-  for that name, and loads it in eval mode. The entry's ``file`` must be a relative path inside
-  the weights folder. An unknown name raises ``CheckpointError`` listing the available names (or
-  saying none are shipped yet).
-- ``pretrained_info(name, weights_dir=None) -> dict``: the manifest entry.
-- ``pretrained_metadata(name, weights_dir=None) -> dict``: the shipped JSON (sha256-checked), with ``extra``.
-- ``available_pretrained(weights_dir=None) -> list[str]``.
-- ``read_manifest(weights_dir=None) -> dict`` / ``shipped_weights_dir() -> Path``.
-- ``manifest_entry(file, *, command, preset, steps, seed, wall_time_s, metrics,
-  weights_dir=None, **extra) -> dict``: builds the entry for a file already inside the weights
-  folder (sha256 of weights and JSON, class and config from the JSON, versions).
-- ``record_in_manifest(name, file, *, command, preset, steps, seed, wall_time_s, metrics,
-  weights_dir=None, **extra) -> dict``: builds the entry and writes MANIFEST.json atomically.
-- ``ship_models(models: {name: stem}, fields: {name: manifest_entry keywords}, weights_dir=None)
-  -> {name: entry}``: copies checkpoints in as ``<name>.<version>.{safetensors,json}`` and
-  switches MANIFEST.json once, under the folder's lock: a ship killed anywhere leaves the
-  previously shipped weights loadable with matching sha256s; the next ship removes leftovers.
-- ``check_writable(folder)``: raises ``CheckpointError`` unless a file can be written there.
-- ``sha256_file(path) -> str``.
-
-Reading is bounded: only regular files are opened (a FIFO or ``/dev/zero`` is refused, never
-read forever), JSON files and safetensors headers are limited to ``MAX_JSON_BYTES`` /
-``MAX_SAFETENSORS_HEADER_BYTES``, and a model is first built on the meta device so that a
-config implying more tensor bytes than its weights file holds is refused before any allocation.
-
-Errors are ``CheckpointError`` (a ``ValueError``); a malformed file never escapes as a bare
-``KeyError``, ``TypeError``, ``SafetensorError`` or ``RecursionError``. Pickle is refused everywhere: a path ending
-in ``.pt``/``.pth``/``.pkl``/``.pickle``/``.ckpt``/``.bin``, or a file starting with the pickle
-or zip magic bytes (what ``torch.save`` writes), raises ``CheckpointError`` telling you to
-convert it to safetensors.
+Reading is bounded and refuses what it cannot trust: only regular files are opened, JSON and
+safetensors headers are limited to ``MAX_JSON_BYTES`` / ``MAX_SAFETENSORS_HEADER_BYTES``, only
+classes inside the ``facelib`` package are built, a model is first built on the meta device (a
+config implying more tensor bytes than its file holds is refused before any allocation), and
+pickle is refused everywhere (``.pt``/``.pth``/``.pkl``/``.pickle``/``.ckpt``/``.bin`` names, or
+pickle/zip magic bytes). Every error is a ``CheckpointError`` (a ``ValueError``).
 """
 from __future__ import annotations
 
@@ -541,6 +474,11 @@ def _tensors_for_saving(state: dict[str, Any], what: str) -> dict[str, torch.Ten
 def save_model(model: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
     """Write ``<stem>.json`` (class, config, versions, extra) and the weights it names; returns the stem.
 
+    A model is an ``nn.Module`` built as ``Model(config)`` that keeps its dataclass in
+    ``self.config`` (its ``__init__`` annotates ``config: SomeConfig`` or the class sets
+    ``config_class``). ``path`` may be a stem or end in ``.safetensors``/``.json``; a DDP-wrapped
+    model is unwrapped; ``extra`` must be JSON-serialisable.
+
     The pair replaces an earlier checkpoint at ``stem`` as a whole or not at all (see
     ``_write_pair``); the JSON records the sha256 of the weights, so a mismatch is detected at load time.
     """
@@ -665,7 +603,13 @@ def _build_bounded(cls: type, config: Any, json_path: Path, weights_path: Path) 
 
 
 def load_model(path: str | Path, cls: type | None = None, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model saved by :func:`save_model` and load its weights strictly; returns it in eval mode."""
+    """Rebuild a model saved by :func:`save_model` and load its weights strictly; returns it in eval mode.
+
+    The class named in the JSON is resolved only inside the ``facelib`` package (pass ``cls`` to use
+    another); its Config dataclass is rebuilt field by field (an unknown or ill-typed field raises
+    ``CheckpointError`` naming it); missing / unexpected tensors and shape mismatches are named with
+    their shapes.
+    """
     json_path, weights_path, metadata = _read_metadata_of_format(
         path, MODEL_FORMAT, "a training-state checkpoint is read with load_training_state")
     cls = _model_class(json_path, metadata, cls)
@@ -809,7 +753,13 @@ def save_training_state(
     stateful: dict[str, Any] | None = None,
     extra: dict | None = None,
 ) -> Path:
-    """Write a resumable checkpoint (weights, optimiser state, RNG, step) as safetensors + JSON."""
+    """Write a resumable checkpoint (weights, optimiser state, RNG, step) as safetensors + JSON.
+
+    Module weights and optimiser state tensors go to the safetensors file; the step, the optimisers'
+    ``param_groups`` and non-tensor state go to the JSON. ``rng_state`` defaults to
+    :func:`capture_rng_state`; ``stateful`` holds other objects with ``state_dict()`` /
+    ``load_state_dict()`` (LR schedulers, GradScaler) whose state is tensors and JSON values.
+    """
     stem = _stem(path)
     stateful = stateful or {}
     tensors: dict[str, torch.Tensor] = {}
@@ -840,7 +790,11 @@ def load_training_state(
     stateful: dict[str, Any] | None = None,
     restore_rng: bool = True,
 ) -> dict:
-    """Load a :func:`save_training_state` checkpoint in place; returns ``{"step", "extra", "rng_state"}``."""
+    """Load a :func:`save_training_state` checkpoint in place; returns ``{"step", "extra", "rng_state"}``.
+
+    Strict: the same module and optimiser names must be present; tensors go to the devices the
+    modules and optimisers already live on. ``stateful`` objects (LR schedulers, GradScaler) get
+    their ``load_state_dict`` called."""
     json_path, weights_path, metadata = _read_metadata_of_format(
         path, TRAINING_STATE_FORMAT, "a model checkpoint is read with load_model")
     stem = json_path.with_suffix("")
@@ -956,7 +910,12 @@ def pretrained_metadata(name: str, weights_dir: str | Path | None = None) -> dic
 
 
 def load_pretrained(name: str, device: str | torch.device = "cpu", weights_dir: str | Path | None = None) -> nn.Module:
-    """Load a shipped checkpoint by manifest name after verifying its sha256s and class; returns it in eval mode."""
+    """Load a shipped checkpoint by manifest name after verifying its sha256s and class; returns it in eval mode.
+
+    Both the weights' and the JSON's sha256 must match ``MANIFEST.json``; the class must be the one
+    ``PRETRAINED_CLASSES`` gives for the name; the entry's ``file`` must stay inside the weights
+    folder. An unknown name raises ``CheckpointError`` listing the available ones.
+    """
     folder = _weights_folder(weights_dir)
     entry = pretrained_info(name, folder)
     weights_path, json_path = _shipped_files(folder, name, entry)
