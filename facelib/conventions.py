@@ -92,9 +92,10 @@ def check_images(images, name: str = "images", *, size: int | None = None, resiz
         raise ValueError(f"{name} must be {accepted}, got shape {list(images.shape)}{hint}")
     if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
         raise ValueError(f"{name} is empty (shape {list(images.shape)}); at least one image of at least 1x1 is needed")
-    if not torch.isfinite(images).all():
-        raise ValueError(f"{name} contains {int((~torch.isfinite(images)).sum())} NaN/inf values; only finite values are accepted")
-    x_min, x_max = float(images.min()), float(images.max())
+    values = images.detach()  # the checks are no part of any graph (a loss may validate its input)
+    if not torch.isfinite(values).all():
+        raise ValueError(f"{name} contains {int((~torch.isfinite(values)).sum())} NaN/inf values; only finite values are accepted")
+    x_min, x_max = float(values.min()), float(values.max())
     tolerance = RANGE_TOLERANCE * (high - low)
     if x_min < low - tolerance or x_max > high + tolerance:
         raise ValueError(f"{name} has values in [{x_min:.3g}, {x_max:.3g}], outside [{low:g}, {high:g}]; facelib "
