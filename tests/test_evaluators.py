@@ -84,7 +84,7 @@ def test_other_sizes_are_resized_with_a_warning(shipped):
     (torch.zeros(2, 3, 64, 64, dtype=torch.uint8), TypeError, "float.*uint8"),
     ([[0.0]], TypeError, "torch.Tensor"),
     (torch.zeros(0, 3, 64, 64), ValueError, "empty"),
-    (torch.full((2, 3, 64, 64), 255.0), ValueError, r"outside \[-1, 1\]"),
+    (torch.full((2, 3, 64, 64), 255.0), ValueError, r"outside the accepted range \[-1, 1\]"),
     (torch.full((2, 3, 64, 64), float("nan")), ValueError, "NaN"),
     (torch.full((2, 3, 128, 128), float("nan")), ValueError, "NaN"),  # checked before any resize
 ])
