@@ -15,7 +15,7 @@ import torch
 import facelib
 from facelib.checkpoint import pretrained_info, shipped_weights_dir
 from facelib.metrics import au_mse_pcc, best_verification_threshold, count_parameters, latency
-from facelib.models.evaluators import evaluate_identity, held_out_sampler, pair_embeddings
+from facelib.evaluation.evaluators import evaluate_identity, held_out_sampler, pair_embeddings
 
 NAMES = ("expression_classifier", "au_regressor", "identity_embedder")
 
@@ -56,7 +56,7 @@ def au_table(model, n: int, seed: int) -> None:
 def au_visibility(identities: int = 16) -> None:
     """How much each AU alone changes a frontal 64x64 render: why some AUs are hard to read."""
     from facelib.data.synth import render
-    from facelib.models.evaluators import split_identities
+    from facelib.evaluation.evaluators import split_identities
 
     ids = split_identities("test")[:identities]
     n = len(ids)

@@ -69,14 +69,16 @@ RANGE_TOLERANCE = 5e-3
 
 
 def check_images(images, name: str = "images", *, size: int | None = None, resize: bool = False,
-                 value_range: tuple[float, float] = (-1.0, 1.0), channels: tuple[int, ...] = (3,)):
+                 value_range: tuple[float, float] = (-1.0, 1.0), channels: tuple[int, ...] = (3,),
+                 range_hint: str = "facelib images are RGB in [-1, 1] (from [0, 1] images: x * 2 - 1)"):
     """The one image validator: ``images`` must be a finite float ``[B, C, H, W]`` batch in ``value_range``.
 
     ``size``: the square side the caller works at. A batch of another size raises a
     ``ValueError`` naming both sizes, unless ``resize=True`` (area averaging to shrink,
     bilinear to enlarge; never silent for a caller that did not ask). Returns the images.
     Errors: ``TypeError`` for a non-tensor or an integer tensor, ``ValueError`` for the shape,
-    an empty batch, NaN/inf or values outside ``value_range`` (by more than ``RANGE_TOLERANCE``).
+    an empty batch, NaN/inf or values outside ``value_range`` (by more than ``RANGE_TOLERANCE``);
+    ``range_hint`` ends that last message (say how to get an accepted range).
     """
     import torch
     import torch.nn.functional as F
@@ -92,13 +94,14 @@ def check_images(images, name: str = "images", *, size: int | None = None, resiz
         raise ValueError(f"{name} must be {accepted}, got shape {list(images.shape)}{hint}")
     if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
         raise ValueError(f"{name} is empty (shape {list(images.shape)}); at least one image of at least 1x1 is needed")
-    if not torch.isfinite(images).all():
-        raise ValueError(f"{name} contains {int((~torch.isfinite(images)).sum())} NaN/inf values; only finite values are accepted")
-    x_min, x_max = float(images.min()), float(images.max())
+    values = images.detach()  # the checks are no part of any graph (a loss may validate its input)
+    if not torch.isfinite(values).all():
+        raise ValueError(f"{name} contains {int((~torch.isfinite(values)).sum())} NaN/inf values; only finite values are accepted")
+    x_min, x_max = float(values.min()), float(values.max())
     tolerance = RANGE_TOLERANCE * (high - low)
     if x_min < low - tolerance or x_max > high + tolerance:
-        raise ValueError(f"{name} has values in [{x_min:.3g}, {x_max:.3g}], outside [{low:g}, {high:g}]; facelib "
-                         "images are RGB in [-1, 1] (from [0, 1] images: x * 2 - 1)")
+        raise ValueError(f"{name} has values in [{x_min:.3g}, {x_max:.3g}], outside the accepted range "
+                         f"[{low:g}, {high:g}]; {range_hint}")
     if size is not None and tuple(images.shape[-2:]) != (size, size):
         if not resize:
             raise ValueError(f"{name} are {images.shape[-2]}x{images.shape[-1]}, but {size}x{size} is accepted here; "

@@ -27,8 +27,10 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from pytorch_msssim import ms_ssim
 from torch import Tensor
+
+from facelib.conventions import check_images
+from facelib.metrics import ms_ssim_per_image
 
 FeatureNetwork = Callable[[Tensor], Sequence[Tensor]]
 
@@ -71,10 +73,14 @@ def _same_shape(name_a: str, a, name_b: str, b, min_ndim: int = 1) -> None:
         raise ValueError(f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
 
 
-def _images(name: str, value) -> Tensor:
+def _maps(name: str, value) -> Tensor:
+    """A batch of maps ``[B, C, H, W]`` of any values (a flow, a mask or an image): only the shape is checked.
+
+    Images proper are checked with :func:`facelib.conventions.check_images` (RGB in [-1, 1]).
+    """
     _tensor(name, value)
     if value.ndim != 4:
-        raise ValueError(f"{name} must be an image batch [B, C, H, W], got shape {tuple(value.shape)}")
+        raise ValueError(f"{name} must be a batch of maps [B, C, H, W], got shape {tuple(value.shape)}")
     return value
 
 
@@ -129,7 +135,7 @@ def total_variation(x: Tensor) -> Tensor:
     ``x`` is ``[B, C, H, W]`` (an image or a flow); summed over channels and pixels, averaged over the batch.
     Used by DFT-Net Eq. 9 (on the flow) and ExprGAN's L_tv (on the image).
     """
-    vertical, horizontal = _squared_differences(_images("x", x))
+    vertical, horizontal = _squared_differences(_maps("x", x))
     return vertical + horizontal
 
 
@@ -247,8 +253,8 @@ def fvae_flow_coherence(flow: Tensor, target: Tensor, alpha: float = FVAE_COHERE
     offsets (dy, dx) that come "after" the centre and doubles the sum: 24 shifted-slice passes for 7x7,
     no loop over pixels. The weights carry no gradient unless ``target`` requires one.
     """
-    _images("flow", flow)
-    _images("target", target)
+    _maps("flow", flow)
+    check_images(target, "target")
     if flow.shape[1] != 2:
         raise ValueError(f"flow must be [B, 2, H, W], got shape {tuple(flow.shape)}")
     if flow.shape[0] != target.shape[0] or flow.shape[-2:] != target.shape[-2:]:
@@ -293,7 +299,7 @@ def fvae_confidence_label(pred: Tensor, target: Tensor, beta: float = FVAE_CONFI
 
     The squared error is summed over colour channels; the label carries no gradient (it is a target).
     """
-    _same_shape("pred", _images("pred", pred), "target", target)
+    _same_shape("pred", check_images(pred, "pred"), "target", check_images(target, "target"))
     if not beta > 0:
         raise ValueError(f"beta must be > 0, got {beta}")
     # FVAE Eq. 7: y = exp(-||T - g||^2 / beta)
@@ -382,7 +388,7 @@ def exprgan_total_variation(image: Tensor) -> Tensor:
     The paper gives no formula; the public code takes half the squared differences along each axis
     divided by that axis' length: ``sum(dy^2) / (2 H) + sum(dx^2) / (2 W)``, averaged over the batch.
     """
-    vertical, horizontal = _squared_differences(_images("image", image))
+    vertical, horizontal = _squared_differences(check_images(image, "image"))
     height, width = image.shape[-2:]
     # ExprGAN L_tv: squared total variation, normalised by the image side as in the public code
     return vertical / (2 * height) + horizontal / (2 * width)
@@ -632,31 +638,19 @@ def eggan_perceptual(generated: Tensor, reconstructed: Tensor, image: Tensor, fe
     return loss
 
 
-def _ms_ssim_window(height: int, width: int) -> int:
-    """The largest odd Gaussian window <= 11 that pytorch_msssim's 5-scale pyramid accepts at this size."""
-    smaller = min(height, width)
-    window = 11
-    while window >= 3 and (window - 1) * 16 >= smaller:
-        window -= 2
-    if window < 3:
-        raise ValueError(f"MS-SSIM needs images larger than 32x32 (5 scales), got {height}x{width}")
-    return window
-
-
 def eggan_reconstruction(reconstructed: Tensor, image: Tensor, l1_weight: float = 1.0,
                          ms_ssim_weight: float = 1.0) -> Tensor:
     """EGGAN Eq. 6: ``L_rec = ||I_i - I_i_hat||_1 + (1 - MS-SSIM(I_i, I_i_hat))``.
 
-    L1 is the mean absolute error; MS-SSIM comes from pytorch_msssim (5 scales, its default weights).
-    Images in [-1, 1] are mapped to [0, 1] first and compared with ``data_range=1``. The Gaussian window
-    shrinks from 11 to fit small images (3 at 64x64, 7 at 128x128), since the coarsest of the five
-    scales must still hold a window. The public code weighs the two terms 100 and 50 (set the weights).
-    ``facelib.metrics.ms_ssim`` (for evaluation) keeps the 11 px window and drops coarse scales instead,
-    so at 64x64 the two MS-SSIM numbers differ; this one is the library's own, differentiable call.
+    L1 is the mean absolute error. MS-SSIM is :func:`facelib.metrics.ms_ssim_per_image`, the
+    differentiable core of the reported metric :func:`facelib.metrics.ms_ssim`, so ``1 -`` the
+    metric is exactly this term: measured on the images mapped to [0, 1], 11 px Gaussian window,
+    and on images under 161 px the coarse scales dropped (:func:`facelib.metrics.ms_ssim_scales`:
+    3 scales at 64x64, 4 at 128x128; under 11 px it raises). The public code weighs the two terms
+    100 and 50 (set the weights).
     """
-    _same_shape("reconstructed", _images("reconstructed", reconstructed), "image", image)
-    window = _ms_ssim_window(*image.shape[-2:])
+    _same_shape("reconstructed", reconstructed, "image", image)
     l1 = (image - reconstructed).abs().mean()
-    similarity = ms_ssim((reconstructed + 1) / 2, (image + 1) / 2, data_range=1.0, win_size=window)
+    similarity = ms_ssim_per_image(reconstructed, image).mean()
     # EGGAN Eq. 6: L1 + (1 - MS-SSIM)
     return l1_weight * l1 + ms_ssim_weight * (1 - similarity)

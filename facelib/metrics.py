@@ -38,22 +38,19 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from pytorch_msssim import ssim as _library_ssim
-from pytorch_msssim.ssim import _fspecial_gauss_1d, _ssim
 from scipy import linalg
 from tqdm.auto import tqdm
 
-from .conventions import AU_CODES, AU_MAX, NUM_AUS
+from .conventions import AU_CODES, AU_MAX, NUM_AUS, check_images
 from .utils import get_device
 
-#: How far outside the accepted value range an image may stray (rounding, bilinear overshoot), as a
-#: fraction of the data range: 0.01 for facelib's [-1, 1] images.
-RANGE_TOLERANCE = 5e-3
 #: Wang et al. 2003's MS-SSIM weights, finest scale first (pytorch_msssim's default).
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 #: SSIM's Gaussian window (Wang et al. 2004): 11 taps, sigma 1.5, "valid" positions only.
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
+#: SSIM's stabilising constants C_i = (K_i * data range)^2 (Wang et al. 2004).
+SSIM_K = (0.01, 0.03)
 
 #: Names the evaluation tables use; they say what the instruments are.
 FD_NAME = "FD (facelib expression features)"
@@ -93,33 +90,20 @@ def _accepted_range(data_range: float) -> tuple[float, float]:
 
 
 def _check_images(x, name: str, data_range: float = 2.0, *, channels: Sequence[int] = (3,)) -> torch.Tensor:
-    """``x`` must be a finite float ``[B, C, H, W]`` batch inside the accepted value range."""
-    hint = f"[B, C, H, W] with C in {tuple(channels)}"
-    low, high = _accepted_range(data_range)
-    _check_tensor(x, name, ndim=4, shape_hint=hint)
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a float tensor with values in [{low:g}, {high:g}], got {x.dtype}")
-    if x.shape[1] not in channels:
-        raise ValueError(f"{name} must be {hint}, got shape {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch; at least one image is needed")
-    if x.shape[2] == 0 or x.shape[3] == 0:
-        raise ValueError(f"{name} has no pixels (shape {tuple(x.shape)}); images need a height and width >= 1")
-    x_min, x_max = float(x.min()), float(x.max())
-    tolerance = RANGE_TOLERANCE * (high - low)
-    if x_min < low - tolerance or x_max > high + tolerance:
-        raise ValueError(
-            f"{name} has values in [{x_min:.3g}, {x_max:.3g}], outside the accepted range [{low:g}, {high:g}] "
-            f"for data_range={data_range:g} (facelib images are in [-1, 1] with data_range=2; "
-            f"images in [0, R] need data_range=R)"
-        )
-    return x
+    """:func:`facelib.conventions.check_images` with the metrics' ``data_range``: 2 means facelib's
+    [-1, 1], any other R means images in [0, R]. Returns ``x``."""
+    return check_images(x, name, value_range=_accepted_range(data_range), channels=tuple(channels),
+                        range_hint=f"data_range={float(data_range):g} accepts that range (facelib images are "
+                                   "in [-1, 1] with data_range=2; images in [0, R] need data_range=R)")
 
 
-def _to_unit_range(x: torch.Tensor, data_range: float) -> torch.Tensor:
-    """Images in the accepted range of ``data_range`` -> float64 in [0, 1], where PSNR and SSIM are standard."""
+def _to_unit_range(x: torch.Tensor, data_range: float, dtype: torch.dtype | None = torch.float64) -> torch.Tensor:
+    """Images in the accepted range of ``data_range`` -> [0, 1], where PSNR and SSIM are standard.
+
+    In float64 for the reported numbers; ``dtype=None`` keeps the input's dtype (and its graph).
+    """
     low, _ = _accepted_range(data_range)
-    return (x.double() - low) / float(data_range)
+    return ((x if dtype is None else x.to(dtype)) - low) / float(data_range)
 
 
 def _check_image_pair(pred, target, data_range: float, names=("pred", "target")) -> None:
@@ -176,6 +160,40 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = N
     return _reduce(values.float(), per_image)
 
 
+def _gaussian_window(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """SSIM's 1-D Gaussian window, ``SSIM_WINDOW`` taps with ``SSIM_SIGMA``, summing to 1: ``[SSIM_WINDOW]``."""
+    offsets = torch.arange(SSIM_WINDOW, dtype=dtype, device=device) - SSIM_WINDOW // 2
+    window = torch.exp(-offsets**2 / (2 * SSIM_SIGMA**2))
+    return window / window.sum()
+
+
+def _ssim_terms(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SSIM and its contrast-structure factor per image and channel, ``([B, C], [B, C])``.
+
+    ``x`` and ``y`` are ``[B, C, H, W]`` in [0, 1] (data range 1) with H, W >= ``SSIM_WINDOW``.
+    The local statistics are Gaussian-weighted (the separable window along H, then W) at the
+    positions where the window fits ("valid"); differentiable, in the inputs' dtype.
+    """
+    channels = x.shape[1]
+    window = _gaussian_window(x.dtype, x.device)
+    along_h = window.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)  # [C, 1, 11, 1], one filter per channel
+    along_w = window.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)  # [C, 1, 1, 11]
+
+    def blur(z: torch.Tensor) -> torch.Tensor:  # [B, C, H, W] -> [B, C, H - 10, W - 10]
+        return F.conv2d(F.conv2d(z, along_h, groups=channels), along_w, groups=channels)
+
+    c1, c2 = SSIM_K[0] ** 2, SSIM_K[1] ** 2  # (K * data range)^2 with data range 1
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov_xy = blur(x * y) - mu_x * mu_y
+    # Wang et al. 2004, Eq. 13: luminance (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1) times
+    # contrast-structure (2 sigma_xy + C2) / (sigma_x^2 + sigma_y^2 + C2)
+    contrast_structure = (2 * cov_xy + c2) / (var_x + var_y + c2)
+    luminance = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
+    return (luminance * contrast_structure).flatten(2).mean(2), contrast_structure.flatten(2).mean(2)
+
+
 def _check_ssim_size(pred: torch.Tensor, what: str) -> int:
     size = min(pred.shape[-2:])
     if size < SSIM_WINDOW:
@@ -185,7 +203,7 @@ def _check_ssim_size(pred: torch.Tensor, what: str) -> int:
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 2.0, per_image: bool = False):
-    """Structural similarity (Wang et al. 2004), via ``pytorch_msssim``, measured on [0, 1].
+    """Structural similarity (Wang et al. 2004), measured on [0, 1].
 
     The images are first mapped to [0, 1] (facelib's [-1, 1] by ``(x + 1) / 2``, [0, R] by
     ``x / R``) and SSIM is computed there with data range 1, as in the paper and in every
@@ -196,22 +214,24 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 2.0, per_
     11x11 Gaussian window with sigma 1.5, constants K = (0.01, 0.03), averaged over the
     positions where the window fits ("valid") and over channels. This equals
     ``skimage.metrics.structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
-    use_sample_covariance=False, data_range=1, channel_axis=...)`` on the [0, 1] images; the
-    tests check it. Images must be at least 11 px on each side.
+    use_sample_covariance=False, data_range=1, channel_axis=...)`` on the [0, 1] images, and
+    ``pytorch_msssim.ssim``; the tests check both. Images must be at least 11 px on each side.
     """
     _check_image_pair(pred, target, data_range)
     _check_ssim_size(pred, "SSIM")
-    values = _library_ssim(_to_unit_range(pred, data_range), _to_unit_range(target, data_range), data_range=1.0,
-                           size_average=False, win_size=SSIM_WINDOW, win_sigma=SSIM_SIGMA)  # [B]
+    values = _ssim_terms(_to_unit_range(pred, data_range), _to_unit_range(target, data_range))[0].mean(1)  # [B]
     return _reduce(values.float(), per_image)
 
 
 def ms_ssim_scales(size: int) -> int:
     """How many MS-SSIM scales fit an image whose smaller side is ``size`` px.
 
-    Like ``pytorch_msssim``: after ``L - 1`` halvings the window must still fit, i.e.
-    ``size > (11 - 1) * 2**(L - 1)``. 161 px or more gives the standard 5 scales;
-    facelib's 64 px gives 3, 128 px gives 4.
+    The one rule for images too small for the standard 5 scales (used by :func:`ms_ssim` and
+    :func:`facelib.losses.eggan_reconstruction`): drop the coarse scales, never shrink the window.
+    Like ``pytorch_msssim``, after ``L - 1`` halvings the 11 px window must still fit, i.e.
+    ``size > (11 - 1) * 2**(L - 1)``, so the coarsest scale is at least 11 px. 161 px or more gives
+    the standard 5 scales; facelib's 64 px gives 3, 128 px gives 4; under 11 px nothing fits
+    (``ms_ssim`` raises).
     """
     scales = 1
     while scales < len(MS_SSIM_WEIGHTS) and size > (SSIM_WINDOW - 1) * 2**scales:
@@ -219,45 +239,60 @@ def ms_ssim_scales(size: int) -> int:
     return scales
 
 
-def ms_ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 2.0, scales: int | None = None,
-            per_image: bool = False):
-    """Multi-scale SSIM (Wang et al. 2003; EGGAN's MS-SSIM), built on ``pytorch_msssim``'s SSIM kernel.
-
-    Measured on the images mapped to [0, 1] with data range 1, like :func:`ssim`.
-    The standard 5 scales need images of at least 161 px. Small images (facelib's default
-    64x64) use fewer scales instead of upsampling, which would invent detail: the
-    ``ms_ssim_scales(size)`` finest scales, with their standard weights renormalised to sum
-    to 1 (64 px: 3 scales, weights 0.0448, 0.2856, 0.3001 / 0.6305; 11 to 20 px: 1 scale,
-    which is plain SSIM). Asking for more ``scales`` than fit raises ``ValueError``, and
-    images under 11 px raise it too. With 5 scales the result is exactly
-    ``pytorch_msssim.ms_ssim`` on the [0, 1] images with ``data_range=1``; numbers from
-    different scale counts are not comparable, so report the scale count with the number.
-    """
-    _check_image_pair(pred, target, data_range)
-    size = _check_ssim_size(pred, "MS-SSIM")
+def _check_scales(scales, size: int) -> int:
     possible = ms_ssim_scales(size)
     if scales is None:
-        scales = possible
-    elif isinstance(scales, bool) or not isinstance(scales, numbers.Integral):
+        return possible
+    if isinstance(scales, bool) or not isinstance(scales, numbers.Integral):
         raise TypeError(f"scales must be an integer in [1, {possible}] or None, got {type(scales).__name__}")
     if not 1 <= scales <= possible:
         raise ValueError(f"scales must be in [1, {possible}] for {size} px images (each halving must keep "
                          f"the {SSIM_WINDOW} px window inside), got {scales}")
-    scales = int(scales)
-    weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], dtype=torch.float64)
+    return int(scales)
+
+
+def ms_ssim_per_image(pred: torch.Tensor, target: torch.Tensor, data_range: float = 2.0,
+                      scales: int | None = None) -> torch.Tensor:
+    """Multi-scale SSIM per image, ``[B]``, differentiable and in the inputs' floating dtype.
+
+    The one MS-SSIM of facelib: :func:`ms_ssim` reports it as a number (computed in float64),
+    :func:`facelib.losses.eggan_reconstruction` trains with ``1 -`` it. Checks the inputs like
+    :func:`ms_ssim` (see there for the scales and the window).
+    """
+    _check_image_pair(pred, target, data_range)
+    scales = _check_scales(scales, _check_ssim_size(pred, "MS-SSIM"))
+    x, y = _to_unit_range(pred, data_range, dtype=None), _to_unit_range(target, data_range, dtype=None)
+    weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], dtype=x.dtype, device=x.device)
     weights = weights / weights.sum() if scales < len(MS_SSIM_WEIGHTS) else weights
-    window = _fspecial_gauss_1d(SSIM_WINDOW, SSIM_SIGMA).repeat(pred.shape[1], 1, 1, 1)
-    x, y = _to_unit_range(pred, data_range), _to_unit_range(target, data_range)
     factors = []
     for scale in range(scales):
-        ssim_per_channel, contrast_structure = _ssim(x, y, data_range=1.0, win=window)  # [B, C]
+        ssim_per_channel, contrast_structure = _ssim_terms(x, y)  # [B, C] each
         if scale < scales - 1:
-            factors.append(torch.relu(contrast_structure))
-            padding = [s % 2 for s in x.shape[2:]]
+            # Wang et al. 2003, Eq. 7: contrast-structure at the finer scales, full SSIM at the coarsest
+            factors.append(torch.relu(contrast_structure) ** weights[scale])
+            padding = [side % 2 for side in x.shape[2:]]  # odd sides: average the last row/column with a pad
             x = F.avg_pool2d(x, kernel_size=2, padding=padding)
             y = F.avg_pool2d(y, kernel_size=2, padding=padding)
-    factors.append(torch.relu(ssim_per_channel))
-    values = torch.prod(torch.stack(factors) ** weights.view(-1, 1, 1), dim=0).mean(1)  # [B]
+    factors.append(torch.relu(ssim_per_channel) ** weights[-1])
+    return torch.stack(factors).prod(dim=0).mean(1)  # [B], averaged over channels
+
+
+def ms_ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 2.0, scales: int | None = None,
+            per_image: bool = False):
+    """Multi-scale SSIM (Wang et al. 2003; EGGAN's MS-SSIM), measured on [0, 1] like :func:`ssim`.
+
+    The standard 5 scales need images of at least 161 px. Small images (facelib's default
+    64x64) use fewer scales instead of upsampling, which would invent detail, or of shrinking
+    the window, which would change what SSIM measures: the ``ms_ssim_scales(size)`` finest
+    scales, with their standard weights renormalised to sum to 1 (64 px: 3 scales, weights
+    0.0448, 0.2856, 0.3001 / 0.6305; 11 to 20 px: 1 scale, which is plain SSIM). Asking for more
+    ``scales`` than fit raises ``ValueError``, and images under 11 px raise it too. With 5 scales
+    the result is ``pytorch_msssim.ms_ssim`` on the [0, 1] images with ``data_range=1`` (the tests
+    check it); numbers from different scale counts are not comparable, so report the scale count
+    with the number. The differentiable tensor behind it is :func:`ms_ssim_per_image`.
+    """
+    _check_image_pair(pred, target, data_range)
+    values = ms_ssim_per_image(pred.double(), target.double(), data_range, scales)  # [B]
     return _reduce(values.float(), per_image)
 
 

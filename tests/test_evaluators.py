@@ -5,16 +5,13 @@ import pytest
 import torch
 
 import facelib
+from facelib.evaluation.evaluators import evaluate_au, evaluate_expression, evaluate_identity, held_out_sampler
 from facelib.models.evaluators import (
     AURegressor,
     ExpressionClassifier,
     IdentityEmbedder,
     PerceptualFeatures,
     centroid_margin_softmax,
-    evaluate_au,
-    evaluate_expression,
-    evaluate_identity,
-    held_out_sampler,
 )
 
 # A sample seed the training run never measured on: these are fresh renders of test identities.
@@ -82,10 +79,14 @@ def test_other_sizes_are_resized_with_a_warning(shipped):
 
 @pytest.mark.parametrize("model_class", [ExpressionClassifier, AURegressor, IdentityEmbedder])
 @pytest.mark.parametrize("bad, error, message", [
-    (torch.zeros(2, 1, 64, 64), ValueError, "3 channels"),
-    (torch.zeros(3, 64, 64), ValueError, r"\[B, 3, H, W\]"),
-    (torch.zeros(2, 3, 64, 64, dtype=torch.uint8), TypeError, "floating-point"),
+    (torch.zeros(2, 1, 64, 64), ValueError, r"\[B, 3, H, W\].*got shape \[2, 1, 64, 64\]"),
+    (torch.zeros(3, 64, 64), ValueError, r"\[B, 3, H, W\].*unsqueeze"),
+    (torch.zeros(2, 3, 64, 64, dtype=torch.uint8), TypeError, "float.*uint8"),
     ([[0.0]], TypeError, "torch.Tensor"),
+    (torch.zeros(0, 3, 64, 64), ValueError, "empty"),
+    (torch.full((2, 3, 64, 64), 255.0), ValueError, r"outside the accepted range \[-1, 1\]"),
+    (torch.full((2, 3, 64, 64), float("nan")), ValueError, "NaN"),
+    (torch.full((2, 3, 128, 128), float("nan")), ValueError, "NaN"),  # checked before any resize
 ])
 def test_bad_input_is_refused(model_class, bad, error, message):
     with pytest.raises(error, match=message):
@@ -102,7 +103,7 @@ def test_perceptual_features_drive_a_perceptual_loss(shipped):
     assert [m.shape[1] for m in maps] == list(features.network.config.channels)
     pred = target.clone().requires_grad_(True)
     assert float(losses.leed_perceptual(pred, target, features).detach()) == pytest.approx(0.0, abs=1e-6)
-    noisy = (target + 0.3 * torch.randn_like(target)).requires_grad_(True)
+    noisy = (target + 0.3 * torch.randn_like(target)).clamp(-1, 1).requires_grad_(True)
     loss = losses.leed_perceptual(noisy, target, features)
     loss.backward()
     assert float(loss.detach()) > 0 and noisy.grad.abs().sum() > 0

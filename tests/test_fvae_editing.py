@@ -218,3 +218,18 @@ def test_expression_latents_average_each_label_and_respect_the_limits(model):
     torch.testing.assert_close(latents["neutral"], z[:2].mean(0))
     torch.testing.assert_close(latents["happy"], z[2:4].mean(0))  # the third smile is over the limit
     torch.testing.assert_close(latents["surprised"], z[5])
+
+
+@pytest.mark.parametrize("call", [
+    lambda bad, good: optical_flow(bad, good),
+    lambda bad, good: cross_fade(bad, good, 0.5),
+    lambda bad, good: cross_fade(good, bad, 0.5),
+])
+def test_baselines_refuse_images_outside_the_conventions(call):
+    good = torch.zeros(1, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"outside the accepted range \[-1, 1\]"):
+        call(good + 255, good)
+    with pytest.raises(ValueError, match="NaN"):
+        call(torch.full_like(good, float("nan")), good)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        call(good.numpy(), good)

@@ -21,8 +21,12 @@ def test_total_variation_by_hand():
     # vertical: (2-0)^2 + (2-1)^2 + (2-3)^2 = 6; horizontal: 1 + 4 + 0 + 0 = 5
     assert losses.total_variation(x).item() == pytest.approx(11.0)
     assert losses.dftnet_flow_tv(torch.cat([x, 2 * x], 1)).item() == pytest.approx(11.0 * 5)
-    # ExprGAN's public-code normalisation: 6 / (2 * 2) + 5 / (2 * 3)
-    assert losses.exprgan_total_variation(x).item() == pytest.approx(6 / 4 + 5 / 6)
+    # ExprGAN's public-code normalisation on an RGB image in [-1, 1] (x / 3 in every channel):
+    # 3 channels * (6 / 9 / (2 * 2) + 5 / 9 / (2 * 3))
+    image = (x / 3).repeat(1, 3, 1, 1)
+    assert losses.exprgan_total_variation(image).item() == pytest.approx(3 * (6 / 9 / 4 + 5 / 9 / 6))
+    with pytest.raises(ValueError, match=r"outside the accepted range \[-1, 1\]"):
+        losses.exprgan_total_variation(x.repeat(1, 3, 1, 1))  # an image, so the range is checked
 
 
 def test_gradient_penalty_against_manual_autograd():
@@ -237,6 +241,31 @@ def test_eggan_reconstruction_is_zero_for_identical_images_and_grows_with_error(
     assert l1_only.item() == pytest.approx((noisy - image).abs().mean().item())
 
 
+@pytest.mark.parametrize("size", [16, 64, 128])
+def test_eggan_reconstruction_is_one_minus_the_reported_ms_ssim(size):
+    # One MS-SSIM: the loss's term is 1 - facelib.metrics.ms_ssim (same scales, same 11 px window);
+    # the loss used to shrink the window to keep 5 scales (3 px at 64x64) and disagree with the metric.
+    from facelib import metrics
+
+    image = torch.rand(2, 3, size, size, generator=_gen(9)) * 2 - 1
+    blurred = torch.nn.functional.avg_pool2d(image, 3, stride=1, padding=1, count_include_pad=False)
+    reconstructed = blurred.clone().requires_grad_(True)
+    term = losses.eggan_reconstruction(reconstructed, image, l1_weight=0.0)
+    assert term.item() == pytest.approx(1 - metrics.ms_ssim(blurred, image), abs=1e-5)
+    term.backward()
+    assert reconstructed.grad is not None and torch.isfinite(reconstructed.grad).all()
+    assert reconstructed.grad.abs().sum() > 0
+
+
+def test_eggan_reconstruction_gradient_is_finite_for_anticorrelated_images():
+    # negative contrast-structure factors are cut to 0 before the power (relu(cs) ** w, whose
+    # derivative at 0 is infinite): training on such a pair must still get finite gradients
+    image = torch.rand(1, 3, 32, 32, generator=_gen(10)) * 2 - 1
+    reconstructed = (-image).clone().requires_grad_(True)
+    losses.eggan_reconstruction(reconstructed, image).backward()
+    assert torch.isfinite(reconstructed.grad).all()
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -257,8 +286,12 @@ def test_eggan_reconstruction_is_zero_for_identical_images_and_grows_with_error(
          "beta"),
         (lambda: losses.eggan_au_intensity(torch.zeros(2, 17, 5), torch.zeros(2, 17)), ValueError, "levels + 1"),
         (lambda: losses.eggan_identity(torch.zeros(2, 4), torch.zeros(2)), ValueError, "long"),
-        (lambda: losses.eggan_reconstruction(torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32)), ValueError,
-         "larger than 32x32"),
+        (lambda: losses.eggan_reconstruction(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8)), ValueError,
+         "at least 11x11"),
+        (lambda: losses.eggan_reconstruction(torch.zeros(1, 3, 16, 16), 255 * torch.ones(1, 3, 16, 16)), ValueError,
+         "outside the accepted range"),
+        (lambda: losses.fvae_confidence_label(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4))[0], ValueError,
+         "unsqueeze"),
         (lambda: losses.eggan_perceptual(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4),
                                          _two_layer_features, layer=2), ValueError, "2 layers"),
         (lambda: losses.leed_perceptual(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), "vgg"), TypeError,

@@ -263,7 +263,7 @@ def test_images_without_pixels_get_a_value_error(shape):
     # used to crash with a bare RuntimeError from x.min() on an empty tensor
     empty = torch.zeros(shape)
     for function in (metrics.psnr, metrics.ssim, metrics.ms_ssim):
-        with pytest.raises(ValueError, match="has no pixels"):
+        with pytest.raises(ValueError, match=r"is empty .*at least 1x1"):
             function(empty, empty)
 
 
@@ -308,9 +308,9 @@ def test_bad_input_gets_clear_errors():
         metrics.ssim(x * 255, x)
     with pytest.raises(ValueError, match="NaN"):
         metrics.psnr(x.clone().fill_(float("nan")), x)
-    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+    with pytest.raises(ValueError, match=r"\[B, 1\|3, H, W\].*unsqueeze"):
         metrics.psnr(x[0], x[0])
-    with pytest.raises(TypeError, match="float tensor"):
+    with pytest.raises(TypeError, match="float torch.Tensor.*int64"):
         metrics.psnr((x > 0).long(), (x > 0).long())
     with pytest.raises(ValueError, match="mask must be"):
         metrics.psnr(x, x, mask=torch.ones(2, 1, 16, 16))

@@ -36,13 +36,6 @@ from facelib.warp import warp
 __all__ = ["AverageFlow", "AverageFlowConfig", "AverageFlowEditor", "load_average_flow_editor", "optical_flow", "cross_fade", "mesh_morph", "optical_flow_morph"]
 
 
-def _check_images(images: torch.Tensor, name: str) -> None:
-    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
-        raise TypeError(f"{name} must be a float torch.Tensor [B, 3, H, W] in [-1, 1], got {type(images).__name__}")
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"{name} must have shape [B, 3, H, W], got {list(images.shape)}")
-
-
 def _check_same(a: torch.Tensor, b: torch.Tensor, names: str) -> None:
     if a.shape != b.shape:
         raise ValueError(f"{names} must have the same shape, got {list(a.shape)} and {list(b.shape)}")
@@ -179,8 +172,8 @@ def optical_flow(source: torch.Tensor, target: torch.Tensor, method: str = "dis"
     ``upscale`` enlarges the images before estimation and scales the flow back; the default
     (DIS 2x, Farneback 1x) was the most accurate on a known sub-pixel shift of a 64x64 image.
     """
-    _check_images(source, "source")
-    _check_images(target, "target")
+    check_images(source, "source")
+    check_images(target, "target")
     _check_same(source, target, "source and target")
     if method not in ("dis", "farneback"):
         raise ValueError(f"unknown optical flow method {method!r}; use 'dis' or 'farneback'")
@@ -205,6 +198,8 @@ def optical_flow(source: torch.Tensor, target: torch.Tensor, method: str = "dis"
 
 def cross_fade(image1: torch.Tensor, image2: torch.Tensor, t: float) -> torch.Tensor:
     """Pixel-wise blend ``(1 - t) * image1 + t * image2``."""
+    check_images(image1, "image1")
+    check_images(image2, "image2")
     _check_same(image1, image2, "image1 and image2")
     return (1 - t) * image1 + t * image2
 
@@ -244,7 +239,8 @@ def mesh_morph(
     returns them). The landmarks move linearly to ``(1 - t) L1 + t L2``; both images are warped
     piecewise-affinely onto that shape and cross-dissolved. Returns ``[B, 3, H, W]``.
     """
-    _check_images(image1, "image1")
+    check_images(image1, "image1")
+    check_images(image2, "image2")
     _check_same(image1, image2, "image1 and image2")
     if landmarks1.shape != landmarks2.shape or landmarks1.dim() != 3 or landmarks1.shape[-1] != 2:
         raise ValueError(

@@ -19,21 +19,25 @@ All three share one trunk (:class:`ConvTrunk`: a stride-1 stem and four
 residual stages that halve the resolution) and one feature layer (the last
 4x4 map flattened into a fully connected layer of ``feature_dim`` units: faces
 are aligned, so where a pattern sits matters); each adds its own linear head.
-Inputs are ``[B, 3, H, W]`` in ``[-1, 1]``; the networks are trained at
-``config.image_size`` (64). Another size is resized (bilinear, antialiased) to
-``image_size`` with a warning, because the features are scale-dependent: a
-128x128 face must look to the network like the 64x64 faces it learned on.
+Inputs are ``[B, 3, H, W]`` in ``[-1, 1]`` (checked by
+:func:`facelib.conventions.check_images`); the networks are trained at
+``config.image_size`` (64). Another size is still accepted: it is resized to
+``image_size`` (area averaging to shrink, bilinear to enlarge) with a warning,
+because the features are scale-dependent: a 128x128 face must look to the
+network like the 64x64 faces it learned on. Measuring instruments are called
+on every size the papers use, so they resize rather than refuse; a model's own
+input (FVAE) refuses instead.
 
-Training (:func:`train_recipe`, run by ``python -m facelib train evaluators``)
-draws faces from a :class:`RenderPool` that renders fresh faces every step
+Training (``facelib.train.evaluators``, run by ``python -m facelib train evaluators``)
+draws faces from a ``RenderPool`` that renders fresh faces every step
 (unlimited data; the pool only keeps the renderer from setting the pace),
 mixing every preset's conditions: studio faces (frontal or RaFD's yaw steps,
 fixed light, plain background) and faces in the wild (any yaw within +-45
 degrees, random light and background), sensor noise, emotion prototypes with
 per-identity idiosyncrasy and random AU combinations, on identities of the
 training split only. The identity embedder's threshold is chosen on validation
-identities; the held-out figures (:func:`evaluate_evaluators`) come from test
-identities. ``benchmarks/eval_evaluators.py`` prints them in detail.
+identities; the held-out figures (:func:`facelib.evaluation.evaluators.evaluate_evaluators`)
+come from test identities. ``benchmarks/eval_evaluators.py`` prints them in detail.
 """
 from __future__ import annotations
 
@@ -43,87 +47,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from ..conventions import AU_MAX, EXPRESSIONS, NUM_AUS
-
-
-# --------------------------------------------------------------------------- input checks
-
-
-def check_images(x: Tensor, image_size: int, who: str) -> Tensor:
-    """Validate ``[B, 3, H, W]`` float images and resize them to ``image_size`` if needed."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{who} expects a torch.Tensor of images [B, 3, H, W] in [-1, 1], got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{who} expects floating-point images in [-1, 1], got dtype {x.dtype}")
-    if x.ndim != 4:
-        raise ValueError(f"{who} expects a batch of images [B, 3, H, W], got a tensor of shape {tuple(x.shape)}")
-    if x.shape[1] != 3:
-        raise ValueError(
-            f"{who} expects RGB images with 3 channels [B, 3, H, W], got {x.shape[1]} channels (shape {tuple(x.shape)})"
-        )
-    if x.shape[0] == 0:
-        raise ValueError(f"{who} got an empty batch (shape {tuple(x.shape)}); pass at least one image")
-    if x.shape[-2:] != (image_size, image_size):
-        warnings.warn(
-            f"{who} was trained on {image_size}x{image_size} images; resizing {x.shape[-2]}x{x.shape[-1]} input "
-            f"to {image_size}x{image_size}",
-            stacklevel=3,
-        )
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
-    return x
-
-
-# --------------------------------------------------------------------------- shared trunk
-
-
-class ResidualStage(nn.Module):
-    """Halve the resolution with a stride-2 conv, then one residual 3x3 conv."""
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__()
-        self.down = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
-        self.conv = nn.Sequential(
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.down(x)  # [B, C_out, H/2, W/2]
-        return F.relu(x + self.conv(x))
-
-
-class ConvTrunk(nn.Module):
-    """Stem at full resolution plus one :class:`ResidualStage` per entry of ``channels[1:]``."""
-
-    def __init__(self, channels: tuple[int, ...]):
-        super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, channels[0], 3, padding=1, bias=False),
-            nn.BatchNorm2d(channels[0]),
-            nn.ReLU(inplace=True),
-        )
-        self.stages = nn.ModuleList(
-            ResidualStage(c_in, c_out) for c_in, c_out in zip(channels[:-1], channels[1:])
-        )
-
-    def feature_maps(self, x: Tensor) -> list[Tensor]:
-        """Feature maps after the stem and after every stage: ``[B, C_i, H / 2**i, W / 2**i]``."""
-        maps = [self.stem(x)]
-        for stage in self.stages:
-            maps.append(stage(maps[-1]))
-        return maps
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.stem(x)
-        for stage in self.stages:
-            h = stage(h)
-        return h  # [B, C_last, H / 2**stages, W / 2**stages]
+from ..conventions import AU_MAX, EXPRESSIONS, NUM_AUS, check_images
+from .blocks import ConvTrunk
 
 
 class Evaluator(nn.Module):
@@ -146,13 +72,21 @@ class Evaluator(nn.Module):
             nn.ReLU(inplace=True),
         )
 
+    def _input(self, x: Tensor) -> Tensor:
+        """Check ``x`` and bring it to the training size; another size is resized with a warning."""
+        who, size = type(self).__name__, self.config.image_size
+        resized = check_images(x, f"{who} input", size=size, resize=True)
+        if resized is not x:
+            warnings.warn(f"{who} was trained on {size}x{size} images; resizing {x.shape[-2]}x{x.shape[-1]} "
+                          f"input to {size}x{size}", stacklevel=3)
+        return resized
+
     def _features(self, x: Tensor) -> Tensor:
-        x = check_images(x, self.config.image_size, type(self).__name__)
-        return self.feature_layer(self.trunk(x))  # [B, feature_dim]
+        return self.feature_layer(self.trunk(self._input(x)))  # [B, feature_dim]
 
     def feature_maps(self, x: Tensor) -> list[Tensor]:
         """Trunk feature maps at every depth (see :class:`PerceptualFeatures`)."""
-        return self.trunk.feature_maps(check_images(x, self.config.image_size, type(self).__name__))
+        return self.trunk.feature_maps(self._input(x))
 
 
 # --------------------------------------------------------------------------- the three evaluators
@@ -301,7 +235,7 @@ class FaceSampler:
     anywhere in +-45 degrees), light, background and sensor noise; expressions are
     emotion prototypes with per-identity idiosyncrasy (RaFD, Multi-PIE, Oulu) or
     random AU combinations (EmotioNet). Training samples the identities of the
-    training split; :func:`evaluate_evaluators` those of the test split.
+    training split; :func:`facelib.evaluation.evaluators.evaluate_evaluators` those of the test split.
     """
 
     def __init__(self, identities: Tensor, size: int = 64, generator: torch.Generator | None = None):
@@ -424,91 +358,3 @@ def centroid_margin_softmax(embeddings: Tensor, views: int, scale: float = 16.0,
     own = (e * own_centroids).sum(dim=-1).reshape(-1)  # [P*V]
     cosine = cosine.scatter(1, labels[:, None], (own - margin)[:, None])
     return F.cross_entropy(scale * cosine, labels)
-
-
-# --------------------------------------------------------------------------- held-out evaluation
-
-
-def _batched(fn, n: int, batch_size: int) -> list:
-    return [fn(min(batch_size, n - start)) for start in range(0, n, batch_size)]
-
-
-@torch.no_grad()
-def evaluate_expression(model: ExpressionClassifier, sampler: FaceSampler, n: int = 1000,
-                        min_intensity: float = 2.0, batch_size: int = 250) -> dict[str, float]:
-    """Accuracy over all expressions at intensity >= ``min_intensity`` (neutral included)."""
-    device = next(model.parameters()).device
-    correct = 0
-    for batch in _batched(lambda k: sampler.expression_batch(k, min_intensity), n, batch_size):
-        correct += int((model(batch["image"].to(device)).argmax(1).cpu() == batch["emotion"]).sum())
-    return {"accuracy": correct / n}
-
-
-@torch.no_grad()
-def evaluate_au(model: AURegressor, sampler: FaceSampler, n: int = 1000, batch_size: int = 250) -> dict[str, float]:
-    """Mean absolute error (0-5 scale) and mean Pearson correlation over the 17 AUs."""
-    from ..metrics import au_mse_pcc
-
-    device = next(model.parameters()).device
-    preds, targets = [], []
-    for batch in _batched(sampler.au_batch, n, batch_size):
-        preds.append(model(batch["image"].to(device)).cpu())
-        targets.append(batch["aus"])
-    pred, target = torch.cat(preds), torch.cat(targets)
-    table = au_mse_pcc(pred, target)  # rows AU1 ... AU45, Avg
-    per_au_mae = (pred - target).abs().mean(0)  # [17]
-    return {
-        "mae": float(per_au_mae.mean()),
-        "worst_au_mae": float(per_au_mae.max()),
-        "mean_pcc": float(table.loc["Avg", "PCC"]),
-        "worst_au_pcc": float(table["PCC"].iloc[:-1].min()),
-    }
-
-
-@torch.no_grad()
-def pair_embeddings(model: IdentityEmbedder, sampler: FaceSampler, n: int, batch_size: int = 250):
-    """Embeddings of ``n`` balanced verification pairs: ``(a [n, D], b [n, D], same [n])``."""
-    device = next(model.parameters()).device
-    a, b, same = [], [], []
-    for batch in _batched(sampler.verification_pairs, n, batch_size):
-        a.append(model(batch["a"].to(device)).cpu())
-        b.append(model(batch["b"].to(device)).cpu())
-        same.append(batch["same"])
-    return torch.cat(a), torch.cat(b), torch.cat(same)
-
-
-def evaluate_identity(model: IdentityEmbedder, sampler: FaceSampler, n: int = 1000,
-                      batch_size: int = 250) -> dict[str, float]:
-    """Verification accuracy at ``model.config.verification_threshold`` on balanced pairs."""
-    from ..metrics import verification_accuracy
-
-    a, b, same = pair_embeddings(model, sampler, n, batch_size)
-    return {"verification_accuracy": verification_accuracy(a, b, same, threshold=model.config.verification_threshold)}
-
-
-def split_identities(split: str) -> Tensor:
-    """Every identity of ``split`` ("train", "val" or "test") over all SynthFaces presets."""
-    from ..data.presets import PRESETS
-
-    return torch.cat([torch.tensor(preset.identity_range(split)) for preset in PRESETS.values()])
-
-
-def held_out_sampler(split: str = "test", seed: int = 0, size: int = 64) -> FaceSampler:
-    """A deterministic sampler of fresh renders of ``split`` identities."""
-    return FaceSampler(split_identities(split), size, torch.Generator().manual_seed(seed))
-
-
-def evaluate_evaluators(expression: ExpressionClassifier | None = None, au: AURegressor | None = None,
-                        identity: IdentityEmbedder | None = None, *, split: str = "test", n: int = 1000,
-                        seed: int = 0) -> dict[str, dict[str, float]]:
-    """Held-out figures of the given evaluators on ``n`` fresh renders (pairs) of ``split`` identities."""
-    results = {}
-    if expression is not None:
-        results["expression_classifier"] = evaluate_expression(expression.eval(), held_out_sampler(split, seed), n)
-    if au is not None:
-        results["au_regressor"] = evaluate_au(au.eval(), held_out_sampler(split, seed + 1), n)
-    if identity is not None:
-        results["identity_embedder"] = evaluate_identity(identity.eval(), held_out_sampler(split, seed + 2), n)
-    return results
-
-

@@ -45,11 +45,11 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from facelib.conventions import check_images
 from facelib.editors import Editor, EditResult, Target
+from facelib.models.blocks import ConvEncoder, SkipDecoder, init_truncated_normal
 from facelib.warp import upsample_flow, warp
 
 __all__ = [
@@ -107,76 +107,17 @@ class FVAEConfig:
         return [min(self.base_channels * 2**i, self.max_channels) for i in range(self.num_stages)]
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int, kernel: int, stride: int) -> nn.Sequential:
-    """Conv + batch norm + ReLU: every layer except the output one (Sec. 5.3)."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
-
-
-def _init_weights(module: nn.Module) -> None:
-    """Sec. 5.3: all weights from a truncated Gaussian with standard deviation 0.01."""
-    for layer in module.modules():
-        if isinstance(layer, nn.Conv2d):
-            nn.init.trunc_normal_(layer.weight, std=0.01, a=-0.02, b=0.02)
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
-
-
-class ConvEncoder(nn.Module):
-    """Stride-2 convolutions, channels doubling as the size halves (DCGAN style, Sec. 5.3).
-
-    Returns the feature map of every stage, finest first, so the decoder can concatenate them.
-    The first layer is 5x5, the others 3x3 (Sec. 5.3).
-    """
-
-    def __init__(self, config: FVAEConfig):
-        super().__init__()
-        channels = config.stage_channels()
-        layers, in_channels = [], 3
-        for i, out_channels in enumerate(channels):
-            layers.append(_conv_bn_relu(in_channels, out_channels, 5 if i == 0 else 3, stride=2))
-            in_channels = out_channels
-        self.stages = nn.ModuleList(layers)
-
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        features, x = [], images
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)  # [B, C_i, H / 2^(i+1), W / 2^(i+1)]
-        return features
-
-
-class SkipDecoder(nn.Module):
-    """g(S, Z): from the latent block up to full resolution by nearest upsampling + 3x3 conv,
-    concatenating the source features of the same size at every scale (Fig. 3's blue arrows).
-
-    The last layer is a 5x5 convolution to ``out_channels`` without batch norm or ReLU (Sec. 5.3);
-    the caller applies its own output nonlinearity.
-    """
-
-    def __init__(self, config: FVAEConfig, out_channels: int):
-        super().__init__()
-        enc = config.stage_channels()  # source feature channels, finest first
-        self.bottom = _conv_bn_relu(config.latent_channels + enc[-1], enc[-1], 3, stride=1)
-        ups, in_channels = [], enc[-1]
-        # Upsample from the latent size to image_size / 2, concatenating source features on the way.
-        for skip_channels, out in zip(enc[-2::-1], enc[-2::-1]):
-            ups.append(_conv_bn_relu(in_channels + skip_channels, out, 3, stride=1))
-            in_channels = out
-        self.ups = nn.ModuleList(ups)
-        # The final upsample to full size meets the source image itself.
-        self.head = nn.Conv2d(in_channels + 3, out_channels, 5, padding=2)
-
-    def forward(self, source: torch.Tensor, source_features: list[torch.Tensor], z: torch.Tensor) -> torch.Tensor:
-        x = self.bottom(torch.cat([z, source_features[-1]], dim=1))  # [B, C, 4, 4]
-        for up, skip in zip(self.ups, source_features[-2::-1]):
-            x = F.interpolate(x, scale_factor=2, mode="nearest")
-            x = up(torch.cat([x, skip], dim=1))
-        x = F.interpolate(x, scale_factor=2, mode="nearest")
-        return self.head(torch.cat([x, source], dim=1))  # [B, out_channels, H, W]
+def check_images(images: torch.Tensor, size: int, name: str = "images") -> None:
+    """Raise a clear error unless ``images`` is a float ``[B, 3, size, size]`` tensor."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor [B, 3, {size}, {size}], got {type(images).__name__}")
+    if not images.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor in [-1, 1], got dtype {images.dtype}")
+    if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (size, size):
+        raise ValueError(
+            f"{name} must have shape [B, 3, {size}, {size}] for this model, got {list(images.shape)}; "
+            "resize it (facelib.edit resizes with a warning) or build a model with a matching FVAEConfig.image_size"
+        )
 
 
 class _LatentVariableModel(nn.Module):
@@ -188,11 +129,12 @@ class _LatentVariableModel(nn.Module):
     def __init__(self, config: FVAEConfig | None = None):
         super().__init__()
         self.config = config if config is not None else FVAEConfig()
-        self.target_encoder = ConvEncoder(self.config)
-        self.to_latent = nn.Conv2d(self.config.stage_channels()[-1], 2 * self.config.latent_channels, 3, padding=1)
-        self.source_encoder = ConvEncoder(self.config)
-        self.decoder = SkipDecoder(self.config, self.out_channels)
-        _init_weights(self)
+        stages = self.config.stage_channels()
+        self.target_encoder = ConvEncoder(stages)
+        self.to_latent = nn.Conv2d(stages[-1], 2 * self.config.latent_channels, 3, padding=1)
+        self.source_encoder = ConvEncoder(stages)
+        self.decoder = SkipDecoder(stages, self.config.latent_channels, self.out_channels)
+        init_truncated_normal(self)  # Sec. 5.3: truncated Gaussian, std 0.01
         # Departure from Sec. 5.3's init: the output layer starts at zero, so the FVAE starts from the
         # identity warp (and the pixel VAE from grey) instead of a random flow of several pixels.
         nn.init.zeros_(self.decoder.head.weight)
@@ -279,9 +221,9 @@ class ConfidenceNet(nn.Module):
     def __init__(self, config: FVAEConfig | None = None):
         super().__init__()
         self.config = config if config is not None else FVAEConfig()
-        self.source_encoder = ConvEncoder(self.config)
-        self.decoder = SkipDecoder(self.config, 1)
-        _init_weights(self)
+        self.source_encoder = ConvEncoder(self.config.stage_channels())
+        self.decoder = SkipDecoder(self.config.stage_channels(), self.config.latent_channels, 1)
+        init_truncated_normal(self)  # Sec. 5.3: truncated Gaussian, std 0.01
 
     def forward(self, source: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         check_images(source, "source", size=self.config.image_size)

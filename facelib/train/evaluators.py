@@ -9,9 +9,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from facelib.conventions import AU_MAX
+from facelib.evaluation.evaluators import evaluate_evaluators, held_out_sampler, pair_embeddings, split_identities
 from facelib.models.evaluators import (
     AURegressor, Evaluator, ExpressionClassifier, FaceSampler, IdentityEmbedder, centroid_margin_softmax,
-    evaluate_evaluators, held_out_sampler, pair_embeddings, split_identities,
 )
 from facelib.train.trainer import TrainingTask
 
