@@ -113,7 +113,7 @@ def test_wrong_size_range_or_shape_raise_a_value_error_and_nothing_is_resized(ed
     images = faces(size, 1)["image"]
     with pytest.raises(ValueError, match=f"but {size}x{size} is accepted.*accepts"):
         editor.edit(faces(size * 2, 1)["image"], target)
-    with pytest.raises(ValueError, match=r"outside \[-1, 1\]"):
+    with pytest.raises(ValueError, match=r"outside the accepted range \[-1, 1\]"):
         editor.edit(images * 2.5, target)
     with pytest.raises(ValueError, match=r"got shape \[3, "):
         editor.edit(images[0], target)

@@ -43,7 +43,7 @@ def test_bad_configs_and_images_are_refused():
     with pytest.raises(ValueError, match="max_flow"):
         FVAEConfig(max_flow=0.0)
     fvae = FVAE(SMALL)
-    with pytest.raises(ValueError, match=r"\[B, 3, 32, 32\].*got \[1, 3, 64, 64\]"):
+    with pytest.raises(ValueError, match="target are 64x64, but 32x32 is accepted here"):
         fvae.encode(torch.zeros(1, 3, 64, 64))
     with pytest.raises(TypeError, match="float"):
         fvae.encode(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))

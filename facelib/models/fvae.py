@@ -107,19 +107,6 @@ class FVAEConfig:
         return [min(self.base_channels * 2**i, self.max_channels) for i in range(self.num_stages)]
 
 
-def check_images(images: torch.Tensor, size: int, name: str = "images") -> None:
-    """Raise a clear error unless ``images`` is a float ``[B, 3, size, size]`` tensor."""
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor [B, 3, {size}, {size}], got {type(images).__name__}")
-    if not images.is_floating_point():
-        raise TypeError(f"{name} must be a float tensor in [-1, 1], got dtype {images.dtype}")
-    if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (size, size):
-        raise ValueError(
-            f"{name} must have shape [B, 3, {size}, {size}] for this model, got {list(images.shape)}; "
-            "resize it (facelib.edit resizes with a warning) or build a model with a matching FVAEConfig.image_size"
-        )
-
-
 class _LatentVariableModel(nn.Module):
     """Shared encoder f(T), Eq. 2 and decoder g(S, Z) of the FVAE and the pixel VAE."""
 
