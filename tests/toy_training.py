@@ -148,16 +148,23 @@ class ToyCritic(nn.Module):
         return self.score(features), self.classes(features)
 
 
+class Killed(Exception):
+    """Stands for a run killed mid-training (``ToyGAN(kill_at=...)``)."""
+
+
 class ToyGAN(GANTask):
     """A conditional WGAN-GP (StarGAN-like): move each image to the other class.
 
     Records what the tests check: ``generator_updates`` (the steps that updated the generator),
     ``lrs`` (each step's learning rates) and ``reported`` (each step's logged values).
+    ``kill_at``: raise ``Killed`` on reaching that step (a run interrupted with the same ``steps``,
+    hence the same LR schedule; shortening ``steps`` would change the schedule).
     """
 
-    def __init__(self, dataset_size: int = 32, **schedule):
+    def __init__(self, dataset_size: int = 32, kill_at: int | None = None, **schedule):
         super().__init__(**schedule)
         self.dataset = ToyImages(dataset_size)
+        self.kill_at = kill_at
         self.generator_updates: list[int] = []
         self.lrs: list[tuple[float, float]] = []
         self.reported: list[dict[str, float]] = []
@@ -166,6 +173,8 @@ class ToyGAN(GANTask):
         return ToyGenerator().to(device), ToyCritic().to(device)
 
     def training_step(self, batch, step):
+        if step == self.kill_at:
+            raise Killed(step)
         self.lrs.append((self.optimizers["generator"].param_groups[0]["lr"],
                          self.optimizers["critic"].param_groups[0]["lr"]))
         logs = super().training_step(batch, step)
@@ -233,7 +242,12 @@ def gan_main(out: Path, steps: int, options: dict) -> None:
     """Train the toy GAN on 2 ranks, straight and cut in two; report both players' digests."""
     straight = ToyGAN(n_critic=2)
     Trainer(straight, steps=steps, out_dir=out / "straight", **options).fit()
-    Trainer(ToyGAN(n_critic=2), steps=steps // 2 + 1, out_dir=out / "resumed", **options).fit()
+    interrupted = steps // 2 + 1  # inside an n_critic cycle
+    try:
+        Trainer(ToyGAN(n_critic=2, kill_at=interrupted), steps=steps, out_dir=out / "resumed",
+                checkpoint_every=interrupted, **options).fit()
+    except Killed:
+        pass
     resumed = ToyGAN(n_critic=2)
     Trainer(resumed, steps=steps, out_dir=out / "resumed", resume=True, **options).fit()
     report = {"rank": straight.rank, "world_size": straight.world_size,

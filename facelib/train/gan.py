@@ -3,7 +3,8 @@
 ``GANTask`` does StarGAN's and GANimation's schedule (WGAN-GP, Gulrajani et al. 2017): every
 training step updates the critic once, and every ``n_critic``-th step (steps ``n_critic - 1``,
 ``2 n_critic - 1``, ... counted from 0) also the generator, with one Adam optimiser per player
-whose learning rate decays linearly to 0 over the last ``decay_steps`` steps. A paper's task
+whose learning rate decays linearly to 0 over the last ``decay_steps`` of the Trainer's
+``steps`` (so resume a run with the ``steps`` it started with). A paper's task
 subclasses it and provides the networks and the two objectives::
 
     import torch
@@ -55,14 +56,18 @@ critic's WGAN-GP loss from ``facelib.losses``), ``lr_factor(step)``.
 
 DDP (``torchrun``): call the players through ``self.modules[...]`` once per backward: the critic
 step's single forward is ``critic_outputs`` on real and fake concatenated, with the generator
-under ``torch.no_grad()``; the gradient penalty's own forward (and its double backward) goes
-through the plain critic, ``self.unwrap("critic")``, because a second forward through the DDP
-wrapper before one backward is not supported. Its parameter gradients reach the same
-accumulators before the wrapper's all-reduce hook runs, so every rank still applies the same
-averaged gradient (``tests/test_gan_task.py`` checks both players stay identical across 2 ranks).
+under ``torch.no_grad()``. The gradient penalty's own forward and ``torch.autograd.grad`` go
+through the plain critic, ``self.unwrap("critic")``: DDP's documentation says the wrapper does
+not work with ``torch.autograd.grad``. That is safe because the penalty is summed with the
+scores of the wrapper's forward into one loss: one backward brings both contributions to each
+parameter's gradient before the wrapper's all-reduce hook fires. (A penalty-only loss, as in a
+lazy R1 step, would need a wrapper forward in it for DDP to all-reduce at all.)
+``tests/test_gan_task.py`` checks that both players stay identical on 2 ranks fed different data.
 """
 from __future__ import annotations
 
+import re
+import warnings
 from typing import Any
 
 import torch
@@ -151,8 +156,12 @@ class GANTask(TrainingTask):
                 raise ValueError(f"{type(self).__name__}: critic_losses and generator_losses both return {shared}; "
                                  "give each logged value its own name")
             logs.update(generator_logs)
-        for scheduler in self.schedulers.values():  # by training step, for both players (StarGAN)
-            scheduler.step()
+        with warnings.catch_warnings():
+            # The rates follow the training step for both players (StarGAN), so the generator's
+            # scheduler also steps on steps without a generator update (torch warns about that).
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
+            for scheduler in self.schedulers.values():
+                scheduler.step()
         return logs
 
     def critic_step(self, batch, step) -> dict[str, torch.Tensor]:
