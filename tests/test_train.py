@@ -153,6 +153,11 @@ def test_early_stopping_options_are_checked(tmp_path):
     assert highest.best_step == values.idxmax() and highest.best_value == values.max()
     with pytest.raises(ValueError, match="monitored 'val_loss' \\(max\\), this run monitors 'val_loss' \\(min\\)"):
         early_stopping_run(tmp_path / "max", 26, resume=True)
+    # A checkpoint written without early stopping resumes with it: the best is sought from there on.
+    early_stopping_run(tmp_path / "older", 16, early_stopping=None)
+    with pytest.warns(UserWarning, match="step_00000016 holds no early-stopping state"):
+        _, later = early_stopping_run(tmp_path / "older", 24, resume=True)
+    assert later.best_step in (18, 20, 22, 24)
 
 
 def test_losses_reported_on_some_steps_are_averaged_over_those_steps(tmp_path):

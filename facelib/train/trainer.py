@@ -659,6 +659,11 @@ class Trainer:
         metadata = read_metadata(stem)
         if metadata.get("format") != TRAINING_STATE_FORMAT:
             raise ValueError(f"{stem} is not a training checkpoint (format {metadata.get('format')!r})")
+        stored = metadata.get("stateful")
+        if EARLY_STOPPING_STATE in stateful and isinstance(stored, dict) and EARLY_STOPPING_STATE not in stored:
+            warnings.warn(f"{stem.name} holds no early-stopping state (written without early stopping, or by an "
+                          "older facelib); the best is sought from the resumed step on", stacklevel=3)
+            stateful = {name: obj for name, obj in stateful.items() if name != EARLY_STOPPING_STATE}
         state = load_training_state(stem, modules, optimizers, stateful=stateful, restore_rng=self.rank == 0)
         extra = state["extra"]
         for key, now in (("seed", self.seed), ("batch_size", self.batch_size), ("world_size", self.world_size)):
