@@ -63,6 +63,8 @@ scores of the wrapper's forward into one loss: one backward brings both contribu
 parameter's gradient before the wrapper's all-reduce hook fires. (A penalty-only loss, as in a
 lazy R1 step, would need a wrapper forward in it for DDP to all-reduce at all.)
 ``tests/test_gan_task.py`` checks that both players stay identical on 2 ranks fed different data.
+A network with a head that one of the two steps leaves unused needs
+``Trainer(..., ddp_kwargs={"find_unused_parameters": True})``.
 """
 from __future__ import annotations
 

@@ -68,7 +68,8 @@ Public API
 
 DDP notes for tasks: forward a module through ``self.modules[...]`` once per backward; run
 forwards whose gradients you do not need (e.g. the generator during a discriminator step)
-under ``torch.no_grad()``; concatenate real and fake batches into one discriminator forward.
+under ``torch.no_grad()``; concatenate real and fake batches into one discriminator forward;
+a gradient penalty goes through the plain module (see :mod:`facelib.train.gan`, which does all this).
 
 ``Trainer(task, *, steps, batch_size, seed=0, out_dir, device="auto", log_every=10,
 checkpoint_every=0, validate_every=0, keep_checkpoints=2, num_workers=None, resume=False,
