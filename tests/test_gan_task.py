@@ -99,6 +99,8 @@ def test_both_players_are_logged_and_generator_losses_average_over_generator_ste
 def test_bad_schedules_and_shared_names_are_refused(tmp_path):
     with pytest.raises(ValueError, match="n_critic must be an int >= 1"):
         ToyGAN(n_critic=0)
+    with pytest.raises(ValueError, match=r"lr must be a positive number or \(generator_lr, critic_lr\), got -0.1"):
+        ToyGAN(lr=-0.1)
     with pytest.raises(ValueError, match="decay_steps=20 is more than the run's 10 steps"):
         run(tmp_path / "long", 10, decay_steps=20)
 

@@ -102,7 +102,10 @@ class GANTask(TrainingTask):
         if decay_steps is not None and (not isinstance(decay_steps, int) or decay_steps < 0):
             raise ValueError(f"GANTask: decay_steps must be an int >= 0 or None (the second half), got {decay_steps!r}")
         self.n_critic, self.betas, self.decay_steps, self.gp_weight = n_critic, tuple(betas), decay_steps, gp_weight
-        self.generator_lr, self.critic_lr = (lr, lr) if isinstance(lr, (int, float)) else lr
+        rates = (lr, lr) if isinstance(lr, (int, float)) else tuple(lr) if isinstance(lr, (tuple, list)) else ()
+        if len(rates) != 2 or not all(isinstance(r, (int, float)) and r > 0 for r in rates):
+            raise ValueError(f"GANTask: lr must be a positive number or (generator_lr, critic_lr), got {lr!r}")
+        self.generator_lr, self.critic_lr = rates
         self.schedulers: dict[str, torch.optim.lr_scheduler.LambdaLR] = {}
 
     # -- what a paper's task provides ----------------------------------------------------------
