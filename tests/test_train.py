@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
 import runpy
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,11 +13,11 @@ import torch
 from facelib import recipes
 from facelib.checkpoint import checkpoint_files, load_model, read_manifest, sha256_file
 from facelib.cli import main as cli_main
-from facelib.train import Trainer, batch_indices, latest_checkpoint, read_log
-from toy_training import ToyAutoencoder, ToyTask, parameter_digest, toy_recipe
+from facelib.train import EarlyStopping, Trainer, batch_indices, latest_checkpoint, read_log
+from facelib.train import trainer as trainer_module
+from toy_training import ShrinkingTargetTask, ToyAutoencoder, ToyTask, parameter_digest, toy_recipe, torchrun
 
 torch.set_num_threads(1)
-TESTS = Path(__file__).resolve().parent
 
 
 def run(out_dir, steps, resume_from=None, **options):
@@ -89,6 +87,106 @@ def test_validation_is_logged_and_does_not_change_training(tmp_path):
     assert (train_log["seconds"].diff().dropna() >= 0).all() and train_log["loss"].notna().all()
 
 
+def early_stopping_run(out_dir, steps, task_class=ShrinkingTargetTask, **options):
+    """24 steps validated every 2: ShrinkingTargetTask's best validation is step 14."""
+    task = task_class()
+    options = {"batch_size": 4, "seed": 0, "log_every": 2, "validate_every": 2, "progress": False,
+               "early_stopping": "val_loss", **options}
+    return task, Trainer(task, steps=steps, out_dir=out_dir, **options).fit()
+
+
+def test_early_stopping_ships_the_same_best_weights_after_a_resume(tmp_path):
+    straight, straight_fit = early_stopping_run(tmp_path / "straight", 24)
+    assert 2 < straight_fit.best_step < 16  # inside the run, before the interruption below
+    values = read_log(tmp_path / "straight", kind="val").set_index("step")["val_loss"]
+    assert straight_fit.best_value == values.min() and values.idxmin() == straight_fit.best_step
+    early_stopping_run(tmp_path / "resumed", 16)  # interrupted after the best step
+    resumed, resumed_fit = early_stopping_run(tmp_path / "resumed", 24, resume=True)
+    assert resumed_fit.first_step == 16 and resumed.validated == [18, 20, 22, 24]
+    assert (resumed_fit.best_step, resumed_fit.best_value) == (straight_fit.best_step, straight_fit.best_value)
+    assert parameter_digest(resumed.unwrap("autoencoder")) == parameter_digest(straight.unwrap("autoencoder"))
+    # The modules hold the best weights, not the last (which the final checkpoint keeps).
+    last, _ = early_stopping_run(tmp_path / "last", 24, early_stopping=None)
+    assert parameter_digest(last.unwrap("autoencoder")) != parameter_digest(straight.unwrap("autoencoder"))
+    # One EarlyStopping object for two fresh fits: the second does not inherit the first one's best.
+    monitor = EarlyStopping("val_loss")
+    early_stopping_run(tmp_path / "first", 24, early_stopping=monitor)
+    _, short = early_stopping_run(tmp_path / "second", 4, early_stopping=monitor)
+    assert short.best_step in (2, 4) and monitor.best_step == short.best_step
+
+
+class KeepsItsOwnBest(ShrinkingTargetTask):
+    """Early stopping as FVAE's task did it before the Trainer had it: the best in task attributes."""
+
+    best_value, best_state = float("inf"), None
+
+    def validate(self, step):
+        metrics = super().validate(step)
+        if float(metrics["val_loss"]) < self.best_value:
+            self.best_value = float(metrics["val_loss"])
+            self.best_state = {k: v.clone() for k, v in self.unwrap("autoencoder").state_dict().items()}
+        return metrics
+
+
+def test_early_stopping_kept_by_the_task_is_lost_on_resume(tmp_path):
+    """Guards the test above: the old way ships other weights after the same interruption."""
+    def shipped(out_dir, steps, **options):
+        task, _ = early_stopping_run(out_dir, steps, KeepsItsOwnBest, early_stopping=None, **options)
+        task.unwrap("autoencoder").load_state_dict(task.best_state)
+        return parameter_digest(task.unwrap("autoencoder"))
+
+    straight = shipped(tmp_path / "straight", 24)
+    shipped(tmp_path / "resumed", 16)
+    assert shipped(tmp_path / "resumed", 24, resume=True) != straight
+
+
+def test_early_stopping_options_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="needs validate_every > 0"):
+        Trainer(ShrinkingTargetTask(), steps=4, batch_size=2, out_dir=tmp_path, early_stopping="val_loss")
+    with pytest.raises(ValueError, match="mode must be 'min' or 'max'"):
+        EarlyStopping("val_loss", mode="lowest")
+    with pytest.raises(KeyError, match=r"monitors 'val_psnr', but validate\(\) returned \['val_loss'\]"):
+        early_stopping_run(tmp_path / "missing", 4, early_stopping=EarlyStopping("val_psnr", mode="max"))
+    # mode="max" keeps the highest value; a resume under another monitor is refused.
+    _, highest = early_stopping_run(tmp_path / "max", 24, early_stopping=EarlyStopping("val_loss", mode="max"))
+    values = read_log(tmp_path / "max", kind="val").set_index("step")["val_loss"]
+    assert highest.best_step == values.idxmax() and highest.best_value == values.max()
+    with pytest.raises(ValueError, match="monitored 'val_loss' \\(max\\), this run monitors 'val_loss' \\(min\\)"):
+        early_stopping_run(tmp_path / "max", 26, resume=True)
+    # A checkpoint written without early stopping resumes with it: the best is sought from there on.
+    early_stopping_run(tmp_path / "older", 16, early_stopping=None)
+    with pytest.warns(UserWarning, match="step_00000016 holds no early-stopping state"):
+        _, later = early_stopping_run(tmp_path / "older", 24, resume=True)
+    assert later.best_step in (18, 20, 22, 24)
+
+
+def test_losses_reported_on_some_steps_are_averaged_over_those_steps(tmp_path):
+    class SometimesReports(ToyTask):
+        def training_step(self, batch, step):
+            losses = {"always": float(step)}
+            if step % 3 == 2:
+                losses["sometimes"] = float(10 * step)
+            return losses
+
+    Trainer(SometimesReports(), steps=8, batch_size=2, out_dir=tmp_path, log_every=4, progress=False).fit()
+    log = read_log(tmp_path)
+    assert log["always"].tolist() == [1.5, 5.5]  # mean of 0..3 and of 4..7
+    assert log["sometimes"].tolist() == [20.0, 50.0]  # step 2 alone, then step 5 alone (not divided by 4)
+
+
+def test_the_module_docstring_example_runs(tmp_path, monkeypatch, capsys):
+    doc = trainer_module.__doc__
+    block = doc[doc.index("::\n", doc.index("Example")) + 3:doc.index("The same script runs unchanged")]
+    code = "\n".join(line[4:] for line in block.splitlines())
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "trainer docstring", "exec"), namespace)
+    result, task = namespace["result"], namespace["task"]
+    assert result.step == 200 and result.best_step is not None and (tmp_path / "runs/line/log.jsonl").exists()
+    line = task.unwrap("line")
+    assert abs(line.weight.item() - 3) < 0.1 and abs(line.bias.item() + 1) < 0.1
+
+
 def test_checkpoints_are_pruned_and_a_fresh_run_starts_clean(tmp_path):
     _, result = run(tmp_path, 8, checkpoint_every=2, keep_checkpoints=2)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
@@ -127,13 +225,7 @@ def test_bad_arguments_are_named(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_ddp_keeps_ranks_identical_on_different_data(tmp_path):
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-               str(TESTS / "toy_training.py"), "--out", str(tmp_path), "--steps", "4"]
-    finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=240)
-    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks, _ = torchrun(tmp_path, "--steps", "4")
     assert [r["world_size"] for r in ranks] == [2, 2] and all(r["ddp"] for r in ranks)
     assert ranks[0]["digest"] == ranks[1]["digest"]  # gradients were averaged across ranks
     assert len(ranks[0]["seen"]) == len(ranks[1]["seen"]) == 16
@@ -145,6 +237,10 @@ def test_torchrun_ddp_keeps_ranks_identical_on_different_data(tmp_path):
     Trainer(initial, steps=0, batch_size=4, out_dir=tmp_path / "init", progress=False).fit()
     assert parameter_digest(initial.unwrap("autoencoder")) != ranks[0]["digest"]
     assert read_log(tmp_path / "straight")["step"].tolist() == [1, 2, 3, 4]
+    # Early stopping: only rank 0 validates, yet both ranks end with the same best weights.
+    assert ranks[0]["validated"] == list(range(2, 25, 2)) and ranks[1]["validated"] == []
+    assert ranks[0]["best_step"] == ranks[1]["best_step"] < 24
+    assert ranks[0]["best_digest"] == ranks[1]["best_digest"]
 
 
 @pytest.fixture

@@ -1,17 +1,19 @@
 """Training: one loop for every paper (:mod:`facelib.train.trainer`) and one module per paper's objective.
 
-- :mod:`facelib.train.trainer` - ``Trainer``, ``TrainingTask``, logs, checkpoints, resume, DDP;
+- :mod:`facelib.train.trainer` - ``Trainer``, ``TrainingTask``, ``EarlyStopping``, logs, checkpoints, resume, DDP;
+- :mod:`facelib.train.gan` - ``GANTask``: WGAN-GP with ``n_critic`` critic steps per generator step, LR decay;
 - :mod:`facelib.train.fvae` - FVAE Eq. 1 and the confidence network's Eq. 7-8, recipes ``fvae``, ``fvae_pixel_vae``;
 - :mod:`facelib.train.evaluators` - the SynthFaces evaluators, recipe ``evaluators``.
 """
 from __future__ import annotations
 
+from .gan import GANTask
 from .trainer import (
-    CHECKPOINT_FOLDER, LOG_NAME, FitResult, Trainer, TrainingTask, batch_indices, distributed_env,
+    CHECKPOINT_FOLDER, LOG_NAME, EarlyStopping, FitResult, Trainer, TrainingTask, batch_indices, distributed_env,
     latest_checkpoint, read_log, run_options,
 )
 
 __all__ = [
-    "CHECKPOINT_FOLDER", "LOG_NAME", "FitResult", "Trainer", "TrainingTask", "batch_indices",
-    "distributed_env", "latest_checkpoint", "read_log", "run_options",
+    "CHECKPOINT_FOLDER", "LOG_NAME", "EarlyStopping", "FitResult", "GANTask", "Trainer", "TrainingTask",
+    "batch_indices", "distributed_env", "latest_checkpoint", "read_log", "run_options",
 ]

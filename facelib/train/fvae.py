@@ -1,7 +1,6 @@
 """FVAE training (Yeh et al. 2016, Sec. 5.2 and 5.4): data preparation, Eq. 1, Eq. 7-8, recipes."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -105,15 +104,15 @@ class FVAETrainConfig:
 
 class _EarlyStoppingTask(TrainingTask):
     """One Adam step on ``losses(...)["loss"]`` with gradients clipped by value (Sec. 5.4), and
-    early stopping (Sec. 5.4): each validation compares the loss on a fixed held-out batch with
-    the best so far and keeps the best weights in ``best_state``; those are what ships.
+    the validation of early stopping (Sec. 5.4): the losses on a fixed held-out batch, logged as
+    ``val_<name>``. ``_fit`` gives the Trainer ``early_stopping="val_loss"``, which keeps the
+    weights of the lowest ``val_loss`` (through resumes too); those are what ships.
     """
 
     module_name = "model"
 
     def __init__(self, train: FVAETrainConfig, dataset, val_batch: dict[str, torch.Tensor]):
         self.train, self.dataset, self.val_batch = train, dataset, val_batch
-        self.best_val, self.best_step, self.best_state = math.inf, -1, None
 
     def losses(self, module, source: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError  # each task defines its objective
@@ -137,9 +136,6 @@ class _EarlyStoppingTask(TrainingTask):
         module = self.unwrap(self.module_name)
         batch = {k: v.to(self.device) for k, v in self.val_batch.items()}
         terms = self.losses(module, batch["source"], batch["target"])
-        if float(terms["loss"]) < self.best_val:
-            self.best_val, self.best_step = float(terms["loss"]), step
-            self.best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
         return {f"val_{name}": float(value) for name, value in terms.items()}
 
 
@@ -299,17 +295,20 @@ def _first_items(dataset, count: int) -> dict[str, torch.Tensor]:
 
 
 def _fit(task, *, steps: int, seed: int, out_dir, device: str, smoke: bool, name: str):
-    """Run a task with facelib's Trainer and restore the weights of its best validation (early stopping)."""
+    """Run a task with facelib's Trainer, validating 20 times; returns its module with the weights of
+    the lowest validation loss (the Trainer's early stopping, Sec. 5.4) and the ``FitResult``."""
     from facelib.train import Trainer
 
     trainer = Trainer(task, steps=steps, batch_size=4 if smoke else BATCH_SIZE, seed=seed, out_dir=out_dir / name,
                       device=device, log_every=1 if smoke else 10, validate_every=max(1, steps // 20),
-                      checkpoint_every=0)
+                      checkpoint_every=0, early_stopping="val_loss")
     result = trainer.fit()
-    module = task.unwrap(task.module_name)
-    if task.best_state is not None:
-        module.load_state_dict(task.best_state)
-    return module.eval(), result
+    return task.unwrap(task.module_name).eval(), result
+
+
+def _best_step(result) -> int:
+    """The step of the best validation, -1 when no validation loss was finite (the last weights ship)."""
+    return -1 if result.best_step is None else result.best_step
 
 
 def _steps(default: int, steps: int | None, smoke: bool) -> int:
@@ -330,13 +329,15 @@ def train_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: b
     schedule = FVAETrainConfig()
     fvae_steps = _steps(FVAE_STEPS, steps, smoke)
     fvae_task = FVAETrainingTask(FVAE, FVAEConfig(), schedule, train_set, val_batch)
-    fvae, _ = _fit(fvae_task, steps=fvae_steps, seed=seed, out_dir=out_dir, device=device, smoke=smoke, name="fvae")
+    fvae, fvae_fit = _fit(fvae_task, steps=fvae_steps, seed=seed, out_dir=out_dir, device=device, smoke=smoke,
+                          name="fvae")
     mask_steps = _steps(MASK_STEPS, None if steps is None else max(1, steps // 5), smoke)
     mask_task = ConfidenceTrainingTask(fvae, schedule, train_set, val_batch)
-    mask_net, _ = _fit(mask_task, steps=mask_steps, seed=seed, out_dir=out_dir, device=device, smoke=smoke, name="mask")
-    fvae_stem = save_model(fvae.cpu(), out_dir / "fvae", extra={"best_val_step": fvae_task.best_step,
+    mask_net, mask_fit = _fit(mask_task, steps=mask_steps, seed=seed, out_dir=out_dir, device=device, smoke=smoke,
+                              name="mask")
+    fvae_stem = save_model(fvae.cpu(), out_dir / "fvae", extra={"best_val_step": _best_step(fvae_fit),
                                                                  "expression_latents": training_latents(fvae, smoke)})
-    mask_stem = save_model(mask_net.cpu(), out_dir / "fvae_confidence", extra={"best_val_step": mask_task.best_step})
+    mask_stem = save_model(mask_net.cpu(), out_dir / "fvae_confidence", extra={"best_val_step": _best_step(mask_fit)})
     table = measure_table1(fvae, mask_net=mask_net, split="val" if smoke else "test", n=8 if smoke else 256)
     metrics = {row.method: row for row in table.itertuples()}
     fvae_row, conf_row = metrics["FVAE (true latent)"], metrics["FVAE + confidence (true latent, 2 sources)"]
@@ -364,8 +365,8 @@ def train_pixel_vae_recipe(*, steps: int | None, seed: int, out_dir, device: str
     val_batch = _first_items(_pairs("val", size), 8 if smoke else 128)
     total = _steps(PIXEL_VAE_STEPS, steps, smoke)
     task = FVAETrainingTask(PixelVAE, FVAEConfig(), FVAETrainConfig(), _training_pairs(size, smoke), val_batch)
-    model, _ = _fit(task, steps=total, seed=seed, out_dir=out_dir, device=device, smoke=smoke, name="pixel_vae")
-    stem = save_model(model.cpu(), out_dir / "fvae_pixel_vae", extra={"best_val_step": task.best_step,
+    model, fit = _fit(task, steps=total, seed=seed, out_dir=out_dir, device=device, smoke=smoke, name="pixel_vae")
+    stem = save_model(model.cpu(), out_dir / "fvae_pixel_vae", extra={"best_val_step": _best_step(fit),
                                                                       "expression_latents": training_latents(model, smoke)})
     table = measure_table1(None, pixel_vae=model, split="val" if smoke else "test", n=8 if smoke else 256,
                            optical_flow_method=None)

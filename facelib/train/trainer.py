@@ -5,33 +5,43 @@ one optimisation step (its own forward, ``backward()`` and ``optimizer.step()`` 
 GAN with several optimisers and its own D/G schedule fits). ``Trainer`` does everything
 else, identically for all papers.
 
-Example::
+Example (a real task; ``tests/test_train.py`` runs this code)::
 
+    import torch
+    from torch import nn
     from facelib.train import Trainer, TrainingTask, read_log
 
-    class FVAETask(TrainingTask):
-        def __init__(self, config):
-            self.config = config
-            self.dataset = SynthFaces("multipie", "train", pairs=True)  # map-style Dataset
+    class LineTask(TrainingTask):                          # fit y = 3x - 1 with one linear layer
+        def __init__(self):
+            x = torch.linspace(-1, 1, 64)[:, None]
+            self.dataset = torch.utils.data.TensorDataset(x, 3 * x - 1)   # map-style Dataset
+            self.val_x = torch.rand(16, 1) * 2 - 1
 
-        def build(self, device):
-            model = FVAE(self.config).to(device)
-            return {"fvae": model}, {"adam": torch.optim.Adam(model.parameters(), 1e-3)}
+        def build(self, device):                               # after set_seed(seed)
+            line = nn.Linear(1, 1).to(device)
+            return {"line": line}, {"adam": torch.optim.Adam(line.parameters(), lr=0.05)}
 
         def training_step(self, batch, step):                  # batch is already on self.device
-            out = self.modules["fvae"](batch["source"], batch["target"])   # DDP wrapper under torchrun
-            loss = ...
+            x, y = batch
+            loss = nn.functional.mse_loss(self.modules["line"](x), y)   # DDP wrapper under torchrun
             self.optimizers["adam"].zero_grad(set_to_none=True)
             loss.backward()
             self.optimizers["adam"].step()
             return {"loss": loss.detach()}                     # floats or 0-dim tensors
 
-    task = FVAETask(cfg)
-    result = Trainer(task, steps=2000, batch_size=32, seed=0, out_dir="runs/fvae").fit()
-    save_model(task.unwrap("fvae"), "runs/fvae/fvae")          # facelib.checkpoint.save_model
-    read_log("runs/fvae").plot(x="step", y="loss")
+        def validate(self, step):                              # rank 0, eval(), no_grad
+            x = self.val_x.to(self.device)
+            return {"val_loss": nn.functional.mse_loss(self.modules["line"](x), 3 * x - 1)}
+
+    task = LineTask()
+    result = Trainer(task, steps=200, batch_size=16, seed=0, out_dir="runs/line", validate_every=20,
+                     early_stopping="val_loss").fit()
+    print(result.best_step, task.unwrap("line").weight)        # the best validation's weights, ~3
+    print(read_log("runs/line").tail())                        # step, seconds, loss
 
 The same script runs unchanged under ``torchrun --nproc_per_node=2 script.py``.
+FVAE's real tasks are in :mod:`facelib.train.fvae`; the GAN base (WGAN-GP, ``n_critic``) in
+:mod:`facelib.train.gan`.
 
 Public API
 ----------
@@ -50,24 +60,35 @@ Public API
   restored around it (validation never changes training).
 - ``stateful(self) -> dict[str, object]`` (optional): extra objects with
   ``state_dict()``/``load_state_dict()`` (LR schedulers, GradScaler) saved in checkpoints.
-- Set by the Trainer before the first step: ``self.modules`` (what to call: the
+- Set by the Trainer before ``build``: ``self.total_steps`` (the Trainer's ``steps``, for LR
+  schedules). Set before the first step: ``self.modules`` (what to call: the
   ``DistributedDataParallel`` wrappers under torchrun, the plain modules otherwise),
   ``self.optimizers``, ``self.device``, ``self.rank``, ``self.world_size``;
   ``self.unwrap(name) -> nn.Module`` returns the plain module (attributes, saving).
 
 DDP notes for tasks: forward a module through ``self.modules[...]`` once per backward; run
 forwards whose gradients you do not need (e.g. the generator during a discriminator step)
-under ``torch.no_grad()``; concatenate real and fake batches into one discriminator forward.
+under ``torch.no_grad()``; concatenate real and fake batches into one discriminator forward;
+a gradient penalty goes through the plain module (see :mod:`facelib.train.gan`, which does all this).
 
 ``Trainer(task, *, steps, batch_size, seed=0, out_dir, device="auto", log_every=10,
 checkpoint_every=0, validate_every=0, keep_checkpoints=2, num_workers=None, resume=False,
-progress=True, ddp_kwargs=None)``
+progress=True, ddp_kwargs=None, early_stopping=None)``
 
 - ``steps``: total optimisation steps (a resumed run continues up to ``steps``).
   ``batch_size`` is per process (the global batch under torchrun is ``batch_size * world_size``).
 - ``.fit(resume_from=None) -> FitResult`` (dataclass: ``step``, ``seconds``, ``log_path``,
   ``checkpoint``, ``losses`` = last logged averages, ``first_step`` = where it started (> 0
-  after a resume), ``task`` = the task's class name).
+  after a resume), ``task`` = the task's class name, ``best_step``/``best_value`` = early
+  stopping's best validation, else None).
+- Early stopping: ``early_stopping=EarlyStopping(monitor="val_loss", mode="min")`` (or just the
+  metric's name, ``early_stopping="val_loss"``; needs ``validate_every`` and ``validate``).
+  After each validation the weights of every module are copied to the CPU when
+  ``validate()[monitor]`` is the best so far (strictly; non-finite values never are). That copy
+  is saved in every checkpoint (as the stateful object ``"trainer.early_stopping"``), so a
+  resumed run ends with the same best as an uninterrupted one. Training runs all ``steps``; the
+  checkpoints hold the last weights (a longer resumed run continues from them), and at the end
+  of ``fit`` the best weights are loaded into the modules (``FitResult.best_step`` says which).
 - Seeding: ``set_seed(seed)`` before ``task.build`` (identical initial weights on every rank),
   then ``set_seed(seed + rank)`` for the training randomness (dropout, noise) of each rank.
 - Data: the indices of step ``t`` on rank ``r`` are ``batch_indices(len(dataset), batch_size, t,
@@ -87,15 +108,18 @@ progress=True, ddp_kwargs=None)``
 - Log: ``out_dir/log.jsonl``, one JSON object per line:
   ``{"kind": "train", "step": completed_steps, "seconds": training_wall_time, <loss>: mean over
   the last log_every steps and over ranks, ...}``; validation lines have ``"kind": "val"``.
+  A loss that ``training_step`` returns on some steps only (a GAN's generator losses, every
+  ``n_critic``-th step) is averaged over the steps that returned it, and is absent from a line
+  whose window holds none; each loss must come on the same steps on every rank.
   A non-finite logged loss raises ``FloatingPointError`` naming the loss and step.
 - One run per folder: rank 0 holds an exclusive lock on ``out_dir`` (``facelib.utils.lock_folder``)
   during ``fit``; a second run on that folder raises ``FolderLockedError`` at once, naming the
   folder and the other run's PID.
 - Checkpoints: ``out_dir/checkpoints/step_00001000.json`` (+ the versioned weights it names) through
   ``facelib.checkpoint.save_training_state`` (weights, optimiser state, ``task.stateful()``,
-  RNG states, elapsed seconds; no pickle), every ``checkpoint_every`` steps (0: only at the
-  end) and always at the end; the newest ``keep_checkpoints`` are kept. Other attributes of
-  the task (e.g. an early-stopping best) are not saved unless ``stateful()`` exposes them.
+  RNG states, elapsed seconds, early stopping's best; no pickle), every ``checkpoint_every``
+  steps (0: only at the end) and always at the end; the newest ``keep_checkpoints`` are kept.
+  Other attributes of the task are not saved unless ``stateful()`` exposes them.
   A checkpoint also keeps the losses summed since the last log line, so a resumed run logs
   the same lines as an uninterrupted one (the earlier run's partial last line is dropped).
   Temporary files and unreferenced weights left by a killed run are removed when a run starts.
@@ -160,9 +184,10 @@ from ..utils import atomic_write_text, get_device, lock_folder, remove_temporary
 LOG_NAME = "log.jsonl"
 _FLOAT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 CHECKPOINT_FOLDER = "checkpoints"
+EARLY_STOPPING_STATE = "trainer.early_stopping"  # its name among a checkpoint's stateful objects
 
 __all__ = [
-    "TrainingTask", "Trainer", "FitResult", "read_log", "batch_indices", "latest_checkpoint",
+    "TrainingTask", "Trainer", "FitResult", "EarlyStopping", "read_log", "batch_indices", "latest_checkpoint",
     "distributed_env", "run_options", "set_seed", "get_device",
 ]
 
@@ -181,6 +206,7 @@ class TrainingTask:
     device: torch.device
     rank: int = 0
     world_size: int = 1
+    total_steps: int = 0  # the Trainer's ``steps``, set before ``build``
 
     def build(self, device: torch.device) -> tuple[dict[str, nn.Module], dict[str, torch.optim.Optimizer]]:
         raise NotImplementedError(f"{type(self).__name__} must define build(device) -> (modules, optimizers)")
@@ -210,6 +236,75 @@ class FitResult:
     losses: dict[str, float] = field(default_factory=dict)
     first_step: int = 0  # the step training started from (> 0 after a resume)
     task: str = ""  # the task's class name
+    best_step: int | None = None  # early stopping: the validation step whose weights the modules now hold
+    best_value: float | None = None  # ... and its monitored value
+
+
+class EarlyStopping:
+    """Keep the weights of the best validation: what ``Trainer(early_stopping=...)`` holds.
+
+    After each validation, if ``metrics[monitor]`` beats the best so far (strictly lower for
+    ``mode="min"``, higher for ``"max"``; a non-finite value never does), a CPU copy of every
+    module's ``state_dict()`` is kept. Its ``state_dict()`` (best step, value and weights) goes
+    into every training checkpoint, so a resumed run keeps the best found before the
+    interruption; at the end of ``fit`` the Trainer loads the best weights into the modules.
+    Training itself runs all its steps (the FVAE recipe's "early stopping", Sec. 5.4).
+    """
+
+    def __init__(self, monitor: str = "val_loss", mode: str = "min"):
+        if mode not in ("min", "max"):
+            raise ValueError(f"EarlyStopping: mode must be 'min' or 'max', got {mode!r}")
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(f"EarlyStopping: monitor must be the name of a validation metric, got {monitor!r}")
+        self.monitor, self.mode = monitor, mode
+        self.best_step: int | None = None
+        self.best_value: float | None = None
+        self.best_state: dict[str, dict[str, torch.Tensor]] | None = None
+
+    def improves(self, value: float) -> bool:
+        """Whether ``value`` beats the best so far."""
+        if not math.isfinite(value):
+            return False
+        if self.best_value is None:
+            return True
+        return value < self.best_value if self.mode == "min" else value > self.best_value
+
+    def value_of(self, metrics: dict[str, float]) -> float:
+        """The monitored value of one validation's metrics."""
+        if self.monitor not in metrics:
+            raise KeyError(f"early stopping monitors {self.monitor!r}, but validate() returned {sorted(metrics)}")
+        return float(metrics[self.monitor])
+
+    def keep(self, step: int, value: float, modules: dict[str, nn.Module]) -> None:
+        """Record ``step`` as the best, with a CPU copy of the modules' weights."""
+        self.best_step, self.best_value = int(step), float(value)
+        self.best_state = {name: {key: tensor.detach().to("cpu", copy=True)
+                                  for key, tensor in _unwrap(module).state_dict().items()}
+                           for name, module in modules.items()}
+
+    def reset(self) -> None:
+        """Forget the best (a fresh, not resumed, fit starts here)."""
+        self.best_step = self.best_value = self.best_state = None
+
+    def restore(self, modules: dict[str, nn.Module]) -> None:
+        """Load the best weights into ``modules`` (nothing to do before the first validation)."""
+        if self.best_state is None:
+            return
+        for name, module in modules.items():
+            _unwrap(module).load_state_dict(self.best_state[name])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"monitor": self.monitor, "mode": self.mode, "best_step": self.best_step,
+                "best_value": self.best_value, "best_state": self.best_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if (state.get("monitor"), state.get("mode")) != (self.monitor, self.mode):
+            raise ValueError(f"the checkpoint's early stopping monitored {state.get('monitor')!r} "
+                             f"({state.get('mode')}), this run monitors {self.monitor!r} ({self.mode})")
+        self.best_step, self.best_value, self.best_state = state["best_step"], state["best_value"], state["best_state"]
+
+    def __repr__(self) -> str:
+        return f"EarlyStopping(monitor={self.monitor!r}, mode={self.mode!r}, best_step={self.best_step})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,6 +507,7 @@ class Trainer:
         resume: bool = False,
         progress: bool = True,
         ddp_kwargs: dict | None = None,
+        early_stopping: EarlyStopping | str | None = None,
     ):
         for name, value, least in (
             ("steps", steps, 0), ("batch_size", batch_size, 1), ("log_every", log_every, 1),
@@ -424,6 +520,15 @@ class Trainer:
         for method in ("build", "training_step"):
             if not callable(getattr(task, method, None)):
                 raise TypeError(f"Trainer: the task {type(task).__name__} has no {method}() method (see TrainingTask)")
+        if isinstance(early_stopping, str):
+            early_stopping = EarlyStopping(monitor=early_stopping)
+        if early_stopping is not None:
+            if not isinstance(early_stopping, EarlyStopping):
+                raise TypeError(f"Trainer: early_stopping must be an EarlyStopping, a metric name or None, "
+                                f"got {type(early_stopping).__name__}")
+            if not validate_every or not callable(getattr(task, "validate", None)):
+                raise ValueError(f"Trainer: early_stopping={early_stopping.monitor!r} needs validate_every > 0 "
+                                 f"(got {validate_every}) and a task with a validate() method")
         resume = _run_overrides.get("resume", resume)
         checkpoint_every = _run_overrides.get("checkpoint_every", checkpoint_every)
         self.task = task
@@ -434,6 +539,7 @@ class Trainer:
         self.keep_checkpoints, self.num_workers = keep_checkpoints, num_workers
         self.resume, self.progress = resume, progress
         self.ddp_kwargs = dict(ddp_kwargs or {})
+        self.early_stopping = early_stopping
         self.log_path = self.out_dir / LOG_NAME
         self.checkpoint_dir = self.out_dir / CHECKPOINT_FOLDER
         self.rank, self.local_rank, self.world_size = 0, 0, 1
@@ -460,7 +566,12 @@ class Trainer:
         for name, optimizer in optimizers.items():
             if not isinstance(optimizer, torch.optim.Optimizer):
                 raise TypeError(f"build(): optimizers[{name!r}] is a {type(optimizer).__name__}, not a torch Optimizer")
-        stateful = self.task.stateful() if callable(getattr(self.task, "stateful", None)) else {}
+        stateful = dict(self.task.stateful()) if callable(getattr(self.task, "stateful", None)) else {}
+        if self.early_stopping is not None:
+            if EARLY_STOPPING_STATE in stateful:
+                raise ValueError(f"{type(self.task).__name__}.stateful() uses the name {EARLY_STOPPING_STATE!r}, "
+                                 "which the Trainer keeps for its early stopping")
+            stateful[EARLY_STOPPING_STATE] = self.early_stopping
         return modules, optimizers, stateful
 
     def _wrap(self, modules: dict[str, nn.Module]) -> dict[str, nn.Module]:
@@ -510,11 +621,13 @@ class Trainer:
                     kept.append(json.dumps(record) + "\n")
         atomic_write_text(self.log_path, "".join(kept))
 
-    def _average(self, sums: dict[str, Any], count: int) -> dict[str, float]:
+    def _average(self, sums: dict[str, Any], counts: dict[str, int] | int) -> dict[str, float]:
+        """Each loss's sum divided by the number of steps that reported it (``counts``), averaged over ranks."""
         names = sorted(sums)
+        divisors = torch.tensor([counts if isinstance(counts, int) else counts[n] for n in names], dtype=torch.float64)
         # to the CPU before float64: MPS has no float64
         values = torch.tensor([float(sums[n].detach().to("cpu")) if isinstance(sums[n], torch.Tensor) else sums[n]
-                               for n in names], dtype=torch.float64) / count
+                               for n in names], dtype=torch.float64) / divisors
         if self.world_size > 1:
             on_device = values.to(self.device) if self.device.type == "cuda" else values
             dist.all_reduce(on_device)
@@ -527,7 +640,8 @@ class Trainer:
         stem = self.checkpoint_dir / f"step_{step:08d}"
         # The losses summed since the last log line (averaged over ranks), so a resumed run's next
         # line averages the same steps as an uninterrupted run's.
-        log_window = {"count": window["count"], "sums": self._average(window["sums"], 1) if window["count"] else {},
+        log_window = {"count": window["count"], "counts": window["counts"],
+                      "sums": self._average(window["sums"], 1) if window["count"] else {},
                       "tensor_dtypes": {k: str(v.dtype).removeprefix("torch.") for k, v in window["sums"].items()
                                         if isinstance(v, torch.Tensor)}}
         if self.rank != 0:
@@ -546,6 +660,11 @@ class Trainer:
         metadata = read_metadata(stem)
         if metadata.get("format") != TRAINING_STATE_FORMAT:
             raise ValueError(f"{stem} is not a training checkpoint (format {metadata.get('format')!r})")
+        stored = metadata.get("stateful")
+        if EARLY_STOPPING_STATE in stateful and isinstance(stored, dict) and EARLY_STOPPING_STATE not in stored:
+            warnings.warn(f"{stem.name} holds no early-stopping state (written without early stopping, or by an "
+                          "older facelib); the best is sought from the resumed step on", stacklevel=3)
+            stateful = {name: obj for name, obj in stateful.items() if name != EARLY_STOPPING_STATE}
         state = load_training_state(stem, modules, optimizers, stateful=stateful, restore_rng=self.rank == 0)
         extra = state["extra"]
         for key, now in (("seed", self.seed), ("batch_size", self.batch_size), ("world_size", self.world_size)):
@@ -568,7 +687,9 @@ class Trainer:
         sums = {name: float(value) if name not in dtypes else
                 torch.tensor(value, dtype=_FLOAT_DTYPES.get(dtypes[name], torch.float32), device=self.device)
                 for name, value in saved["sums"].items()}
-        return {"sums": sums, "count": saved["count"]}
+        # Checkpoints from before per-loss counts: every loss was reported on every step.
+        counts = saved.get("counts") or {name: saved["count"] for name in sums}
+        return {"sums": sums, "count": saved["count"], "counts": dict(counts)}
 
     def _validate(self, step: int, unwrapped: dict[str, nn.Module]) -> dict[str, float] | None:
         validate = getattr(self.task, "validate", None)
@@ -588,6 +709,22 @@ class Trainer:
             self.task.modules = wrapped
             restore_rng_state(rng)
         return None if metrics is None else {name: float(value) for name, value in metrics.items()}
+
+    def _keep_if_best(self, step: int, metrics: dict[str, float] | None, modules: dict[str, nn.Module]) -> None:
+        """Early stopping after a validation (on rank 0): keep the weights if they are the best so far.
+
+        Under DDP rank 0 tells the others (every rank holds the same weights), so every rank keeps the
+        same best and ends with the same weights.
+        """
+        value = math.nan if metrics is None else self.early_stopping.value_of(metrics)
+        improved = self.rank == 0 and self.early_stopping.improves(value)
+        if self.world_size > 1:
+            decision = torch.tensor([float(improved), value], dtype=torch.float64)
+            decision = decision.to(self.device) if self.device.type == "cuda" else decision
+            dist.broadcast(decision, src=0)
+            improved, value = bool(decision[0].item()), float(decision[1].item())
+        if improved:
+            self.early_stopping.keep(step, value, modules)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -611,10 +748,13 @@ class Trainer:
     def _fit(self, resume_from: str | Path | None) -> FitResult:
         task = self.task
         set_seed(self.seed)
+        task.total_steps = self.steps
         modules, optimizers, stateful = self._build()
         task.modules, task.optimizers = self._wrap(modules), optimizers
         task.device, task.rank, task.world_size = self.device, self.rank, self.world_size
         set_seed(self.seed + self.rank)
+        if self.early_stopping is not None:
+            self.early_stopping.reset()  # a resume below loads the best found before the interruption
 
         if resume_from is None and self.resume:
             resume_from = latest_checkpoint(self.out_dir)
@@ -636,7 +776,10 @@ class Trainer:
         batches = self._loader(start)
         bar = tqdm(total=self.steps, initial=start, desc=type(task).__name__, dynamic_ncols=True,
                    disable=not (self.progress and self.rank == 0))
+        # The log window: each loss's sum, and the number of steps that reported it (a GAN's
+        # generator losses come every n_critic-th step only), since the last log line.
         sums: dict[str, Any] = window["sums"] if window else {}
+        counts: dict[str, int] = window["counts"] if window else {}
         count = window["count"] if window else 0
         logged: dict[str, float] = {}
         checkpoint = None
@@ -655,31 +798,41 @@ class Trainer:
                                          "losses must be scalars (floats or one-element tensors)")
                     value = value.detach() if isinstance(value, torch.Tensor) else float(value)
                     sums[name] = sums[name] + value if name in sums else value
+                    counts[name] = counts.get(name, 0) + 1
                 count += 1
                 done = step + 1
                 bar.update(1)
                 seconds = seconds_before + time.perf_counter() - clock
                 if done % self.log_every == 0 or done == self.steps:
-                    logged = self._average(sums, count)
+                    logged = self._average(sums, counts)
                     if done % self.log_every == 0:  # off the grid (the last step) the window stays open for a resume
-                        sums, count = {}, 0
+                        sums, counts, count = {}, {}, 0
                     for name, value in logged.items():
                         if not math.isfinite(value):
                             raise FloatingPointError(f"loss {name!r} is {value} at step {done}; training diverged")
                     if self.rank == 0:
                         self._write_log({"kind": "train", "step": done, "seconds": round(seconds, 3), **logged})
                         bar.set_postfix({name: f"{value:.4g}" for name, value in logged.items()}, refresh=False)
-                if self.validate_every and done % self.validate_every == 0 and self.rank == 0:
-                    metrics = self._validate(done, modules)
+                if self.validate_every and done % self.validate_every == 0:
+                    metrics = self._validate(done, modules) if self.rank == 0 else None
                     if metrics is not None:
                         self._write_log({"kind": "val", "step": done, "seconds": round(seconds, 3), **metrics})
+                    if self.early_stopping is not None:
+                        self._keep_if_best(done, metrics, modules)
                 if (self.checkpoint_every and done % self.checkpoint_every == 0) or done == self.steps:
-                    checkpoint = self._save(done, seconds, modules, optimizers, stateful, {"sums": sums, "count": count})
+                    window = {"sums": sums, "counts": counts, "count": count}
+                    checkpoint = self._save(done, seconds, modules, optimizers, stateful, window)
         finally:
             bar.close()
             if batches is not None:
                 batches.close()  # stops the loader's worker processes now, also on an exception
         if checkpoint is None:
             checkpoint = latest_checkpoint(self.out_dir)
+        best_step = best_value = None
+        if self.early_stopping is not None:
+            # After the last checkpoint, which holds the last weights (a longer resumed run goes on from those).
+            self.early_stopping.restore(modules)
+            best_step, best_value = self.early_stopping.best_step, self.early_stopping.best_value
         return FitResult(step=max(start, self.steps), seconds=seconds, log_path=self.log_path,
-                         checkpoint=checkpoint, losses=logged, first_step=start, task=type(task).__name__)
+                         checkpoint=checkpoint, losses=logged, first_step=start, task=type(task).__name__,
+                         best_step=best_step, best_value=best_value)
