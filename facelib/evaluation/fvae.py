@@ -57,8 +57,10 @@ def true_latent_editor(model: FVAE | PixelVAE) -> FVAEEditor:
     """
     if not isinstance(model, (FVAE, PixelVAE)):
         raise TypeError(f"model must be an FVAE or a PixelVAE, got {type(model).__name__}")
-    return FVAEEditor(model, {}, name="fvae" if isinstance(model, FVAE) else "fvae_pixel_vae",
-                      paper="FVAE (Yeh et al. 2016), Table 1's true-latent setting")
+    editor = FVAEEditor(model, {}, name="fvae" if isinstance(model, FVAE) else "fvae_pixel_vae",
+                        paper="FVAE (Yeh et al. 2016), Table 1's true-latent setting")
+    editor.accepts = ("reference",)
+    return editor
 
 
 def _as_editor(editor, device="cpu") -> Editor:
