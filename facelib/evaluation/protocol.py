@@ -437,6 +437,12 @@ def _check_kind(kind: str, oracle: bool) -> None:
                          f"carry; got target_kind={kind!r} (use target_kind='reference', or oracle=False)")
 
 
+def _check_accepts(editor: Editor, kind: str) -> None:
+    """Refuse, before anything is rendered, a target kind the editor does not accept."""
+    if kind not in editor.accepts:
+        raise ValueError(f"{editor.name} does not accept {kind} targets; it accepts {list(editor.accepts)}")
+
+
 def _resolve_editor(editor, device) -> Editor:
     if isinstance(editor, str):
         from facelib.editors import load_editor
@@ -453,8 +459,7 @@ def run_editor(editor: Editor, target_kind: str, pairs: HeldOutPairs, *, oracle:
                progress: bool = True) -> Bundle:
     """Edit every pair's source toward its :func:`held_out_target`; the edits and the truths as a :class:`Bundle`."""
     _check_kind(target_kind, oracle)
-    if target_kind not in editor.accepts:
-        raise ValueError(f"{editor.name} does not accept {target_kind} targets; it accepts {list(editor.accepts)}")
+    _check_accepts(editor, target_kind)
     size = pairs.batches[0]["source"].shape[-1]
     if size != editor.image_size:
         raise ValueError(f"the pairs are {size}x{size} but {editor.name} edits {editor.image_size}x{editor.image_size} "
@@ -510,8 +515,7 @@ def evaluate(editor: Editor | str, target_kind: str = "expression", preset: str 
     _check_kind(target_kind, oracle)
     device = get_device(device)
     editor = _resolve_editor(editor, device)
-    if target_kind not in editor.accepts:
-        raise ValueError(f"{editor.name} does not accept {target_kind} targets; it accepts {list(editor.accepts)}")
+    _check_accepts(editor, target_kind)
     found, missing = resolve_evaluators(evaluators)
     for module in found.values():
         module.to(device)
