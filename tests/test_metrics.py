@@ -1,8 +1,8 @@
 """Tests of facelib.metrics: known cases, independent references (scikit-image, pytorch_msssim,
-closed-form Gaussians), hand-computed cases, bad input, and evaluate() end to end."""
+closed-form Gaussians), hand-computed cases and bad input (the protocol that runs them all on an
+editor, facelib.evaluation.evaluate, is tested in tests/test_evaluation.py)."""
 from __future__ import annotations
 
-import importlib.util
 import math
 import warnings
 
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 
-from facelib import AU_CODES, EXPRESSIONS, metrics
+from facelib import AU_CODES, metrics
 
 torch.set_num_threads(1)
 
@@ -371,141 +371,3 @@ def test_expression_accuracy_follows_leed_protocol():
     assert bad["R"] == 1.0 and bad["G"] == 0.0 and bad["R+G"] < 0.9
     with pytest.raises(TypeError, match="factory"):
         metrics.expression_accuracy(MeanColourClassifier(), real, good_edits, labels, labels, **kwargs)
-
-
-# ----------------------------------------------------------------------------------------- evaluate()
-class FakePairs(torch.utils.data.Dataset):
-    """Pair items shaped like SynthFaces(pairs=True): 4 identities (a colour each), emotion = a bright square."""
-
-    def __init__(self, count=24, size=32):
-        self.count, self.size = count, size
-
-    def __len__(self):
-        return self.count
-
-    def face(self, identity, emotion):
-        generator = torch.Generator().manual_seed(identity)
-        x = F.interpolate(torch.rand(1, 3, 4, 4, generator=generator) * 1.6 - 0.8, size=self.size,
-                          mode="bilinear", align_corners=False)[0]
-        x[emotion % 3, 4 * emotion: 4 * emotion + 6, 10:20] = 1.0
-        return x
-
-    def __getitem__(self, index):
-        identity, source_emotion, target_emotion = index % 4, index % 3, (index // 3) % 3
-        aus = torch.zeros(17)
-        aus[target_emotion] = 2.0 + index % 4 * 0.5
-        visible = torch.ones(1, self.size, self.size)
-        visible[..., :4] = 0
-        return {
-            "source": self.face(identity, source_emotion), "target": self.face(identity, target_emotion),
-            "flow": torch.zeros(2, self.size, self.size), "visible": visible,
-            "identity": torch.tensor(identity), "source_emotion": torch.tensor(source_emotion),
-            "target_emotion": torch.tensor(target_emotion), "source_aus": torch.zeros(17), "target_aus": aus,
-            "yaw": torch.tensor(0.0),
-        }
-
-
-class TinyEvaluators:
-    """Untrained but structurally faithful evaluators (logits over EXPRESSIONS, AUs in [0, 5], unit embeddings)."""
-
-    @staticmethod
-    def make():
-        torch.manual_seed(0)
-
-        class Classifier(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=4), torch.nn.Flatten(),
-                                                torch.nn.LazyLinear(8))
-                self.head = torch.nn.Linear(8, len(EXPRESSIONS))
-
-            def features(self, x):
-                return self.body(x)
-
-            def forward(self, x):
-                return self.head(self.features(x))
-
-        class Regressor(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(17))
-
-            def forward(self, x):
-                return 5 * torch.sigmoid(self.net(x))
-
-        class Embedder(torch.nn.Module):
-            def forward(self, x):
-                return F.normalize(F.adaptive_avg_pool2d(x, 4).flatten(1), dim=1)
-
-        return {"expression_classifier": Classifier(), "au_regressor": Regressor(), "identity_embedder": Embedder()}
-
-
-def oracle(source, spec):
-    return spec["target_image"]
-
-
-def identity_edit(source, spec):
-    return source
-
-
-def test_evaluate_on_a_tiny_setup():
-    evaluators = TinyEvaluators.make()
-    table = metrics.evaluate(oracle, dataset=FakePairs(), n=20, batch_size=8, evaluators=evaluators, device="cpu",
-                             progress=False)
-    assert list(table.columns) == ["metric", "value", "n", "note"]
-    value = dict(zip(table["metric"], table["value"]))
-    assert value["PSNR (whole image, dB)"] == math.inf and value["PSNR (visible mask, dB)"] == math.inf
-    assert value["SSIM"] == pytest.approx(1.0, abs=1e-6)
-    assert value["expression accuracy (facelib classifier)"] == value[
-        "expression accuracy on real targets (facelib classifier)"]
-    assert value[metrics.FD_NAME] == pytest.approx(0.0, abs=1e-4)
-    assert value["identity verification (facelib embedder)"] == value[
-        "identity verification, real pairs (facelib embedder)"] == 1.0  # colours tell the identities apart
-    assert 0 <= value["AU MSE (facelib AU regressor)"] and -1 <= value["AU PCC (facelib AU regressor)"] <= 1
-    assert set(table["n"]) >= {20}
-    names = " ".join(table["metric"])
-    assert "FID" not in names and "LightCNN" not in names and "VGG" not in names
-
-    unchanged = metrics.evaluate(identity_edit, dataset=FakePairs(), n=20, batch_size=8, evaluators=evaluators,
-                                 device="cpu", progress=False).set_index("metric")
-    # 7 of the first 20 FakePairs items keep their emotion: returning the source is exact there
-    psnr_whole = unchanged.loc["PSNR (whole image, dB)"]
-    assert 5 < psnr_whole["value"] < math.inf and "7 of 20 edits equal the target exactly" in psnr_whole["note"]
-    assert unchanged.loc["SSIM", "value"] < 1
-
-
-def test_evaluate_skips_missing_evaluators_honestly():
-    table = metrics.evaluate(identity_edit, dataset=FakePairs(), n=8, device="cpu", progress=False,
-                             evaluators={"expression_classifier": None, "au_regressor": None,
-                                         "identity_embedder": None})
-    skipped = table[table["note"].str.startswith("skipped")]
-    assert len(skipped) == 7 and skipped["value"].isna().all() and (skipped["n"] == 0).all()
-    assert table.loc[table["metric"] == "SSIM", "value"].notna().all()
-
-
-def test_evaluate_rejects_bad_edit_fn_output():
-    with pytest.raises(ValueError, match="shaped like the source"):
-        metrics.evaluate(lambda s, spec: s[:, :1], dataset=FakePairs(), n=4, device="cpu", progress=False,
-                         evaluators=dict.fromkeys(metrics.EVALUATOR_NAMES))
-    with pytest.raises(ValueError, match="edit_fn output has values"):
-        metrics.evaluate(lambda s, spec: 3 * s, dataset=FakePairs(), n=4, device="cpu", progress=False,
-                         evaluators=dict.fromkeys(metrics.EVALUATOR_NAMES))
-    with pytest.raises(ValueError, match="unknown evaluators"):
-        metrics.evaluate(identity_edit, dataset=FakePairs(), n=4, device="cpu", evaluators={"lightcnn": None})
-
-
-@pytest.mark.skipif(importlib.util.find_spec("facelib.data.synthfaces") is None,
-                    reason="SynthFaces is not in the package yet")
-def test_evaluate_on_synthfaces_identity_and_oracle():
-    oracle_table = metrics.evaluate(oracle, n=16, batch_size=16, device="cpu", progress=False).set_index("metric")
-    assert oracle_table.loc["PSNR (whole image, dB)", "value"] == math.inf
-    assert oracle_table.loc["SSIM", "value"] == pytest.approx(1.0, abs=1e-6)
-    unchanged = metrics.evaluate(identity_edit, n=16, batch_size=16, device="cpu", progress=False)
-    unchanged = unchanged.set_index("metric")
-    assert unchanged.loc["PSNR (whole image, dB)", "value"] < math.inf
-    assert unchanged.loc["SSIM", "value"] < 1
-    assert (unchanged["n"] >= 0).all()
-    # FVAE's argument against pixel VAEs, measured: a blurred (but well aligned) edit loses sharpness
-    blurred = metrics.evaluate(lambda s, spec: F.avg_pool2d(spec["target_image"], 3, 1, 1, count_include_pad=False),
-                               n=16, batch_size=16, device="cpu", progress=False).set_index("metric")["value"]
-    assert blurred["sharpness (edited)"] < 0.5 * blurred["sharpness (real targets)"]

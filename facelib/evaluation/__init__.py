@@ -1,1 +1,21 @@
-"""Measurements: each paper's tables and figures, and the evaluators' held-out figures."""
+"""Evaluation: one protocol for every editor (:func:`evaluate`), and each paper's own tables.
+
+- :mod:`facelib.evaluation.protocol`: ``evaluate(editor, target_kind, ...)`` -> a tidy table, the
+  same rows for every method; the metric registry (:func:`metric`, :func:`register_metric`).
+- :mod:`facelib.evaluation.fvae`: FVAE's Table 1 over editors, Algorithm 2 and Fig. 7 against
+  SynthFaces' ground truth.
+- :mod:`facelib.evaluation.real`: an editor's edits of real photos, measured with the real-photo instruments.
+- :mod:`facelib.evaluation.evaluators`: the SynthFaces evaluators' own held-out figures.
+"""
+from __future__ import annotations
+
+from .protocol import (
+    COLUMNS, EVALUATOR_NAMES, Bundle, HeldOutPairs, MetricInfo, evaluate, held_out_pairs, held_out_target,
+    list_metrics, measure, metric, register_metric, resolve_evaluators, row, run_editor,
+)
+
+__all__ = [
+    "COLUMNS", "EVALUATOR_NAMES", "Bundle", "HeldOutPairs", "MetricInfo", "evaluate", "held_out_pairs",
+    "held_out_target", "list_metrics", "measure", "metric", "register_metric", "resolve_evaluators", "row",
+    "run_editor",
+]

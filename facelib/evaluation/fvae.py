@@ -1,28 +1,124 @@
-"""FVAE's measurements (Yeh et al. 2016): Table 1, Algorithm 2 against the truth, Fig. 7."""
+"""FVAE's measurements (Yeh et al. 2016) on the evaluation protocol: Table 1, Algorithm 2, Fig. 7.
+
+- :func:`table1`: Table 1 over editors, on held-out identities: each editor through
+  :func:`facelib.evaluation.protocol.run_editor` in Table 1's setting (the true target as the
+  reference, ``oracle=True``, for editors that accept a reference; expression targets for the
+  others), plus the rows only the protocol can make because they need the truth (the oracle
+  warp, no edit, the real targets) and FVAE's own two-source confidence blend;
+- :func:`measure_interpolation`: Algorithm 2 against the true in-between renders;
+- :func:`measure_upsampling`: Fig. 7, flow upsampling (Sec. 4.3) against pixel upsampling.
+
+Each takes editors (``facelib.load_editor`` names or instances) or the FVAE's networks, e.g.::
+
+    from facelib.evaluation.fvae import table1, measure_interpolation, measure_upsampling
+
+    table = table1(mask_net=facelib.load_pretrained("fvae_confidence"), n=256)
+    interp = measure_interpolation("fvae", facelib.load_pretrained("fvae_confidence"), n=128)
+    upsampling, example = measure_upsampling("fvae", "fvae_pixel_vae", scale=4, n=8)
+"""
 from __future__ import annotations
 
 import math
 
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from facelib.models.fvae import FVAE, ConfidenceNet, PixelVAE
-from facelib.train.fvae import PRESET, _pairs
+from facelib.editors import Editor, Target
+from facelib.evaluation.protocol import Bundle, HeldOutPairs, held_out_pairs, measure, run_editor
+from facelib.models.fvae import FVAE, ConfidenceNet, FVAEEditor, PixelVAE, confidence_blend, flow_upsample
+from facelib.train.fvae import PRESET
 from facelib.warp import warp
 
+__all__ = [
+    "TABLE1_EDITORS", "TABLE1_COLUMNS", "table1", "table1_setting", "true_latent_editor", "measure_interpolation",
+    "measure_upsampling", "pixel_upsample",
+]
+
+#: The editors of Table 1 by default, in row order.
+TABLE1_EDITORS = ("fvae", "fvae_pixel_vae", "optical_flow", "average_flow")
+#: Table 1's columns and the protocol's metric each one is.
+TABLE1_COLUMNS = {"psnr_db": "PSNR (whole image, dB)", "psnr_visible_db": "PSNR (visible mask, dB)",
+                  "sharpness": "sharpness (edited)", "flow_epe_visible_px": "flow EPE (visible mask, px)"}
+_ROW_NAMES = {"fvae": "FVAE (true latent)", "fvae_pixel_vae": "Pixel VAE (true latent)",
+              "average_flow": "Average flow of the expression pair (Sec. 6.1)"}
+CONFIDENCE_ROW = "FVAE + confidence (true latent, 2 sources)"
+ORACLE_ROW, NO_EDIT_ROW, REAL_ROW = "Oracle: warp by ground-truth flow", "No edit (source itself)", "Real targets (reference)"
+
+
 # ----------------------------------------------------------------------------------------
-# Measuring: the paper's Table 1 on held-out identities, plus flow EPE and sharpness
+# Editors from names, editors or networks
 # ----------------------------------------------------------------------------------------
-def _other_expression_source(batch: dict[str, torch.Tensor], size: int) -> torch.Tensor:
+def true_latent_editor(model: FVAE | PixelVAE) -> FVAEEditor:
+    """An editor for Table 1's setting from a bare FVAE or pixel VAE: reference targets only.
+
+    Z_edit = Z(reference) needs no expression latents (Algorithm 1's Z_label), so the editor has
+    none and refuses expression targets; a training recipe measures its fresh model with it.
+    """
+    if not isinstance(model, (FVAE, PixelVAE)):
+        raise TypeError(f"model must be an FVAE or a PixelVAE, got {type(model).__name__}")
+    editor = FVAEEditor(model, {}, name="fvae" if isinstance(model, FVAE) else "fvae_pixel_vae",
+                        paper="FVAE (Yeh et al. 2016), Table 1's true-latent setting")
+    editor.accepts = ("reference",)
+    return editor
+
+
+def _as_editor(editor, device="cpu") -> Editor:
+    """A registered name, an Editor, or an FVAE / pixel VAE network (see :func:`true_latent_editor`)."""
+    if isinstance(editor, str):
+        from facelib.editors import load_editor
+
+        return load_editor(editor, device=device)
+    if isinstance(editor, (FVAE, PixelVAE)):
+        return true_latent_editor(editor).to(device)
+    if not isinstance(editor, Editor):
+        raise TypeError(f"expected an editor (an Editor or a name from facelib.list_editors()) or an FVAE/PixelVAE, "
+                        f"got {type(editor).__name__}")
+    return editor.to(device)
+
+
+def _fvae_network(editor) -> FVAE:
+    """The FVAE inside an editor (or given as the network itself): Algorithm 2 needs its decoder."""
+    if isinstance(editor, str):
+        editor = _as_editor(editor)
+    model = editor.model if isinstance(editor, FVAEEditor) else editor
+    if not isinstance(model, FVAE):
+        raise TypeError(f"expected the FVAE (its editor, 'fvae', or the network), got {type(model).__name__}")
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------
+# Table 1 on held-out identities, plus flow EPE and sharpness
+# ----------------------------------------------------------------------------------------
+def table1_setting(editor: Editor) -> tuple[str, bool]:
+    """``(target_kind, oracle)`` of Table 1: the true target as the reference where the editor takes
+    a reference (FVAE's "true latent", the optical flow S -> T), else expression targets."""
+    return ("reference", True) if "reference" in editor.accepts else (editor.accepts[0], False)
+
+
+def _row_name(editor: Editor, kind: str, oracle: bool) -> str:
+    if editor.name == "optical_flow":
+        return f"Optical flow S->T ({editor.method.upper()}, true target)"
+    if editor.name in _ROW_NAMES:
+        return _ROW_NAMES[editor.name]
+    return f"{editor.name} ({kind} targets{', true target' if oracle else ''})"
+
+
+def _columns(bundle: Bundle) -> dict[str, float]:
+    values = {r["metric"]: r["value"] for r in measure(bundle, list(TABLE1_COLUMNS.values()))}
+    return {column: values[name] for column, name in TABLE1_COLUMNS.items()}
+
+
+def _other_expression_source(batch: dict[str, torch.Tensor], size: int, preset: str) -> torch.Tensor:
     """A second photo of each source's person with a third expression (neither source nor target).
 
     Rendered with SynthFaces at the batch's identity, yaw and the preset's full intensity, so
     the confidence blend can pick, per pixel, whichever photo explains the target better.
     """
-    from facelib.data import get_preset, render, emotion_aus
     from facelib.conventions import EXPRESSIONS
+    from facelib.data import emotion_aus, get_preset, render
 
-    names = [name for name in get_preset(PRESET).expressions]
+    names = list(get_preset(preset).expressions)
     third = []
     for src, tgt in zip(batch["source_emotion"].tolist(), batch["target_emotion"].tolist()):
         candidates = [EXPRESSIONS.index(n) for n in names if EXPRESSIONS.index(n) not in (src, tgt)]
@@ -33,130 +129,120 @@ def _other_expression_source(batch: dict[str, torch.Tensor], size: int) -> torch
 
 
 @torch.no_grad()
-def measure_table1(
-    fvae: FVAE | None,
-    *,
-    mask_net: ConfidenceNet | None = None,
-    pixel_vae: PixelVAE | None = None,
-    split: str = "test",
-    n: int = 256,
-    batch_size: int = 64,
-    optical_flow_method: str | None = "dis",
-    average_flow=None,
-    dataset=None,
-    progress: bool = True,
-):
-    """Table 1 of the paper on held-out identities: PSNR with the true target's latent.
-
-    One row per method with PSNR over the whole image and over ``visible`` (the target pixels
-    the true flow explains), sharpness (variance of the Laplacian) and the flow's end-point
-    error against the ground truth over ``visible`` (flow methods only). Rows:
-
-    - FVAE (true latent): g(S, Z(T));
-    - FVAE + confidence: g(S, Z(T)) and g(S2, Z(T)) from a second photo S2 of the person
-      (a third expression), blended by the softmax of their confidence masks (Algorithm 2's blend);
-    - Pixel VAE (true latent): the paper's VAE row;
-    - optical flow S -> T (OpenCV DIS or Farneback; Table 1's EpicFlow analogue), computed with
-      the true target, as in the paper;
-    - with ``average_flow`` (a fitted ``facelib.models.baselines.AverageFlow``): Sec. 6.1's editing
-      baseline, the training identities' average flow for the pair's two expressions;
-    - oracle: S warped by the ground-truth flow, the ceiling of any warp-only method;
-    - no edit (the source itself) and the real targets' sharpness, for reference.
-
-    Returns a ``pandas.DataFrame`` (``.attrs["n"]`` = pairs measured).
-    """
-    import pandas as pd
-
-    from facelib.models.fvae import confidence_blend
-    from facelib.metrics import flow_epe, psnr, sharpness
-    from facelib.models.baselines import optical_flow
-
-    reference = next(m for m in (fvae, pixel_vae) if m is not None)
-    size = reference.config.image_size
-    dataset = _pairs(split, size) if dataset is None else dataset
-    count = min(n, len(dataset))
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(count)), batch_size=batch_size)
-    outputs: dict[str, list[torch.Tensor]] = {}
-    flows: dict[str, list[torch.Tensor]] = {}
-    kept: dict[str, list[torch.Tensor]] = {"target": [], "visible": [], "flow": []}
-
-    def add(name, output, flow=None):
-        outputs.setdefault(name, []).append(output.float())
-        if flow is not None:
-            flows.setdefault(name, []).append(flow.float())
-
-    for model in (fvae, mask_net, pixel_vae):
-        if model is not None:
-            model.eval()
-    for batch in tqdm(loader, desc="Table 1", disable=not progress, leave=False):
+def _confidence_blend_edits(editor: FVAEEditor, mask_net: ConfidenceNet, pairs: HeldOutPairs, preset: str,
+                            progress: bool) -> torch.Tensor:
+    """FVAE + confidence: g(S, Z(T)) and g(S2, Z(T)) from a second photo S2 of the person, blended by
+    the softmax of their confidence masks (Algorithm 2's blend)."""
+    mask_net.eval()
+    device = next(mask_net.parameters()).device
+    blended = []
+    for batch in tqdm(pairs.batches, desc="FVAE + confidence", disable=not progress, leave=False):
         source, target = batch["source"], batch["target"]
-        for key in kept:
-            kept[key].append(batch[key].float())
-        if fvae is not None:
-            z = fvae.latent(target)
-            first = fvae.decode(source, z)
-            add("FVAE (true latent)", first["output"], first["flow"])
-            if mask_net is not None:
-                second_source = _other_expression_source(batch, size)
-                second = fvae.decode(second_source, z)
-                blended, _ = confidence_blend([first["output"], second["output"]],
-                                              [mask_net(source, z), mask_net(second_source, z)])
-                add("FVAE + confidence (true latent, 2 sources)", blended)
-        if pixel_vae is not None:
-            add("Pixel VAE (true latent)", pixel_vae.decode(source, pixel_vae.latent(target))["output"])
-        if optical_flow_method is not None:
-            estimated = optical_flow(source, target, method=optical_flow_method)
-            add(f"Optical flow S->T ({optical_flow_method.upper()}, true target)", warp(source, estimated), estimated)
-        if average_flow is not None:
-            mean_flows = torch.stack([average_flow.flow(int(a), int(b)) for a, b in
-                                      zip(batch["source_emotion"], batch["target_emotion"])])
-            add("Average flow of the expression pair (Sec. 6.1)", warp(source, mean_flows), mean_flows)
-        add("Oracle: warp by ground-truth flow", warp(source, batch["flow"]), batch["flow"])
-        add("No edit (source itself)", source, torch.zeros_like(batch["flow"]))
-    target, visible, true_flow = (torch.cat(kept[k]) for k in ("target", "visible", "flow"))
-    rows = []
-    for name, parts in outputs.items():
-        output = torch.cat(parts).clamp(-1, 1)
-        rows.append({
-            "method": name,
-            "psnr_db": psnr(output, target),
-            "psnr_visible_db": psnr(output, target, mask=visible),
-            "sharpness": sharpness(output),
-            "flow_epe_visible_px": flow_epe(torch.cat(flows[name]), true_flow, mask=visible) if name in flows else math.nan,
-        })
-    rows.append({"method": "Real targets (reference)", "psnr_db": math.inf, "psnr_visible_db": math.inf,
-                 "sharpness": sharpness(target), "flow_epe_visible_px": math.nan})
-    table = pd.DataFrame(rows)
-    table.attrs["n"] = count
+        second_source = _other_expression_source(batch, editor.image_size, preset)
+        first = editor.edit(source, Target(reference=target))  # Z_edit = Z(T): the true latent
+        second = editor.edit(second_source, Target(reference=target))
+        logits = [mask_net(image.to(device), result.latent.to(device)).cpu()
+                  for image, result in ((source, first), (second_source, second))]
+        blended.append(confidence_blend([first.output, second.output], logits)[0].clamp(-1, 1))
+    return torch.cat(blended)
+
+
+def table1(editors=TABLE1_EDITORS, *, mask_net: ConfidenceNet | None = None, preset: str = PRESET,
+           split: str = "test", n: int = 256, batch_size: int = 64, seed: int = 0, device: str = "cpu",
+           progress: bool = True) -> pd.DataFrame:
+    """Table 1 of the paper on held-out identities, one row per editor plus the protocol's rows.
+
+    editors: names (``facelib.load_editor``) or :class:`~facelib.editors.Editor` instances (or a
+        bare FVAE / pixel VAE, see :func:`true_latent_editor`), in row order; default
+        :data:`TABLE1_EDITORS`. Each runs in :func:`table1_setting`: the true target as the
+        reference (``oracle=True``) for FVAE ("true latent"), the pixel VAE and the optical flow
+        S -> T (OpenCV DIS, Table 1's EpicFlow analogue), expression targets for the average flow.
+    mask_net: FVAE's confidence network; with it, the row "FVAE + confidence (true latent, 2
+        sources)" follows the first FVAE editor: a second photo S2 of the person (a third
+        expression) decoded with Z(T) too, blended by the softmax of the two confidence masks.
+
+    Then the rows that need the truth: "Oracle: warp by ground-truth flow" (the ceiling of any
+    warp-only method), "No edit (source itself)" and the real targets' sharpness.
+    Columns: ``method, psnr_db, psnr_visible_db, sharpness, flow_epe_visible_px`` (PSNR over the
+    whole image and over ``visible``, the target pixels the true flow explains; EPE against the
+    true flow over ``visible``, flow methods only). ``.attrs``: ``n`` (pairs measured) and
+    ``settings`` (each row's editor and target kind).
+    """
+    if isinstance(editors, (str, Editor, FVAE, PixelVAE)):
+        editors = [editors]
+    editors = [_as_editor(editor, device) for editor in editors]
+    if not editors:
+        raise ValueError(f"table1 needs at least one editor, e.g. {list(TABLE1_EDITORS)}")
+    if mask_net is not None and not isinstance(mask_net, ConfidenceNet):
+        raise TypeError(f"mask_net must be FVAE's ConfidenceNet (facelib.load_pretrained('fvae_confidence')), "
+                        f"got {type(mask_net).__name__}")
+    blended_by = next((e for e in editors if isinstance(e, FVAEEditor) and isinstance(e.model, FVAE)), None)
+    if mask_net is not None and blended_by is None:
+        raise ValueError("the confidence row needs an FVAE editor among the editors (e.g. 'fvae')")
+    rendered: dict[int, HeldOutPairs] = {}  # by image size: the pairs are rendered once per size
+
+    def pairs_at(size: int) -> HeldOutPairs:
+        if size not in rendered:
+            rendered[size] = held_out_pairs(preset, split, size, n, batch_size=batch_size, seed=seed, progress=progress)
+        return rendered[size]
+
+    rows, settings = [], {}
+    for editor in editors:
+        kind, oracle = table1_setting(editor)
+        name = _row_name(editor, kind, oracle)
+        pairs = pairs_at(editor.image_size)
+        rows.append({"method": name, **_columns(run_editor(editor, kind, pairs, oracle=oracle, progress=progress))})
+        settings[name] = (editor.name, kind, oracle)
+        if editor is blended_by and mask_net is not None:
+            blended = _confidence_blend_edits(editor, mask_net.to(device), pairs, preset, progress)
+            rows.append({"method": CONFIDENCE_ROW, **_columns(Bundle.from_pairs(pairs, CONFIDENCE_ROW, blended, None))})
+            settings[CONFIDENCE_ROW] = (editor.name, "reference + a second photo", True)
+    pairs = pairs_at(editors[0].image_size)
+    source, true_flow = pairs.truth("source").float(), pairs.truth("flow").float()
+    oracle_edits = Bundle.from_pairs(pairs, ORACLE_ROW, warp(source, true_flow).clamp(-1, 1), true_flow)
+    no_edit = Bundle.from_pairs(pairs, NO_EDIT_ROW, source, torch.zeros_like(true_flow))
+    rows += [{"method": ORACLE_ROW, **_columns(oracle_edits)}, {"method": NO_EDIT_ROW, **_columns(no_edit)}]
+    rows.append({"method": REAL_ROW, "psnr_db": math.inf, "psnr_visible_db": math.inf,
+                 "sharpness": _real_sharpness(pairs),
+                 "flow_epe_visible_px": math.nan})
+    table = pd.DataFrame(rows, columns=["method", *TABLE1_COLUMNS])
+    table.attrs.update(n=pairs.count, settings=settings)
     return table
 
 
+def _real_sharpness(pairs: HeldOutPairs) -> float:
+    return next(r["value"] for r in measure(Bundle.from_pairs(pairs, REAL_ROW, pairs.truth("target").float(), None),
+                                            ["sharpness (real targets)"]))
+
+
+# ----------------------------------------------------------------------------------------
+# Algorithm 2 and Fig. 7 against SynthFaces' ground truth
+# ----------------------------------------------------------------------------------------
 @torch.no_grad()
-def measure_interpolation(
-    fvae: FVAE, mask_net: ConfidenceNet, *, split: str = "test", n: int = 64, factors=(0.25, 0.5, 0.75),
-    batch_size: int = 32, dataset=None, progress: bool = True,
-):
+def measure_interpolation(fvae, mask_net: ConfidenceNet, *, preset: str = PRESET, split: str = "test", n: int = 64,
+                          factors=(0.25, 0.5, 0.75), batch_size: int = 32, seed: int = 0,
+                          progress: bool = True) -> pd.DataFrame:
     """Algorithm 2 against the truth: PSNR of the in-between frames, blended and single-source.
 
-    For held-out pairs (S1, S2) of one person, Algorithm 2 walks Z from Z(S1) to Z(S2); the
-    reference at fraction t is SynthFaces' render of the same face with the AUs interpolated,
-    (1 - t) AU(S1) + t AU(S2). Returns a ``pandas.DataFrame`` with PSNR (whole image) per factor
-    for the confidence blend and for g(S1, Z_edit) and g(S2, Z_edit) alone.
+    ``fvae``: the FVAE editor (``"fvae"``, ``facelib.load_editor("fvae")``) or the network. For
+    held-out pairs (S1, S2) of one person, :func:`facelib.models.fvae.interpolate` walks Z from
+    Z(S1) to Z(S2); the reference at fraction t is SynthFaces' render of the same face with the
+    AUs interpolated, (1 - t) AU(S1) + t AU(S2). Returns a ``pandas.DataFrame`` with PSNR (whole
+    image) per factor for the confidence blend and for g(S1, Z_edit) and g(S2, Z_edit) alone.
     """
-    import pandas as pd
-
-    from facelib.data import render
-    from facelib.models.fvae import interpolate
+    from facelib.data import SynthFaces, render
     from facelib.metrics import psnr
+    from facelib.models.fvae import interpolate
 
+    fvae = _fvae_network(fvae)
     size = fvae.config.image_size
-    dataset = _pairs(split, size) if dataset is None else dataset
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(min(n, len(dataset)))),
-                                         batch_size=batch_size)
+    dataset = SynthFaces(preset, split, size=size, pairs=True, seed=seed)
+    count = min(n, len(dataset))
     kinds = {"outputs": "confidence blend (Algorithm 2)", "from_source1": "source 1 only", "from_source2": "source 2 only"}
     collected: dict[tuple[str, float], list[torch.Tensor]] = {}
     truths: dict[float, list[torch.Tensor]] = {}
-    for batch in tqdm(loader, desc="Algorithm 2", disable=not progress, leave=False):
+    for start in tqdm(range(0, count, batch_size), desc="Algorithm 2", disable=not progress, leave=False):
+        batch = dataset.batch(range(start, min(start + batch_size, count)))
         result = interpolate(fvae, mask_net, batch["source"], batch["target"], list(factors))
         for k, factor in enumerate(factors):
             aus = (1 - factor) * batch["source_aus"] + factor * batch["target_aus"]
@@ -166,56 +252,57 @@ def measure_interpolation(
     rows = []
     for factor in factors:
         truth = torch.cat(truths[factor])
-        row = {"t": factor}
-        for key, name in kinds.items():
-            row[name] = psnr(torch.cat(collected[(key, factor)]).clamp(-1, 1), truth)
-        rows.append(row)
+        rows.append({"t": factor, **{name: psnr(torch.cat(collected[(key, factor)]).clamp(-1, 1), truth)
+                                     for key, name in kinds.items()}})
     table = pd.DataFrame(rows)
-    table.attrs["n"] = len(truth)
+    table.attrs["n"] = count
     return table
 
 
 @torch.no_grad()
-def measure_upsampling(fvae: FVAE, pixel_vae: PixelVAE | None = None, *, scale: int = 4, split: str = "test",
-                       n: int = 32, batch_size: int = 16, progress: bool = True):
+def measure_upsampling(fvae, pixel_vae=None, *, scale: int = 4, preset: str = PRESET, split: str = "test",
+                       n: int = 32, batch_size: int = 16, seed: int = 0, progress: bool = True):
     """Fig. 7 against the truth: flow upsampling (Sec. 4.3) versus pixel upsampling at ``scale``x.
 
-    The FVAE runs at its own size with the true target's latent; its flow is upsampled and
-    applied to SynthFaces' render of the same source at ``scale`` times the size, and compared
-    with the render of the target at that size. Pixel upsampling enlarges g(S, Z) itself
-    (bicubic); with ``pixel_vae`` its output is enlarged too. Returns ``(table, example)``: a
-    ``pandas.DataFrame`` of PSNR and sharpness at high resolution per method, and a dict of the
-    first pair's images (``source_highres``, ``target_highres``, ``flow`` and one per method).
+    ``fvae`` (and ``pixel_vae``): editors, names or networks. The FVAE edits at its own size with
+    the true target as the reference (Table 1's true latent); its flow is upsampled and applied to
+    SynthFaces' render of the same source at ``scale`` times the size
+    (:func:`facelib.models.fvae.flow_upsample`), and compared with the render of the target at that
+    size. Pixel upsampling enlarges the edited image itself (bicubic); with ``pixel_vae`` its output
+    is enlarged too. Returns ``(table, example)``: a ``pandas.DataFrame`` of PSNR and sharpness at
+    high resolution per method, and a dict of the first pair's images (``source_highres``,
+    ``target_highres``, ``flow`` and one per method).
     """
-    import pandas as pd
-
-    from facelib.models.fvae import flow_upsample
+    from facelib.data import SynthFaces
     from facelib.metrics import psnr, sharpness
 
-    size = fvae.config.image_size
-    low, high = _pairs(split, size), _pairs(split, size * scale)
+    fvae = _as_editor(fvae)
+    if not isinstance(fvae, FVAEEditor) or not isinstance(fvae.model, FVAE):
+        raise TypeError("fvae must be the FVAE (its editor, 'fvae' or the network): Sec. 4.3 upsamples its flow")
+    pixel_vae = None if pixel_vae is None else _as_editor(pixel_vae)
+    size = fvae.image_size
+    low = SynthFaces(preset, split, size=size, pairs=True, seed=seed)
+    high = SynthFaces(preset, split, size=size * scale, pairs=True, seed=seed)
     count = min(n, len(low))
     outputs: dict[str, list[torch.Tensor]] = {}
-    targets = []
-    example = {}
+    targets, example = [], {}
     for start in tqdm(range(0, count, batch_size), desc="Fig. 7", disable=not progress, leave=False):
-        indices = list(range(start, min(start + batch_size, count)))
-        small = torch.utils.data.default_collate(low.__getitems__(indices))
-        big = torch.utils.data.default_collate(high.__getitems__(indices))
-        decoded = fvae.decode(small["source"], fvae.latent(small["target"]))
+        indices = range(start, min(start + batch_size, count))
+        small, big = low.batch(indices), high.batch(indices)
+        edited = fvae.edit(small["source"], Target(reference=small["target"]))
         methods = {
-            "flow upsampling (Sec. 4.3)": flow_upsample(big["source"], decoded["flow"]),
-            "pixel upsampling of the FVAE output (bicubic)": pixel_upsample(decoded["output"], size * scale),
+            "flow upsampling (Sec. 4.3)": flow_upsample(big["source"], edited.flow),
+            "pixel upsampling of the FVAE output (bicubic)": pixel_upsample(edited.output, size * scale),
         }
         if pixel_vae is not None:
-            vae_out = pixel_vae.decode(small["source"], pixel_vae.latent(small["target"]))["output"]
+            vae_out = pixel_vae.edit(small["source"], Target(reference=small["target"])).output
             methods["pixel upsampling of the pixel VAE output (bicubic)"] = pixel_upsample(vae_out, size * scale)
         for name, images in methods.items():
             outputs.setdefault(name, []).append(images)
         targets.append(big["target"])
         if not example:
             example = {"source_highres": big["source"][0], "target_highres": big["target"][0],
-                       "flow": decoded["flow"][0], **{name: images[0] for name, images in methods.items()}}
+                       "flow": edited.flow[0], **{name: images[0] for name, images in methods.items()}}
     target = torch.cat(targets)
     rows = [{"method": name, "psnr_db": psnr(torch.cat(parts).clamp(-1, 1), target), "sharpness": sharpness(torch.cat(parts))}
             for name, parts in outputs.items()]

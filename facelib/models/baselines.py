@@ -33,7 +33,8 @@ from facelib.conventions import EXPRESSIONS, check_images
 from facelib.editors import Editor, EditResult, Target
 from facelib.warp import warp
 
-__all__ = ["AverageFlow", "AverageFlowConfig", "AverageFlowEditor", "load_average_flow_editor", "optical_flow", "cross_fade", "mesh_morph", "optical_flow_morph"]
+__all__ = ["AverageFlow", "AverageFlowConfig", "AverageFlowEditor", "load_average_flow_editor", "optical_flow", "cross_fade", "mesh_morph", "optical_flow_morph",
+           "OpticalFlowEditor", "load_optical_flow_editor"]
 
 
 def _check_same(a: torch.Tensor, b: torch.Tensor, names: str) -> None:
@@ -271,3 +272,34 @@ def optical_flow_morph(image1: torch.Tensor, image2: torch.Tensor, t: float, met
     # A pixel of the in-between frame comes from image1 a fraction t along the 1 -> 2 motion,
     # approximated by the flow at the same pixel (the flows are smooth on faces).
     return cross_fade(warp(image1, t * flow_2_from_1), warp(image2, (1 - t) * flow_1_from_2), t)
+
+
+class OpticalFlowEditor(Editor):
+    """Table 1's optical-flow row as an editor: estimate the flow from S to the reference with
+    :func:`optical_flow` (OpenCV DIS by default) and warp S along it, scaled by the intensity.
+
+    With the true target as the reference (``facelib.evaluation.evaluate(..., "reference",
+    oracle=True)``) this is exactly Table 1's setting, the paper's EpicFlow row; with another
+    person's face as the reference, the flow also tries to move this face onto that one.
+    Extras: ``flow``.
+    """
+
+    name = "optical_flow"
+    accepts = ("reference",)
+    intensity_range = (0.0, 1.0)
+
+    def __init__(self, method: str = "dis", image_size: int = 64):
+        if method not in ("dis", "farneback"):
+            raise ValueError(f"unknown optical flow method {method!r}; use 'dis' or 'farneback'")
+        self.method, self.image_size = method, image_size
+        self.paper = f"FVAE (Yeh et al. 2016), Table 1 optical-flow row ({method.upper()}, standing in for EpicFlow)"
+
+    def _edit(self, images: torch.Tensor, target: Target) -> EditResult:
+        flow = optical_flow(images, target.reference, method=self.method)  # [B, 2, H, W], reference ~= warp(S, flow)
+        flow = flow * target.intensities(len(images)).to(flow).view(-1, 1, 1, 1)
+        return EditResult(output=warp(images, flow), flow=flow)
+
+
+def load_optical_flow_editor(device="cpu") -> OpticalFlowEditor:
+    """``facelib.load_editor("optical_flow")``: OpenCV DIS optical flow toward the reference (no weights)."""
+    return OpticalFlowEditor()

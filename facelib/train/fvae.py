@@ -320,7 +320,7 @@ def train_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: b
     from pathlib import Path
 
     from facelib.checkpoint import save_model
-    from facelib.evaluation.fvae import measure_table1
+    from facelib.evaluation.fvae import table1, true_latent_editor
 
     out_dir = Path(out_dir)
     size = FVAEConfig().image_size
@@ -338,7 +338,7 @@ def train_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: b
     fvae_stem = save_model(fvae.cpu(), out_dir / "fvae", extra={"best_val_step": _best_step(fvae_fit),
                                                                  "expression_latents": training_latents(fvae, smoke)})
     mask_stem = save_model(mask_net.cpu(), out_dir / "fvae_confidence", extra={"best_val_step": _best_step(mask_fit)})
-    table = measure_table1(fvae, mask_net=mask_net, split="val" if smoke else "test", n=8 if smoke else 256)
+    table = table1([true_latent_editor(fvae)], mask_net=mask_net, split="val" if smoke else "test", n=8 if smoke else 256)
     metrics = {row.method: row for row in table.itertuples()}
     fvae_row, conf_row = metrics["FVAE (true latent)"], metrics["FVAE + confidence (true latent, 2 sources)"]
     return {
@@ -358,7 +358,7 @@ def train_pixel_vae_recipe(*, steps: int | None, seed: int, out_dir, device: str
     from pathlib import Path
 
     from facelib.checkpoint import save_model
-    from facelib.evaluation.fvae import measure_table1
+    from facelib.evaluation.fvae import table1, true_latent_editor
 
     out_dir = Path(out_dir)
     size = FVAEConfig().image_size
@@ -368,8 +368,7 @@ def train_pixel_vae_recipe(*, steps: int | None, seed: int, out_dir, device: str
     model, fit = _fit(task, steps=total, seed=seed, out_dir=out_dir, device=device, smoke=smoke, name="pixel_vae")
     stem = save_model(model.cpu(), out_dir / "fvae_pixel_vae", extra={"best_val_step": _best_step(fit),
                                                                       "expression_latents": training_latents(model, smoke)})
-    table = measure_table1(None, pixel_vae=model, split="val" if smoke else "test", n=8 if smoke else 256,
-                           optical_flow_method=None)
+    table = table1([true_latent_editor(model)], split="val" if smoke else "test", n=8 if smoke else 256)
     row = next(table[table.method == "Pixel VAE (true latent)"].itertuples())
     return {
         "checkpoints": {"fvae_pixel_vae": stem},
@@ -391,25 +390,20 @@ def train_average_flow_recipe(*, steps: int | None, seed: int, out_dir, device: 
     from pathlib import Path
 
     from facelib.checkpoint import save_model
-    from facelib.conventions import EXPRESSIONS
     from facelib.data import SynthFaces
-    from facelib.editors import Target
-    from facelib.metrics import psnr
+    from facelib.evaluation.fvae import table1
     from facelib.models.baselines import AverageFlow, AverageFlowEditor
 
     train_pairs = SynthFaces(preset=PRESET, split="train", size=FVAEConfig().image_size, pairs=True, seed=0)
     subset = torch.utils.data.Subset(train_pairs, range(0, len(train_pairs), 31))
     average = AverageFlow.fit(subset, max_pairs=64 if smoke else 4000)
     stem = save_model(average, Path(out_dir) / "average_flow", extra={"pairs_averaged": min(len(subset), 64 if smoke else 4000)})
-    test = _pairs("val" if smoke else "test", average.config.image_size).batch(range(8 if smoke else 256))
-    names = [EXPRESSIONS[int(i)] for i in test["target_emotion"]]
-    sources = [EXPRESSIONS[int(i)] for i in test["source_emotion"]]
-    edited = AverageFlowEditor(average).edit(test["source"], Target(expression=names, source_expression=sources)).output
+    table = table1([AverageFlowEditor(average)], split="val" if smoke else "test", n=8 if smoke else 256)
+    row = next(table[table.method == "Average flow of the expression pair (Sec. 6.1)"].itertuples())
     return {
         "checkpoints": {"average_flow": stem},
-        "metrics": {"average_flow": {"psnr_db": psnr(edited, test["target"]),
-                                     "psnr_visible_db": psnr(edited, test["target"], mask=test["visible"]),
-                                     "n_test_pairs": len(names)}},
+        "metrics": {"average_flow": {"psnr_db": float(row.psnr_db), "psnr_visible_db": float(row.psnr_visible_db),
+                                     "n_test_pairs": table.attrs["n"]}},
         "preset": PRESET,
         "steps": 0,
     }
