@@ -387,4 +387,4 @@ register_editor("average_flow", "facelib.models.baselines:load_average_flow_edit
                 paper="FVAE (Yeh et al. 2016), Sec. 6.1 average-flow baseline", accepts=("expression",),
                 weights=("average_flow",))
 register_editor("optical_flow", "facelib.models.baselines:load_optical_flow_editor",
-                paper="FVAE (Yeh et al. 2016), Table 1 optical-flow row (OpenCV DIS)", accepts=("reference",), weights=())
+                paper="FVAE (Yeh et al. 2016), Table 1 optical-flow row (DIS, standing in for EpicFlow)", accepts=("reference",), weights=())
