@@ -26,8 +26,7 @@ from tqdm.auto import tqdm
 
 from facelib.editors import Editor, Target
 from facelib.evaluation.protocol import Bundle, HeldOutPairs, held_out_pairs, measure, run_editor
-from facelib.models.fvae import FVAE, ConfidenceNet, FVAEEditor, PixelVAE, confidence_blend, flow_upsample
-from facelib.train.fvae import PRESET
+from facelib.models.fvae import PRESET, FVAE, ConfidenceNet, FVAEEditor, PixelVAE, confidence_blend, flow_upsample
 from facelib.warp import warp
 
 __all__ = [

@@ -52,6 +52,9 @@ from facelib.editors import Editor, EditResult, Target
 from facelib.models.blocks import ConvEncoder, SkipDecoder, init_truncated_normal
 from facelib.warp import upsample_flow, warp
 
+#: The SynthFaces preset the FVAE is trained and measured on (Multi-PIE's six expressions, as in the paper).
+PRESET = "multipie"
+
 __all__ = [
     "FVAEConfig", "FVAE", "PixelVAE", "ConfidenceNet", "FVAEEditor", "confidence_blend", "interpolate",
     "flow_upsample", "load_fvae_editor", "load_pixel_vae_editor",

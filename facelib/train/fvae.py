@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from facelib.models.fvae import FVAE, ConfidenceNet, FVAEConfig, PixelVAE
-from facelib.train.trainer import TrainingTask
+from facelib import losses
+from facelib.checkpoint import save_model
+from facelib.conventions import EXPRESSIONS
+from facelib.data import SynthFaces
+from facelib.models.baselines import AverageFlow, AverageFlowEditor
+from facelib.evaluation.fvae import table1, true_latent_editor
+from facelib.models.fvae import PRESET, FVAE, ConfidenceNet, FVAEConfig, PixelVAE
+from facelib.train.trainer import Trainer, TrainingTask
 
 # ----------------------------------------------------------------------------------------
 # Data preparation (Sec. 5.2)
@@ -158,7 +165,6 @@ class FVAETrainingTask(_EarlyStoppingTask):
         return super().augment(source, target)
 
     def losses(self, model, source, target):
-        from facelib import losses
 
         out = model(source, target)
         terms = {
@@ -191,7 +197,6 @@ class ConfidenceTrainingTask(_EarlyStoppingTask):
         return {"mask": mask_net}, {"adam": torch.optim.Adam(mask_net.parameters(), lr=self.train.lr, betas=self.train.betas)}
 
     def losses(self, mask_net, source, target):
-        from facelib import losses
 
         with torch.no_grad():
             z = self.fvae.latent(target)
@@ -219,7 +224,6 @@ def expression_latents(model, dataset, *, max_per_expression: int = LATENTS_PER_
     e.g. ``SynthFaces(..., pairs=False)``; the first ``max_per_expression`` images of each label
     are averaged. Returns ``{name: [C, h, w]}`` in ``facelib.EXPRESSIONS`` order.
     """
-    from facelib.conventions import EXPRESSIONS
 
     was_training = model.training
     model.eval()
@@ -252,7 +256,6 @@ def latents_for_checkpoint(latents: dict[str, torch.Tensor]) -> dict:
 
 def training_latents(model, smoke: bool = False) -> dict:
     """Expression latents of ``model`` over the preset's training images, ready for ``save_model(extra=...)``."""
-    from facelib.data import SynthFaces
 
     singles = SynthFaces(preset=PRESET, split="train", size=model.config.image_size, seed=0)
     count = 2 if smoke else LATENTS_PER_EXPRESSION
@@ -262,7 +265,6 @@ def training_latents(model, smoke: bool = False) -> dict:
 # ----------------------------------------------------------------------------------------
 # Recipes: `python -m facelib train fvae` (FVAE + confidence network), `... fvae_pixel_vae`
 # ----------------------------------------------------------------------------------------
-PRESET = "multipie"
 FVAE_STEPS = 1500  # shipped run: about 20 min on one busy CPU core
 MASK_STEPS = 300
 PIXEL_VAE_STEPS = 1500
@@ -272,14 +274,12 @@ SMOKE_STEPS = 4
 
 def _pairs(split: str, size: int):
     """Held-out pairs of the multipie preset with their true flow and visible mask."""
-    from facelib.data import SynthFaces
 
     return SynthFaces(preset=PRESET, split=split, size=size, pairs=True, seed=0)
 
 
 def _training_pairs(size: int, smoke: bool) -> ExpressionPairs:
     """All expression pairs per identity of the multipie training identities (Sec. 5.2)."""
-    from facelib.data import SynthFaces
 
     singles = SynthFaces(preset=PRESET, split="train", size=size, seed=0)
     if smoke:
@@ -297,7 +297,6 @@ def _first_items(dataset, count: int) -> dict[str, torch.Tensor]:
 def _fit(task, *, steps: int, seed: int, out_dir, device: str, smoke: bool, name: str):
     """Run a task with facelib's Trainer, validating 20 times; returns its module with the weights of
     the lowest validation loss (the Trainer's early stopping, Sec. 5.4) and the ``FitResult``."""
-    from facelib.train import Trainer
 
     trainer = Trainer(task, steps=steps, batch_size=4 if smoke else BATCH_SIZE, seed=seed, out_dir=out_dir / name,
                       device=device, log_every=1 if smoke else 10, validate_every=max(1, steps // 20),
@@ -317,10 +316,6 @@ def _steps(default: int, steps: int | None, smoke: bool) -> int:
 
 def train_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: bool) -> dict:
     """Recipe ``fvae``: the FVAE with Eq. 1, then its confidence network with Eq. 7-8 (FVAE frozen)."""
-    from pathlib import Path
-
-    from facelib.checkpoint import save_model
-    from facelib.evaluation.fvae import table1, true_latent_editor
 
     out_dir = Path(out_dir)
     size = FVAEConfig().image_size
@@ -355,10 +350,6 @@ def train_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: b
 
 def train_pixel_vae_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: bool) -> dict:
     """Recipe ``fvae_pixel_vae``: the paper's "VAE" baseline, trained with Eq. 1 minus the flow term."""
-    from pathlib import Path
-
-    from facelib.checkpoint import save_model
-    from facelib.evaluation.fvae import table1, true_latent_editor
 
     out_dir = Path(out_dir)
     size = FVAEConfig().image_size
@@ -387,12 +378,6 @@ def train_average_flow_recipe(*, steps: int | None, seed: int, out_dir, device: 
     No optimisation: "training" is one averaging pass over every 31st multipie training pair
     (every identity, expression pair and yaw is represented). ``steps`` is ignored.
     """
-    from pathlib import Path
-
-    from facelib.checkpoint import save_model
-    from facelib.data import SynthFaces
-    from facelib.evaluation.fvae import table1
-    from facelib.models.baselines import AverageFlow, AverageFlowEditor
 
     train_pairs = SynthFaces(preset=PRESET, split="train", size=FVAEConfig().image_size, pairs=True, seed=0)
     subset = torch.utils.data.Subset(train_pairs, range(0, len(train_pairs), 31))
