@@ -71,6 +71,7 @@ PRETRAINED_CLASSES = {
     "identity_embedder": "facelib.models.evaluators.IdentityEmbedder",
     "fer2013_mini_xception": "facelib.models.real.MiniXception",
     "average_flow": "facelib.models.baselines.AverageFlow",
+    "stargan": "facelib.models.stargan.StarGANGenerator",
 }
 
 

@@ -1,0 +1,163 @@
+"""StarGAN (Choi et al. 2018): one generator for every expression domain, conditioned on a target label.
+
+The generator G(x, c) sees the image with the one-hot target domain ``c`` tiled as extra
+channels (depth-wise concatenation) and paints the edited face; a PatchGAN critic scores
+real/fake patches and classifies the domain with an auxiliary head. Here the domains are
+RaFD's eight emotions (``facelib.EMOTIONS``), trained on the ``rafd`` preset. It is the
+baseline of LEED and EGGAN, and LEED's "pre-trained GAN" neutraliser (``expression="neutral"``).
+
+The StarGAN paper is not among ``../shared/papers``; its equations are cited from the published
+paper (Choi et al., CVPR 2018), and the settings the paper leaves out from its public code
+(``../shared/REFERENCE_NOTES.md``).
+
+Where the paper is computed (file: function):
+
+=================================  =========================================================
+Eq. 1 (adversarial loss, as        facelib/train/stargan.py: StarGANTask.critic_losses,
+WGAN-GP, Sec. 4)                   generator_losses (facelib/losses.py: gradient_penalty)
+Eq. 2 (domain classification,      facelib/train/stargan.py: StarGANTask.critic_losses
+real images, for D)
+Eq. 3 (domain classification,      facelib/train/stargan.py: StarGANTask.generator_losses
+fake images, for G)
+Eq. 4 (reconstruction / cycle)     facelib/train/stargan.py: StarGANTask.generator_losses
+Eq. 5 (the full objectives)        facelib/train/stargan.py: StarGANTask.critic_losses, generator_losses
+Sec. 4 / Fig. 3 (networks)         facelib/models/stargan.py: StarGANGenerator, StarGANCritic;
+                                   facelib/models/blocks.py: down_block, ResidualBlock, up_block
+=================================  =========================================================
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from facelib.conventions import EMOTIONS, check_images
+from facelib.editors import Editor, EditResult, Target
+from facelib.models.blocks import PatchCritic, ResidualBlock, conv_norm_act, down_block, tile_condition, up_block
+
+__all__ = ["StarGANConfig", "StarGANGenerator", "StarGANCritic", "StarGANEditor", "load_stargan_editor", "DOMAINS"]
+
+#: The domains: RaFD's eight emotions, in ``facelib.EMOTIONS`` order (a label's index is its domain).
+DOMAINS: tuple[str, ...] = EMOTIONS
+
+
+@dataclass
+class StarGANConfig:
+    """Generator and critic of StarGAN.
+
+    image_size: square input size. base_channels: the generator's first layer (it doubles at each of
+    the two down-samplings). residual_blocks: at the bottleneck (StarGAN: 6). critic_channels and
+    critic_layers: the PatchGAN critic (channels double per stride-2 layer). num_domains: labels.
+    """
+
+    image_size: int = 64
+    base_channels: int = 16  # CPU width (StarGAN: 64)
+    residual_blocks: int = 6
+    critic_channels: int = 32  # CPU width (StarGAN: 64)
+    critic_layers: int = 5  # 64 px -> a 2x2 final map, as StarGAN's 6 layers at 128 px
+    num_domains: int = len(DOMAINS)
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "base_channels", "residual_blocks", "critic_channels", "critic_layers", "num_domains"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.image_size % 4 or self.image_size % 2**self.critic_layers:
+            raise ValueError(f"image_size must be divisible by 4 and by 2**critic_layers; got image_size="
+                             f"{self.image_size}, critic_layers={self.critic_layers} (e.g. 64 with 5, or 128 with 6)")
+
+    @classmethod
+    def paper(cls) -> "StarGANConfig":
+        """The published 128x128 network: 64 channels, 6 residual blocks, a 6-layer critic from 64 channels."""
+        return cls(image_size=128, base_channels=64, residual_blocks=6, critic_channels=64, critic_layers=6)
+
+
+class StarGANGenerator(nn.Module):
+    """G(x, c): 7x7 conv, two stride-2 down-samplings, residual blocks, two up-samplings, 7x7 conv + tanh.
+
+    ``forward(images [B, 3, S, S] in [-1, 1], labels [B, num_domains])`` -> ``[B, 3, S, S]`` in [-1, 1].
+    ``labels`` are the target domains, one-hot (or any vector of that length).
+    """
+
+    config_class = StarGANConfig
+
+    def __init__(self, config: StarGANConfig | None = None):
+        super().__init__()
+        self.config = config if config is not None else StarGANConfig()
+        c = self.config.base_channels
+        self.stem = conv_norm_act(3 + self.config.num_domains, c, 7, norm="instance")
+        self.down = nn.Sequential(down_block(c, 2 * c), down_block(2 * c, 4 * c))
+        self.bottleneck = nn.Sequential(*[ResidualBlock(4 * c) for _ in range(self.config.residual_blocks)])
+        self.up = nn.Sequential(up_block(4 * c, 2 * c), up_block(2 * c, c))
+        self.head = nn.Conv2d(c, 3, 7, padding=3, bias=False)  # bias-free, as the public code
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        check_images(images, "images", size=self.config.image_size)
+        if labels.dim() != 2 or labels.shape != (len(images), self.config.num_domains):
+            raise ValueError(f"labels must be [B, {self.config.num_domains}] (one target domain per image), "
+                             f"got {list(labels.shape)}")
+        x = self.stem(tile_condition(images, labels))  # [B, c, S, S]: the label as extra input channels
+        x = self.up(self.bottleneck(self.down(x)))  # [B, c, S, S]
+        return torch.tanh(self.head(x))  # [B, 3, S, S]
+
+
+class StarGANCritic(PatchCritic):
+    """D: a PatchGAN critic whose auxiliary head classifies the domain (``forward`` -> scores, logits)."""
+
+    config_class = StarGANConfig
+
+    def __init__(self, config: StarGANConfig | None = None):
+        config = config if config is not None else StarGANConfig()
+        super().__init__(config.image_size, config.num_domains, base_channels=config.critic_channels,
+                         num_layers=config.critic_layers)
+        self.config = config
+
+
+def one_hot(names: list[str], device=None) -> torch.Tensor:
+    """One-hot domain labels ``[B, num_domains]`` of expression names from :data:`DOMAINS`."""
+    index = torch.tensor([DOMAINS.index(name) for name in names], device=device)
+    return nn.functional.one_hot(index, len(DOMAINS)).float()
+
+
+class StarGANEditor(Editor):
+    """StarGAN behind the editor interface: expression targets among RaFD's eight emotions.
+
+    StarGAN is trained on one-hot labels; an intensity t feeds the label ``t * target + (1 - t) *
+    source`` (the source's own label where ``source_expression`` is known, else neutral), which the
+    network never saw during training: intensities between 0 and 1 are an extrapolation of the
+    method, not part of it. Intensity 1 is StarGAN's edit.
+    """
+
+    name = "stargan"
+    paper = "StarGAN (Choi et al. 2018), baseline of LEED and EGGAN"
+    accepts = ("expression",)
+    expressions = DOMAINS
+    intensity_range = (0.0, 1.0)
+
+    def __init__(self, generator: StarGANGenerator):
+        self.generator = generator.eval()
+        self.image_size = generator.config.image_size
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator}
+
+    def check_target(self, target: Target, batch: int) -> Target:
+        target = super().check_target(target, batch)
+        unknown = sorted(set(target.source_expressions(batch) or ()) - set(DOMAINS))
+        if unknown:
+            raise ValueError(f"stargan's domains are {list(DOMAINS)}; source_expression {unknown} is not one of them")
+        return target
+
+    def _edit(self, images: torch.Tensor, target: Target) -> EditResult:
+        batch = len(images)
+        sources = target.source_expressions(batch) or ["neutral"] * batch
+        t = target.intensities(batch).to(images).view(-1, 1)
+        labels = t * one_hot(target.expressions(batch), images.device) + (1 - t) * one_hot(sources, images.device)
+        return EditResult(output=self.generator(images, labels))
+
+
+def load_stargan_editor(device="cpu") -> StarGANEditor:
+    """``facelib.load_editor("stargan")``: the shipped generator."""
+    from facelib.checkpoint import load_pretrained
+
+    return StarGANEditor(load_pretrained("stargan", device=device))
