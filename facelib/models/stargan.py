@@ -85,10 +85,14 @@ class StarGANGenerator(nn.Module):
         super().__init__()
         self.config = config if config is not None else StarGANConfig()
         c = self.config.base_channels
-        self.stem = conv_norm_act(3 + self.config.num_domains, c, 7, norm="instance")
-        self.down = nn.Sequential(down_block(c, 2 * c), down_block(2 * c, 4 * c))
-        self.bottleneck = nn.Sequential(*[ResidualBlock(4 * c) for _ in range(self.config.residual_blocks)])
-        self.up = nn.Sequential(up_block(4 * c, 2 * c), up_block(2 * c, c))
+        # Instance norm normalises each image by its own statistics at training and at edit time. The
+        # public code also tracks running statistics; used in eval mode they replace the image's own
+        # and, measured here, tint every edit with a colour cast per target domain: so none are kept.
+        keep = {"track_running_stats": False}
+        self.stem = conv_norm_act(3 + self.config.num_domains, c, 7, norm="instance", **keep)
+        self.down = nn.Sequential(down_block(c, 2 * c, **keep), down_block(2 * c, 4 * c, **keep))
+        self.bottleneck = nn.Sequential(*[ResidualBlock(4 * c, **keep) for _ in range(self.config.residual_blocks)])
+        self.up = nn.Sequential(up_block(4 * c, 2 * c, **keep), up_block(2 * c, c, **keep))
         self.head = nn.Conv2d(c, 3, 7, padding=3, bias=False)  # bias-free, as the public code
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
