@@ -252,3 +252,12 @@ def test_optical_flow_editor_is_table1s_row_in_oracle_mode():
     assert psnr(result.output, small["target"]) > psnr(small["source"], small["target"]) + 1
     with pytest.raises(ValueError, match="optical_flow does not accept expression targets"):
         editor.edit(small["source"], Target(expression="happy"))
+
+
+def test_spread_pairs_cover_several_identities_where_the_first_n_show_one():
+    from facelib.evaluation import held_out_pairs
+
+    first = held_out_pairs("rafd", "test", 16, 8, progress=False)
+    spread = held_out_pairs("rafd", "test", 16, 8, spread=True, progress=False)
+    ids = lambda pairs: torch.cat([b["identity"] for b in pairs.batches]).unique().numel()  # noqa: E731
+    assert ids(first) == 1 and ids(spread) >= 6

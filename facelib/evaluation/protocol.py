@@ -371,8 +371,12 @@ class HeldOutPairs:
 
 
 def held_out_pairs(preset: str = "multipie", split: str = "test", size: int = 64, n: int = 256, *,
-                   batch_size: int = 32, seed: int = 0, progress: bool = True) -> HeldOutPairs:
-    """Render the first ``n`` pairs of ``SynthFaces(preset, split, size, pairs=True, seed=seed)``.
+                   batch_size: int = 32, seed: int = 0, spread: bool = False, progress: bool = True) -> HeldOutPairs:
+    """Render ``n`` pairs of ``SynthFaces(preset, split, size, pairs=True, seed=seed)``.
+
+    The first ``n`` (``spread=False``, what the FVAE tables use), or ``n`` evenly spaced over the
+    split (``spread=True``): pairs are ordered by identity, so the first 256 of rafd (280 pairs per
+    person) are all one person, and a table over several people needs ``spread``.
 
     Each pair's reference partner is drawn (with ``seed``) uniformly from the split's other identities.
     """
@@ -389,12 +393,13 @@ def held_out_pairs(preset: str = "multipie", split: str = "test", size: int = 64
     identities = torch.tensor(dataset.identities, dtype=torch.long)
     if len(identities) < 2:
         raise ValueError(f"the {split!r} split of {preset!r} has one identity: reference targets need another one")
-    own = dataset.labels(range(count))["identity"]
+    indices = torch.linspace(0, len(dataset) - 1, count).round().long() if spread else torch.arange(count)
+    own = dataset.labels(indices)["identity"]
     position = (identities[None, :] == own[:, None]).long().argmax(1)
     # another identity of the split, uniformly: shift one's own position by 1 .. len - 1
     shift = torch.randint(1, len(identities), (count,), generator=torch.Generator().manual_seed(seed))
     partners = identities[(position + shift) % len(identities)]
-    batches = [dataset.batch(range(start, min(start + batch_size, count)))
+    batches = [dataset.batch(indices[start:start + batch_size])
                for start in tqdm(range(0, count, batch_size), desc="rendering held-out pairs", disable=not progress,
                                  leave=False)]
     return HeldOutPairs(dataset, batches, partners, f"SynthFaces({preset!r}, {split!r}, size={size}, seed={seed})")
@@ -486,9 +491,10 @@ def target_label(target_kind: str, oracle: bool) -> str:
 
 def evaluate(editor: Editor | str, target_kind: str = "expression", preset: str = "multipie", split: str = "test",
              n: int = 256, *, oracle: bool = False, evaluators: Mapping[str, torch.nn.Module | None] | None = None,
-             metrics: Sequence[str] | None = None, batch_size: int = 32, seed: int = 0,
+             metrics: Sequence[str] | None = None, batch_size: int = 32, seed: int = 0, spread: bool = False,
              device: str | torch.device = "cpu", progress: bool = True) -> pd.DataFrame:
-    """Every registered metric of one editor on the first ``n`` held-out SynthFaces pairs.
+    """Every registered metric of one editor on ``n`` held-out SynthFaces pairs (``spread``: see
+    :func:`held_out_pairs`; the first ``n`` by default).
 
     editor: a :class:`facelib.editors.Editor` (moved to ``device``) or a registered name, loaded
         with its shipped weights.
@@ -519,7 +525,8 @@ def evaluate(editor: Editor | str, target_kind: str = "expression", preset: str 
     found, missing = resolve_evaluators(evaluators)
     for module in found.values():
         module.to(device)
-    pairs = held_out_pairs(preset, split, editor.image_size, n, batch_size=batch_size, seed=seed, progress=progress)
+    pairs = held_out_pairs(preset, split, editor.image_size, n, batch_size=batch_size, seed=seed, spread=spread,
+                           progress=progress)
     bundle = run_editor(editor, target_kind, pairs, oracle=oracle, progress=progress)
     bundle = dataclasses.replace(bundle, evaluators=found, missing=missing, batch_size=batch_size, device=device)
     label = target_label(target_kind, oracle)

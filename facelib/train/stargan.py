@@ -98,10 +98,11 @@ def measure(editor: StarGANEditor, n: int = 256, seed: int = 0) -> dict[str, flo
     from facelib import load_pretrained
     from facelib.evaluation import evaluate
 
-    table = evaluate(editor, "expression", preset=PRESET, split="test", n=n, seed=seed, progress=False)
+    # spread: rafd's pairs run person by person (280 each), so the first n would all be one person
+    table = evaluate(editor, "expression", preset=PRESET, split="test", n=n, seed=seed, spread=True, progress=False)
     value = dict(zip(table.metric, table.value))
     faces = SynthFaces(preset=PRESET, split="test", size=editor.image_size, seed=seed)
-    singles = faces.batch(range(min(n, len(faces))))
+    singles = faces.batch(torch.linspace(0, len(faces) - 1, min(n, len(faces))).round().long())
     expressive = singles["emotion"] != EMOTIONS.index("neutral")
     from facelib.editors import Target
 
