@@ -64,6 +64,7 @@ _VERSION = "[0-9a-f]{12}"
 #: The class each shipped name must hold (a manifest naming another class for it is refused).
 PRETRAINED_CLASSES = {
     "fvae": "facelib.models.fvae.FVAE",
+    "ganimation": "facelib.models.ganimation.GANimationGenerator",
     "fvae_confidence": "facelib.models.fvae.ConfidenceNet",
     "fvae_pixel_vae": "facelib.models.fvae.PixelVAE",
     "expression_classifier": "facelib.models.evaluators.ExpressionClassifier",

@@ -51,6 +51,7 @@ RECIPES: dict[str, str] = {
     "fvae_pixel_vae": "facelib.train.fvae:train_pixel_vae_recipe",  # FVAE Sec. 6.1 "VAE" baseline
     "average_flow": "facelib.train.fvae:train_average_flow_recipe",  # FVAE Sec. 6.1 average-flow baseline
     "stargan": "facelib.train.stargan:train_recipe",  # StarGAN on rafd's eight emotions (LEED's neutraliser)
+    "ganimation": "facelib.train.ganimation:train_recipe",  # GANimation (Eq. 2-6), emotionet preset
     "evaluators": "facelib.train.evaluators:train_recipe",  # expression classifier, AU regressor, identity embedder
     "expression_classifier": "facelib.train.evaluators:train_expression_classifier_recipe",
     "au_regressor": "facelib.train.evaluators:train_au_regressor_recipe",
