@@ -1,11 +1,12 @@
 """GAN speed: milliseconds per training iteration and per edited image, beside a reference workload.
 
-One training iteration = ``n_critic`` critic updates and one generator update (GANimation: 5 + 1)
-at batch 16, 64x64, on one pre-rendered batch (rendering runs in the Trainer's loader workers
-and is not counted). One edit = ``editor.edit`` of one 64x64 face. Both are medians after a
-warm-up, with the thread count given (default 2, this project's CPU), and each is printed beside
-a reference convolution workload timed in the same run (4 stacked 3x3 convolutions, 16 -> 16
-channels, on a [1, 16, 64, 64] tensor, no gradients) as a ratio, which varies less with the
+One training iteration = ``n_critic`` critic updates and one generator update (StarGAN and
+GANimation: 5 + 1) at batch 16, 64x64, on one pre-rendered batch (in training, rendering runs
+in the Trainer's loader workers, or once for rafd's 2,000 faces kept in memory, and is not
+counted). One edit = ``editor.edit`` of one 64x64 face. Both are medians after a warm-up, with
+the thread count given (default 2, this project's CPU), and each is printed beside a reference
+convolution workload timed in the same run (4 stacked 3x3 convolutions, 16 -> 16 channels, on a
+[1, 16, 64, 64] tensor, no gradients) as a ratio, which varies less with the
 machine's load than the milliseconds do.
 
     python benchmarks/bench_gan.py [--threads 2] [--iterations 3] [--repeats 20] [--only ganimation]
@@ -49,8 +50,26 @@ def ganimation_editor():
     return editor, Target(aus=torch.full((1, NUM_AUS), 2.0))
 
 
-#: name -> (task factory, editor factory); StarGAN joins here.
+def stargan_task():
+    """StarGAN's task (CPU config, its training settings) and a batch of 16 rafd faces."""
+    from facelib.data import SynthFaces
+    from facelib.models.stargan import StarGANConfig
+    from facelib.train.stargan import PRESET, StarGANTask, StarGANTrainConfig
+
+    batch = SynthFaces(PRESET, "train", size=IMAGE_SIZE, seed=0).batch(range(BATCH_SIZE))
+    return StarGANTask(StarGANConfig(), StarGANTrainConfig(), None), {"image": batch["image"], "emotion": batch["emotion"]}
+
+
+def stargan_editor():
+    """A StarGAN editor (randomly initialised) and an expression target."""
+    from facelib.models.stargan import StarGANConfig, StarGANEditor, StarGANGenerator
+
+    return StarGANEditor(StarGANGenerator(StarGANConfig())), Target(expression="happy")
+
+
+#: name -> (task factory, editor factory).
 MODELS: dict[str, tuple[Callable, Callable]] = {
+    "stargan": (stargan_task, stargan_editor),
     "ganimation": (ganimation_task, ganimation_editor),
 }
 

@@ -37,9 +37,25 @@ def test_the_paper_configuration_is_the_published_network():
     assert 44e6 < sum(p.numel() for p in critic.parameters()) < 46e6
 
 
+def test_the_cpu_shortcut_is_a_parameter_free_addition_the_paper_leaves_out():
+    assert StarGANConfig().skips == 1 and StarGANConfig.paper().skips == 0
+    torch.manual_seed(0)
+    with_skip = StarGANGenerator(TINY)
+    without = StarGANGenerator(StarGANConfig(**{**TINY.__dict__, "skips": 0}))
+    without.load_state_dict(with_skip.state_dict())  # the same parameters: the shortcut adds none
+    x, labels = images(2, 16), one_hot(["happy", "sad"])
+    assert not torch.allclose(with_skip(x, labels), without(x, labels))
+    # the shortcut adds the down path's half-resolution features to the up path's
+    half = with_skip.down[0](with_skip.stem(torch.cat([x, labels[:, :, None, None].expand(-1, -1, 16, 16)], 1)))
+    up = with_skip.up[0](with_skip.bottleneck(with_skip.down[1](half)))
+    torch.testing.assert_close(with_skip(x, labels), torch.tanh(with_skip.head(with_skip.up[1](up + half))))
+
+
 def test_bad_configs_and_inputs_are_refused():
     with pytest.raises(ValueError, match="divisible"):
         StarGANConfig(image_size=48, critic_layers=5)
+    with pytest.raises(ValueError, match="skips must be 0"):
+        StarGANConfig(skips=3)
     generator = StarGANGenerator(TINY)
     with pytest.raises(ValueError, match=r"labels must be \[B, 8\]"):
         generator(images(2, 16), torch.zeros(2, 5))

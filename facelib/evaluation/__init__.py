@@ -10,12 +10,12 @@
 from __future__ import annotations
 
 from .protocol import (
-    COLUMNS, EVALUATOR_NAMES, Bundle, HeldOutPairs, MetricInfo, evaluate, held_out_pairs, held_out_target,
+    COLUMNS, EVALUATOR_NAMES, Bundle, HeldOutPairs, MetricInfo, au_table, evaluate, held_out_pairs, held_out_target,
     list_metrics, measure, metric, register_metric, resolve_evaluators, row, run_editor,
 )
 
 __all__ = [
-    "COLUMNS", "EVALUATOR_NAMES", "Bundle", "HeldOutPairs", "MetricInfo", "evaluate", "held_out_pairs",
+    "COLUMNS", "EVALUATOR_NAMES", "Bundle", "HeldOutPairs", "MetricInfo", "au_table", "evaluate", "held_out_pairs",
     "held_out_target", "list_metrics", "measure", "metric", "register_metric", "resolve_evaluators", "row",
     "run_editor",
 ]

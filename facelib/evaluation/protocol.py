@@ -51,7 +51,7 @@ from facelib.utils import get_device
 __all__ = [
     "EVALUATOR_NAMES", "COLUMNS", "Bundle", "HeldOutPairs", "MetricInfo", "metric", "register_metric",
     "list_metrics", "row", "resolve_evaluators", "held_out_pairs", "held_out_target", "run_editor", "measure",
-    "target_label", "evaluate",
+    "target_label", "evaluate", "au_table",
 ]
 
 #: The evaluator networks the metrics use, by their ``facelib.load_pretrained`` names.
@@ -269,15 +269,24 @@ def _expression(bundle: Bundle) -> list[dict]:
 
 @metric("AU MSE (facelib AU regressor)", "AU PCC (facelib AU regressor)", needs="au_regressor")
 def _aus(bundle: Bundle) -> list[dict]:
-    regressor = bundle.evaluators["au_regressor"]
-    with _metrics._EvalMode(regressor):
-        predicted = _metrics._batched(regressor, bundle.edited, bundle.batch_size, bundle.device).clamp(0, AU_MAX)
-    table = _metrics.au_mse_pcc(predicted, bundle.target_aus.float())
+    table = au_table(bundle)
     note = "Avg over 17 AUs (EGGAN Table 1): regressor(edited) vs true target AUs, 0-5 scale"
     flat = int(table["PCC"].iloc[:-1].isna().sum())
     return [row("AU MSE (facelib AU regressor)", table.loc["Avg", "MSE"], bundle.count, note),
             row("AU PCC (facelib AU regressor)", table.loc["Avg", "PCC"], bundle.count,
                 note + f"; {flat} AUs without variance left out")]
+
+
+def au_table(bundle: Bundle, regressor: torch.nn.Module | None = None) -> pd.DataFrame:
+    """Per-AU MSE and PCC of the AU regressor on the edits against the true target AUs (EGGAN Table 1).
+
+    Rows ``AU1 ... AU45`` and ``Avg`` (:func:`facelib.metrics.au_mse_pcc`); the regressor is the
+    bundle's ``"au_regressor"`` unless one is given.
+    """
+    regressor = bundle.evaluators["au_regressor"] if regressor is None else regressor
+    with _metrics._EvalMode(regressor):
+        predicted = _metrics._batched(regressor, bundle.edited, bundle.batch_size, bundle.device).clamp(0, AU_MAX)
+    return _metrics.au_mse_pcc(predicted, bundle.target_aus.float())
 
 
 def _different_identity_partner(identity: torch.Tensor, seed: int) -> torch.Tensor:

@@ -26,7 +26,7 @@ class StarGANTrainConfig:
     lambda_rec: float = 10.0
     lambda_gp: float = 10.0
     n_critic: int = 5
-    lr: float = 1e-4
+    lr: float = 2e-4  # StarGAN's code: 1e-4; doubled to reach the floors in the 45-minute CPU budget
     betas: tuple[float, float] = (0.5, 0.999)
     batch_size: int = 16
     flip: bool = True  # StarGAN's random horizontal flip
@@ -88,7 +88,7 @@ class StarGANTask(GANTask):
         return {"loss": loss, "generator_adversarial": adversarial, "generator_domain": domain, "cycle": cycle}
 
 
-STEPS = 5_000  # critic steps (1,000 generator steps): about 45 min on 2 CPU cores (0.4 s per critic step, 0.75 s per generator step)
+STEPS = 8_000  # critic steps (1,600 generator steps): about 40 min on 2 idle CPU cores (~0.2 s per critic step, ~0.5 s per generator step)
 SMOKE_STEPS = 10
 
 
