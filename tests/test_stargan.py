@@ -37,18 +37,20 @@ def test_the_paper_configuration_is_the_published_network():
     assert 44e6 < sum(p.numel() for p in critic.parameters()) < 46e6
 
 
-def test_the_cpu_shortcut_is_a_parameter_free_addition_the_paper_leaves_out():
-    assert StarGANConfig().skips == 1 and StarGANConfig.paper().skips == 0
+def test_the_cpu_shortcuts_are_parameter_free_additions_the_paper_leaves_out():
+    assert StarGANConfig().skips == 2 and StarGANConfig.paper().skips == 0
     torch.manual_seed(0)
-    with_skip = StarGANGenerator(TINY)
-    without = StarGANGenerator(StarGANConfig(**{**TINY.__dict__, "skips": 0}))
-    without.load_state_dict(with_skip.state_dict())  # the same parameters: the shortcut adds none
+    generators = {skips: StarGANGenerator(StarGANConfig(**{**TINY.__dict__, "skips": skips})) for skips in (0, 1, 2)}
+    for generator in generators.values():  # the same parameters: the shortcuts add none
+        generator.load_state_dict(generators[2].state_dict())
     x, labels = images(2, 16), one_hot(["happy", "sad"])
-    assert not torch.allclose(with_skip(x, labels), without(x, labels))
-    # the shortcut adds the down path's half-resolution features to the up path's
-    half = with_skip.down[0](with_skip.stem(torch.cat([x, labels[:, :, None, None].expand(-1, -1, 16, 16)], 1)))
-    up = with_skip.up[0](with_skip.bottleneck(with_skip.down[1](half)))
-    torch.testing.assert_close(with_skip(x, labels), torch.tanh(with_skip.head(with_skip.up[1](up + half))))
+    g = generators[2]
+    full = g.stem(torch.cat([x, labels[:, :, None, None].expand(-1, -1, 16, 16)], 1))
+    half = g.down[0](full)
+    up = g.up[0](g.bottleneck(g.down[1](half)))
+    expected = {0: g.up[1](up), 1: g.up[1](up + half), 2: g.up[1](up + half) + full}
+    for skips, generator in generators.items():
+        torch.testing.assert_close(generator(x, labels), torch.tanh(g.head(expected[skips])))
 
 
 def test_bad_configs_and_inputs_are_refused():
