@@ -9,6 +9,10 @@
   source kept, A = 1).
 
     python scripts/render_gan_figures.py [--out build/figures] [--only stargan|ganimation]
+        [--stargan CHECKPOINT] [--ganimation CHECKPOINT]
+
+Without a checkpoint the shipped weights are drawn; ``--stargan runs/stargan/stargan_generator``
+(a recipe's saved generator, the stem without suffix) draws a model you trained.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from pathlib import Path
 import torch
 
 import facelib
+from facelib.checkpoint import load_model
 from facelib.conventions import AU_CODES, AU_MAX, EMOTIONS
 from facelib.data import SynthFaces, render
 from facelib.editors import Target
@@ -36,8 +41,11 @@ def save(images: torch.Tensor, path: Path, **labels) -> Path:
     return path
 
 
-def stargan_grid(out: Path) -> Path:
-    editor = facelib.load_editor("stargan")
+def stargan_grid(out: Path, checkpoint: Path | None = None) -> Path:
+    from facelib.models.stargan import StarGANEditor, StarGANGenerator
+
+    editor = (facelib.load_editor("stargan") if checkpoint is None
+              else StarGANEditor(load_model(checkpoint, cls=StarGANGenerator)))
     faces = SynthFaces("rafd", "test", size=editor.image_size, seed=0)
     labels = faces.labels()
     identities = labels["identity"].unique()[:8]
@@ -56,15 +64,18 @@ def stargan_grid(out: Path) -> Path:
                 column_labels=["source", *EMOTIONS])
 
 
-def ganimation_sweep(out: Path) -> Path:
-    editor = facelib.load_editor("ganimation")
+def ganimation_sweep(out: Path, checkpoint: Path | None = None) -> Path:
+    from facelib.models.ganimation import GANimationEditor, GANimationGenerator
+
+    editor = (facelib.load_editor("ganimation") if checkpoint is None
+              else GANimationEditor(load_model(checkpoint, cls=GANimationGenerator)))
     faces = SynthFaces("emotionet", "test", size=editor.image_size, seed=0)
     index = torch.tensor([3])
-    item, labels = faces.batch(index), faces.labels(index)
+    item, labels = faces.batch(index), faces._labels(index)  # _labels: also the seed of its light and background
     levels = torch.linspace(0, AU_MAX, SWEEP_STEPS)
     rows, names = [], []
     for code in SWEEP_AUS:
-        aus = labels["aus"].repeat(SWEEP_STEPS, 1)
+        aus = labels["target_aus"].repeat(SWEEP_STEPS, 1)
         aus[:, AU_CODES.index(code)] = levels  # the others stay the face's own
         result = editor.edit(item["image"].expand(SWEEP_STEPS, -1, -1, -1), Target(aus=aus))
         truth = render(labels["identity"].repeat(SWEEP_STEPS), aus, labels["yaw"].repeat(SWEEP_STEPS),
@@ -80,11 +91,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("build/figures"))
     parser.add_argument("--only", choices=("stargan", "ganimation"))
+    parser.add_argument("--stargan", type=Path, help="a StarGAN generator checkpoint (default: the shipped one)")
+    parser.add_argument("--ganimation", type=Path, help="a GANimation generator checkpoint (default: the shipped one)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     for name, make in (("stargan", stargan_grid), ("ganimation", ganimation_sweep)):
         if args.only in (None, name):
-            print(make(args.out))
+            print(make(args.out, getattr(args, name)))
 
 
 if __name__ == "__main__":
