@@ -217,8 +217,7 @@ def _print_summary(args: argparse.Namespace, result: dict, fits: list, files: li
         print(f"  stage {fit.task}: {ran}; log {fit.log_path}, checkpoint {fit.checkpoint}")
     for name, stem in result["checkpoints"].items():
         kept, why = _kept_step(stem)
-        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}"
-                            for k, v in result["metrics"].get(name, {}).items())
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in result["metrics"].get(name, {}).items())
         step = f"step {kept}" if kept is not None else "the final weights"
         print(f"  model {name}: kept {step}, {why}; {metrics}")
     print(f"files written ({len(files)}):")

