@@ -25,21 +25,49 @@ def assert_same_batch(got: dict, expected: dict) -> None:
         assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
 
 
+# The renderer's batch independence (tests/test_synth.py): labels exactly, pixels up to rounding.
+# The flow and visible mask of pairs come from a Newton solve whose convergence test a rounding
+# difference can flip at a pixel, so against another batch composition they are not compared.
+ROUNDING = {"landmarks": 1e-4, "source_landmarks": 1e-4, "target_landmarks": 1e-4}
+NOT_COMPARED_ACROSS_BATCHES = {"flow", "visible"}
+
+
+def assert_batch_up_to_rounding(got: dict, expected: dict) -> None:
+    assert sorted(got) == sorted(expected)
+    for key, value in expected.items():
+        assert got[key].dtype == value.dtype and got[key].shape == value.shape, key
+        if key in NOT_COMPARED_ACROSS_BATCHES:
+            continue
+        if value.is_floating_point():
+            assert (got[key] - value).abs().max() <= ROUNDING.get(key, 1e-5), key
+        else:
+            assert torch.equal(got[key], value), key
+
+
 @pytest.mark.parametrize("options", [dict(preset="rafd"), dict(preset="multipie", pairs=True),
                                      dict(preset="oulu", sequences=True, length=3), dict(preset="emotionet")],
                          ids=["rafd", "multipie-pairs", "oulu-sequences", "emotionet"])
-def test_batches_equal_one_render_call_per_step_bit_for_bit(options):
+def test_batches_are_those_of_one_render_call_per_step_and_a_resume_changes_no_bit(options):
     data = SynthFaces(split="val", size=16, **options)
     batch_size = 6
     indices_of_step = partial(batch_indices, len(data), batch_size, seed=3)
-    # several steps per render call, over an epoch boundary, starting inside a group (a resume)
-    group = 4
-    assert steps_per_group(data, batch_size) >= group
-    start, stop = 3, 3 + 2 * group
+    # several steps per render call (over an epoch boundary for oulu's 24 sequences), starting
+    # inside the group (a resume)
+    assert steps_per_group(data, batch_size) >= 11
+    start, stop = 3, 11
     got = list(step_batches(data, indices_of_step, start, stop, batch_size=batch_size, num_workers=2))
     assert len(got) == stop - start
+    # bit for bit: the group (steps 0-10, cut at the last step) is one render call, then cut into
+    # steps, wherever the run (re)started
+    straight = list(step_batches(data, indices_of_step, 0, stop, batch_size=batch_size, num_workers=2))
+    one_call = data.batch(torch.cat([indices_of_step(step) for step in range(stop)]))
     for step, batch in zip(range(start, stop), got):
-        assert_same_batch(batch, data.batch(indices_of_step(step)))
+        assert_same_batch(batch, straight[step])
+        part = slice(step * batch_size, (step + 1) * batch_size)
+        assert_same_batch(batch, {key: value[part] for key, value in one_call.items()})
+    # and each batch is what one render call per step gives, up to the renderer's rounding
+    for step, batch in zip(range(start, stop), got):
+        assert_batch_up_to_rounding(batch, data.batch(indices_of_step(step)))
 
 
 def test_several_steps_share_a_render_call_and_cached_or_in_memory_data_do_not():
@@ -86,7 +114,7 @@ def test_a_split_that_fits_in_memory_is_rendered_once_over_many_epochs():
     got = list(step_batches(data, indices_of_step, 0, steps, batch_size=batch_size))
     assert sorted(data.rendered) == list(range(len(data)))  # every face rendered exactly once
     for step in (0, steps // 2, steps - 1):  # and the batches are still those of one render call per step
-        assert_same_batch(got[step], SynthFaces("rafd", "val", size=16).batch(indices_of_step(step)))
+        assert_batch_up_to_rounding(got[step], SynthFaces("rafd", "val", size=16).batch(indices_of_step(step)))
     assert not keeps_in_memory(data, budget=1000)
 
 
