@@ -23,9 +23,10 @@ sampler would give it; two things make it fast for a dataset that renders its it
   epoch there is nothing left to render ahead.
 
 Groups are aligned to absolute step numbers (group ``g`` holds steps ``g*K .. g*K+K-1``), so
-which items share a render call never depends on where a run was resumed: a resumed run gets
-the same batches bit for bit, in workers or not. Against one render call per step they agree up
-to float rounding only: SynthFaces renders a face the same whatever else is in its batch up to
+which items share a render call never depends on where a run was resumed: a run resumed in
+workers gets the same batches bit for bit. (A split kept in memory is rendered in the order its
+items are first asked for, so a run resumed after its first epoch renders them in other calls.)
+Against one render call per step the batches agree up to float rounding only: SynthFaces renders a face the same whatever else is in its batch up to
 rounding (about 1e-7 here; on some CPUs the matrix kernels round differently for other batch
 sizes), which ``tests/test_loader.py`` checks with the renderer's own tolerance.
 
