@@ -73,6 +73,9 @@ PRETRAINED_CLASSES = {
     "fer2013_mini_xception": "facelib.models.real.MiniXception",
     "average_flow": "facelib.models.baselines.AverageFlow",
     "stargan": "facelib.models.stargan.StarGANGenerator",
+    "exprgan": "facelib.models.exprgan.ExprGAN",
+    "exprgan_critic": "facelib.models.exprgan.ExprGANCritic",
+    "exprgan_caae": "facelib.models.exprgan.ExprGAN",
 }
 
 

@@ -52,6 +52,10 @@ RECIPES: dict[str, str] = {
     "average_flow": "facelib.train.fvae:train_average_flow_recipe",  # FVAE Sec. 6.1 average-flow baseline
     "stargan": "facelib.train.stargan:train_recipe",  # StarGAN on rafd's eight emotions (LEED's neutraliser)
     "ganimation": "facelib.train.ganimation:train_recipe",  # GANimation (Eq. 2-6), emotionet preset
+    "exprgan": "facelib.train.exprgan:train_recipe",  # ExprGAN (Eq. 3-10), three stages, oulu preset
+    "exprgan_caae": "facelib.train.exprgan:train_caae_recipe",  # ExprGAN Fig. 2's CAAE-style baseline
+    "exprgan_no_q": "facelib.train.exprgan:train_no_q_recipe",  # ExprGAN ablation: without Q
+    "exprgan_joint": "facelib.train.exprgan:train_joint_recipe",  # ExprGAN ablation: all losses jointly
     "evaluators": "facelib.train.evaluators:train_recipe",  # expression classifier, AU regressor, identity embedder
     "expression_classifier": "facelib.train.evaluators:train_expression_classifier_recipe",
     "au_regressor": "facelib.train.evaluators:train_au_regressor_recipe",
