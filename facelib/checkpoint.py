@@ -76,6 +76,8 @@ PRETRAINED_CLASSES = {
     "exprgan": "facelib.models.exprgan.ExprGAN",
     "exprgan_critic": "facelib.models.exprgan.ExprGANCritic",
     "exprgan_caae": "facelib.models.exprgan.ExprGAN",
+    "exprgan_no_q": "facelib.models.exprgan.ExprGAN",
+    "exprgan_joint": "facelib.models.exprgan.ExprGAN",
 }
 
 

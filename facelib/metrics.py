@@ -443,13 +443,13 @@ def classification_accuracy(model: torch.nn.Module, images: torch.Tensor, labels
 
 def train_classifier(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, steps: int = 300,
                      batch_size: int = 64, lr: float = 1e-3, seed: int = 0, device: str | torch.device = "cpu",
-                     desc: str = "classifier") -> torch.nn.Module:
+                     desc: str = "classifier", progress: bool = True) -> torch.nn.Module:
     """Train ``model`` (logits) with cross-entropy and Adam on random mini-batches; returns it."""
     device = get_device(device)
     model.to(device).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(steps), desc=f"training {desc}", leave=False):
+    for _ in tqdm(range(steps), desc=f"training {desc}", leave=False, disable=not progress):
         index = torch.randint(images.shape[0], (min(batch_size, images.shape[0]),), generator=generator)
         loss = F.cross_entropy(model(images[index].to(device)), labels[index].to(device))
         optimiser.zero_grad(set_to_none=True)

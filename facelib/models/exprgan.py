@@ -146,9 +146,13 @@ class ExprGAN(nn.Module):
         self.encoder = nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * 16, config.identity_dim))
         first, code = config.decoder_channels[0], config.code_size
         self.decoder_input = nn.Linear(config.identity_dim + code, first * 16)
+        # Batch norm in G_dec, as the CAAE code ExprGAN's builds on (enable_bn): without it the
+        # controller-learning stage collapsed here within 500 steps to one saturated image for every
+        # input, while D_img's loss fell to 0.0007.
+        self.decoder_input_norm = nn.BatchNorm2d(first)
         # Each decoder layer sees the code again, tiled as extra channels (the public code).
         self.decoder_layers = nn.ModuleList(
-            conv_norm_act(c_in + code, c_out, 3, norm=None)
+            conv_norm_act(c_in + code, c_out, 3, norm="batch")
             for c_in, c_out in zip(config.decoder_channels[:-1], config.decoder_channels[1:]))
         self.decoder_head = nn.Conv2d(config.decoder_channels[-1] + code, 3, 3, padding=1)
         default_order = torch.arange(config.code_dim).repeat(config.num_classes, 1)
@@ -166,7 +170,7 @@ class ExprGAN(nn.Module):
             raise ValueError(f"codes must be [B, {config.code_size}] with B = {len(identity)} "
                              f"({'K*d expression code' if config.controller else 'one-hot label'}), got {list(code.shape)}")
         x = self.decoder_input(torch.cat([identity, code], 1)).view(len(code), -1, 4, 4)  # [B, C0, 4, 4]
-        x = F.relu(x)
+        x = F.relu(self.decoder_input_norm(x))
         for layer in self.decoder_layers:
             x = F.interpolate(x, scale_factor=2, mode="nearest")
             x = layer(tile_condition(x, code))
