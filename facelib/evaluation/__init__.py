@@ -4,6 +4,8 @@
   same rows for every method; the metric registry (:func:`metric`, :func:`register_metric`).
 - :mod:`facelib.evaluation.fvae`: FVAE's Table 1 over editors, Algorithm 2 and Fig. 7 against
   SynthFaces' ground truth.
+- :mod:`facelib.evaluation.exprgan`: ExprGAN's Fig. 3 measured (levels against AU-regressor intensity),
+  Table 1 (synthesised faces as training data) and Fig. 7 (retrieval precision).
 - :mod:`facelib.evaluation.real`: an editor's edits of real photos, measured with the real-photo instruments.
 - :mod:`facelib.evaluation.evaluators`: the SynthFaces evaluators' own held-out figures.
 """
