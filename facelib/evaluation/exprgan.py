@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from facelib.conventions import AU_MAX, EXPRESSIONS
+from facelib.conventions import AU_MAX
 from facelib.models.exprgan import CLASSES, ExprGAN, ExprGANCritic, expression_code
 
 __all__ = ["expression_intensity", "level_intensities", "calibrate_intensity_order", "spearman_per_class",
@@ -39,7 +39,7 @@ def expression_intensity(aus: torch.Tensor, expression: str) -> torch.Tensor:
     """
     from facelib.data import synth
 
-    prototype = synth._PROTO[EXPRESSIONS.index(expression)].to(aus)
+    prototype = synth.emotion_aus(expression, AU_MAX)[0].to(aus)  # [17]: the prototype at its peak
     return AU_MAX * (aus @ prototype) / prototype.square().sum()  # [B]
 
 

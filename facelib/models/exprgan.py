@@ -129,8 +129,8 @@ class ExprGAN(nn.Module):
     ``encode(images [B, 3, S, S])`` -> g(x) ``[B, identity_dim]`` in (-1, 1) (tanh, the prior's
     range); ``decode(identity, code [B, code_size])`` -> ``[B, 3, S, S]``. ``intensity_order``
     ``[K, d]`` is the order of the d elements of each block from the weakest to the strongest
-    expression, read off on training identities after training (:func:`facelib.train.exprgan.
-    calibrate_intensity_order`); the paper's Fig. 3 shows its levels in an order it does not say how
+    expression, read off on training identities after training
+    (:func:`facelib.evaluation.exprgan.calibrate_intensity_order`); the paper's Fig. 3 shows its levels in an order it does not say how
     it found, since Q's information objective names no order.
     """
 

@@ -25,7 +25,7 @@ from facelib import losses
 from facelib.checkpoint import save_model
 from facelib.conventions import EXPRESSIONS
 from facelib.data import SynthFaces
-from facelib.evaluation.exprgan import calibrate_intensity_order, level_intensities, spearman_per_class
+from facelib.evaluation.exprgan import calibrate_intensity_order, intensity_table
 from facelib.models.evaluators import PerceptualFeatures
 from facelib.models.exprgan import CLASSES, ExprGAN, ExprGANConfig, ExprGANCritic, ExprGANEditor, expression_code
 from facelib.train.gan import GANTask
@@ -35,7 +35,6 @@ __all__ = ["PRESET", "ExprGANTrainConfig", "ExprGANTask", "class_labels", "measu
            "train_caae_recipe", "train_no_q_recipe", "train_joint_recipe"]
 
 PRESET = "oulu"
-STAGES = ("controller", "reconstruction", "refining")
 
 
 @dataclass(frozen=True)
@@ -230,14 +229,12 @@ def measure(editor: ExprGANEditor, seed: int = 0, smoke: bool = False) -> dict[s
     if editor.model.config.controller:
         faces = SynthFaces(preset=PRESET, split=split, size=editor.image_size, seed=seed)
         images = faces.batch(torch.arange(min(len(faces), 36 if smoke else 144)))["image"]
-        d = editor.model.config.code_dim
-        measured = level_intensities(editor.model, images, load_pretrained("au_regressor"), levels=range(1, d + 1))
-        rho = spearman_per_class(measured, range(1, d + 1))
-        metrics.update({f"intensity_rho_{name}": r for name, r in rho.items()})
+        _, intensity = intensity_table(editor.model, images, load_pretrained("au_regressor"))
+        rho = intensity["rho_levels_1_to_d"]
+        metrics.update({f"intensity_rho_{name}": float(r) for name, r in rho.items()})
         # rho alone can be high for a tiny but consistent change: the mean rise from level 1 to d (0-5 scale)
-        span = measured[:, -1].mean(1) - measured[:, 0].mean(1)
-        metrics.update({f"intensity_span_{name}": float(value) for name, value in zip(CLASSES, span)})
-        metrics["intensity_rho_classes_at_least_0.8"] = sum(r >= 0.8 for r in rho.values())
+        metrics.update({f"intensity_span_{name}": float(v) for name, v in intensity["rise_level_1_to_d"].items()})
+        metrics["intensity_rho_classes_at_least_0.8"] = int((rho >= 0.8).sum())
     return metrics
 
 
