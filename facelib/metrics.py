@@ -331,14 +331,37 @@ def frechet_distance_gaussians(mu_a, cov_a, mu_b, cov_b, eps: float = 1e-6) -> f
     return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(root))
 
 
-def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
+def _covariance_factor(centred: np.ndarray) -> np.ndarray:
+    """A factor ``U`` with ``U @ U.T`` the sample covariance of ``centred`` ``[N, D]``: ``[D, min(N, D)]``-ish."""
+    n, dim = centred.shape
+    if n <= dim:
+        return centred.T / np.sqrt(n - 1)  # [D, N]
+    values, vectors = np.linalg.eigh(centred.T @ centred / (n - 1))  # the covariance's square root, [D, D]
+    return vectors * np.sqrt(np.clip(values, 0, None))
+
+
+def _trace_sqrt_product(centred_a: np.ndarray, centred_b: np.ndarray) -> float:
+    """``Tr (cov_a cov_b)^(1/2)`` exactly: with ``cov = U U^T``, the eigenvalues of ``cov_a cov_b``
+    are those of ``M^T M`` for ``M = U_a^T U_b``, so the trace is the sum of M's singular values."""
+    product = _covariance_factor(centred_a).T @ _covariance_factor(centred_b)
+    return float(np.linalg.svd(product, compute_uv=False).sum())
+
+
+def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor, method: str = "sqrtm") -> float:
     """Fréchet distance between Gaussians fitted to two feature sets ``[N, D]`` and ``[M, D]``.
 
     The statistic behind FID, but in whatever features you pass: facelib uses its expression
     classifier's penultimate features and calls the result "FD (facelib expression features)".
     Sample covariances use ``N - 1``. The estimate is biased upwards for small N (and its
     covariance is singular when N <= D): compare numbers computed with the same N only.
+
+    ``method="sqrtm"``: the matrix square root of :func:`frechet_distance_gaussians`, as pytorch-fid
+    (with its ``eps`` when the product is singular). ``method="svd"``: the trace of the square root
+    from singular values (:func:`_trace_sqrt_product`), exact and several times faster, for
+    bootstraps that recompute it a thousand times; the two agree to about 1e-4 (tested).
     """
+    if method not in ("sqrtm", "svd"):
+        raise ValueError(f"method must be 'sqrtm' or 'svd', got {method!r}")
     for name, feats in (("feats_a", feats_a), ("feats_b", feats_b)):
         _check_tensor(feats, name, ndim=2, shape_hint="[N, D] (one feature vector per row)")
         if feats.shape[0] < 2:
@@ -348,7 +371,12 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
                          f"{feats_b.shape[1]}")
     a = feats_a.detach().double().cpu().numpy()
     b = feats_b.detach().double().cpu().numpy()
-    return frechet_distance_gaussians(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    if method == "sqrtm":
+        return frechet_distance_gaussians(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    centred_a, centred_b = a - a.mean(0), b - b.mean(0)
+    difference = a.mean(0) - b.mean(0)
+    traces = ((centred_a**2).sum() / (len(a) - 1)) + ((centred_b**2).sum() / (len(b) - 1))
+    return float(difference @ difference + traces - 2.0 * _trace_sqrt_product(centred_a, centred_b))
 
 
 # ----------------------------------------------------------------------------------------

@@ -348,3 +348,64 @@ def plot_tsne(
         ax.set_title(title)
     ax.legend(fontsize=7, markerscale=1.5, loc="best")
     return ax
+
+
+_BENCHMARK_COLUMNS = ("editor", "target", "metric", "value", "low", "high")
+
+
+def _benchmark_rows(table, metric: str):
+    missing = [column for column in _BENCHMARK_COLUMNS if column not in table.columns]
+    if missing:
+        raise ValueError(f"table lacks the columns {missing}; pass facelib.benchmark.run(...).table")
+    rows = table[table["metric"] == metric]
+    if rows.empty:
+        raise ValueError(f"no rows for metric {metric!r}; the table has {sorted(table['metric'].unique())}")
+    return rows
+
+
+def plot_metric_bars(table, metrics: Sequence[str], ncols: int = 3, axes=None):
+    """One panel per metric of a :func:`facelib.benchmark.run` table: a bar per (editor, target)
+    with its 95 % interval as an error bar; return the axes."""
+    import matplotlib.pyplot as plt
+
+    metrics = list(metrics)
+    if axes is None:
+        nrows = math.ceil(len(metrics) / ncols)
+        _, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    flat = np.asarray(axes).reshape(-1)
+    for ax, metric in zip(flat, metrics):
+        rows = _benchmark_rows(table, metric)
+        labels = [f"{editor}\n({target})" for editor, target in zip(rows["editor"], rows["target"])]
+        values, low, high = (rows[column].to_numpy(float) for column in ("value", "low", "high"))
+        errors = np.stack([values - low, high - values])
+        errors = np.where(np.isfinite(errors), errors, 0.0)
+        colours = plt.get_cmap("tab10")(np.arange(len(rows)) % 10)
+        ax.bar(np.arange(len(rows)), values, yerr=errors, capsize=3, color=colours)
+        ax.set_xticks(np.arange(len(rows)), labels, fontsize=7)
+        ax.set_title(metric, fontsize=9)
+    for ax in flat[len(metrics):]:
+        ax.axis("off")
+    plt.tight_layout()
+    return axes
+
+
+def plot_quality_speed(table, quality: str, speed: str = "ms per edit (1 image, CPU)", ax=None):
+    """Scatter ``quality`` (with its interval) against ``speed`` for each (editor, target) of a
+    :func:`facelib.benchmark.run` table; speed on a log axis. Return the Axes."""
+    import matplotlib.pyplot as plt
+
+    quality_rows = _benchmark_rows(table, quality).set_index(["editor", "target"])
+    speed_rows = _benchmark_rows(table, speed).set_index(["editor", "target"])
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 4))
+    for position, key in enumerate(quality_rows.index):
+        value, low, high = quality_rows.loc[key, ["value", "low", "high"]].to_numpy(float)
+        x = float(speed_rows.loc[key, "value"])
+        error = [[value - low], [high - value]] if np.isfinite([low, high]).all() else None
+        ax.errorbar([x], [value], yerr=error, fmt="o", capsize=3, color=plt.get_cmap("tab10")(position % 10),
+                    label=f"{key[0]} ({key[1]})")
+    ax.set_xscale("log")
+    ax.set_xlabel(speed)
+    ax.set_ylabel(quality)
+    ax.legend(fontsize=7)
+    return ax

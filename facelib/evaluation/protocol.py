@@ -51,7 +51,7 @@ from facelib.utils import get_device
 __all__ = [
     "EVALUATOR_NAMES", "COLUMNS", "Bundle", "HeldOutPairs", "MetricInfo", "metric", "register_metric",
     "list_metrics", "row", "resolve_evaluators", "held_out_pairs", "held_out_target", "run_editor", "measure",
-    "target_label", "evaluate", "au_table",
+    "target_label", "evaluate", "au_table", "Verification", "verification_pairs",
 ]
 
 #: The evaluator networks the metrics use, by their ``facelib.load_pretrained`` names.
@@ -300,10 +300,35 @@ def _different_identity_partner(identity: torch.Tensor, seed: int) -> torch.Tens
     return partner
 
 
-@metric(VERIFICATION_NAME, VERIFICATION_REAL_NAME, needs="identity_embedder")
-def _identity(bundle: Bundle) -> list[dict]:
-    """EGGAN Table 2: balanced pairs (source_i, edited_i) as same and (source_i, edited_j), j of another
-    identity, as different, at the threshold best on the real pairs (source, real target)."""
+@dataclass
+class Verification:
+    """The verification pairs of one bundle (EGGAN Table 2) and how each was decided.
+
+    Pairs ``k`` = (source[anchors[k]], X[others[k]]) with X the edits or the real targets; ``same[k]``
+    says whether they show one person. The first ``count`` pairs are each item's own (same), the
+    rest (source_i, X_j) with j of another identity. threshold: the cosine similarity best on the
+    real pairs; edited_scores, real_scores: the pairs' cosine similarities.
+    """
+
+    anchors: torch.Tensor
+    others: torch.Tensor
+    same: torch.Tensor
+    threshold: float
+    source: torch.Tensor
+    target: torch.Tensor
+    edited: torch.Tensor
+
+    def edited_correct(self) -> torch.Tensor:
+        """``[pairs]`` bool: the edited pair decided right at the real pairs' threshold."""
+        scores = torch.nn.functional.cosine_similarity(self.source[self.anchors].double(),
+                                                       self.edited[self.others].double(), dim=1)
+        return (scores > self.threshold) == self.same
+
+
+def verification_pairs(bundle: Bundle) -> Verification | None:
+    """Balanced pairs (source_i, edited_i) as same and (source_i, edited_j), j of another identity, as
+    different, with the threshold best on the real pairs (source, real target); ``None`` when every
+    pair shows one identity (no different pairs exist)."""
     embedder, count, size, device = bundle.evaluators["identity_embedder"], bundle.count, bundle.batch_size, bundle.device
     with _metrics._EvalMode(embedder):
         source, target, edited = (_metrics._batched(embedder, images, size, device)
@@ -311,19 +336,30 @@ def _identity(bundle: Bundle) -> list[dict]:
     partner = _different_identity_partner(bundle.identity.long(), bundle.seed)
     has_partner = partner >= 0
     if not has_partner.any():
-        return [row(name, math.nan, 0, "skipped: all pairs show one identity, no different pairs")
-                for name in (VERIFICATION_NAME, VERIFICATION_REAL_NAME)]
+        return None
     anchors = torch.cat([torch.arange(count), torch.nonzero(has_partner).flatten()])
     others = torch.cat([torch.arange(count), partner[has_partner]])
     same = torch.cat([torch.ones(count, dtype=torch.bool), torch.zeros(int(has_partner.sum()), dtype=torch.bool)])
     threshold = _metrics.best_verification_threshold(source[anchors], target[others], same)
-    pairs = f"{count} same + {int(has_partner.sum())} different pairs"
+    return Verification(anchors, others, same, threshold, source, target, edited)
+
+
+@metric(VERIFICATION_NAME, VERIFICATION_REAL_NAME, needs="identity_embedder")
+def _identity(bundle: Bundle) -> list[dict]:
+    """EGGAN Table 2, on the pairs of :func:`verification_pairs`."""
+    pairs = verification_pairs(bundle)
+    if pairs is None:
+        return [row(name, math.nan, 0, "skipped: all pairs show one identity, no different pairs")
+                for name in (VERIFICATION_NAME, VERIFICATION_REAL_NAME)]
+    count, same = bundle.count, pairs.same
+    described = f"{count} same + {len(same) - count} different pairs"
     folds = min(10, len(same))
+    real_a, real_b = pairs.source[pairs.anchors], pairs.target[pairs.others]
     return [
-        row(VERIFICATION_NAME, _metrics.verification_accuracy(source[anchors], edited[others], same, threshold),
-            len(same), f"source vs edited, {pairs}, threshold {threshold:.3f} from real pairs"),
-        row(VERIFICATION_REAL_NAME, _metrics.verification_accuracy(source[anchors], target[others], same, folds=folds),
-            len(same), f"source vs real target, {pairs}, {folds}-fold cross-validated threshold"),
+        row(VERIFICATION_NAME, float(pairs.edited_correct().double().mean()), len(same),
+            f"source vs edited, {described}, threshold {pairs.threshold:.3f} from real pairs"),
+        row(VERIFICATION_REAL_NAME, _metrics.verification_accuracy(real_a, real_b, same, folds=folds),
+            len(same), f"source vs real target, {described}, {folds}-fold cross-validated threshold"),
     ]
 
 
