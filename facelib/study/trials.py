@@ -46,7 +46,7 @@ MANIFEST_NAME = "study.json"
 STUDY_FORMAT = 1
 #: What the page asks for each kind of trial.
 PROMPTS = {
-    "real_or_fake": "Is this face a real photograph or a fake (computer-edited) one?",
+    "real_or_fake": "Is this face real (an untouched image) or fake (edited by a computer)?",
     "which_more_real": "Which face looks most real? Click the button under it.",
     "attention": "Which face looks most real? Click the button under it.",
 }
