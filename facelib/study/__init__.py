@@ -19,14 +19,15 @@ from facelib's evaluator networks plus noise (``simulated=1`` in the database): 
 code is the same for both.
 
 Modules: ``trials`` (building and loading a study), ``answers`` (:class:`StudyDB`),
-``statistics``, ``simulated``, ``app`` (the ipywidgets page and the Voila launch).
+``statistics``, ``plots``, ``simulated``, ``app`` (the ipywidgets page and the Voila launch).
 """
 from __future__ import annotations
 
 from .answers import ANSWER_COLUMNS, StudyDB, check_rater
 from .app import StudySession, serve, serve_command, study_app, study_app_from_env, write_study_page
 from .simulated import SimulatedRater, simulate_answers, simulated_panel, simulated_realness_cues
-from .statistics import (MIN_CHECK_ACCURACY, MIN_REAL_ACCURACY, agreement, bradley_terry, filter_raters,
+from .plots import plot_ranking, plot_real_or_fake
+from .statistics import (MIN_CHECK_ACCURACY, MIN_REAL_ACCURACY, agreement, analyse, bradley_terry, filter_raters,
                          pairwise_comparisons, rater_quality, real_or_fake_table, which_more_real_ranking,
                          wilson_interval)
 from .trials import (FAILURE, FAILURE_STYLES, PROMPTS, REAL, TRIAL_KINDS, Study, Trial, build_study, load_study,
@@ -36,7 +37,8 @@ __all__ = [
     "ANSWER_COLUMNS", "StudyDB", "check_rater",
     "StudySession", "serve", "serve_command", "study_app", "study_app_from_env", "write_study_page",
     "SimulatedRater", "simulate_answers", "simulated_panel", "simulated_realness_cues",
-    "MIN_CHECK_ACCURACY", "MIN_REAL_ACCURACY", "agreement", "bradley_terry", "filter_raters",
+    "plot_ranking", "plot_real_or_fake",
+    "MIN_CHECK_ACCURACY", "MIN_REAL_ACCURACY", "agreement", "analyse", "bradley_terry", "filter_raters",
     "pairwise_comparisons", "rater_quality", "real_or_fake_table", "which_more_real_ranking", "wilson_interval",
     "FAILURE", "FAILURE_STYLES", "PROMPTS", "REAL", "TRIAL_KINDS", "Study", "Trial", "build_study", "load_study",
     "obvious_failure", "study_target_kind",

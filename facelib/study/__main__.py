@@ -20,6 +20,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="comma-separated editor names (default: every editor whose weights ship)")
     build.add_argument("--sources", type=int, default=12, help="held-out pairs to edit (default 12)")
     build.add_argument("--checks", type=int, default=6, help="attention-check trials (default 6)")
+    build.add_argument("--side-by-side", type=int, default=None,
+                       help="methods shown together in a which-more-real trial (default: all)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--overwrite", action="store_true", help="replace a study already in --out")
     serve = commands.add_parser("serve", help="serve the study page to people with Voila")
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "build":
             editors = args.editors.split(",") if args.editors else _default_editors()
-            study = build_study(editors, args.out, sources=args.sources, checks=args.checks, seed=args.seed,
+            study = build_study(editors, args.out, sources=args.sources, checks=args.checks,
+                                side_by_side=args.side_by_side, seed=args.seed,
                                 overwrite=args.overwrite, progress=True)
             print(f"{len(study.trials)} trials of {', '.join(study.methods)} written to {args.out}")
             return 0

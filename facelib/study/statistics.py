@@ -27,7 +27,7 @@ from .trials import REAL
 
 __all__ = [
     "MIN_CHECK_ACCURACY", "MIN_REAL_ACCURACY", "wilson_interval", "rater_quality", "filter_raters",
-    "real_or_fake_table", "pairwise_comparisons", "bradley_terry", "which_more_real_ranking", "agreement",
+    "real_or_fake_table", "pairwise_comparisons", "bradley_terry", "which_more_real_ranking", "agreement", "analyse",
 ]
 
 #: Keep a rater who picks the real image in at least this share of the attention checks. Neither
@@ -227,3 +227,18 @@ def agreement(answers: pd.DataFrame, kind: str = "real_or_fake") -> dict:
     counts, _ = aggregate_raters(codes, n_cat=len(categories))
     return {"kappa": float(fleiss_kappa(counts, method="fleiss")), "trials": len(complete),
             "raters": int(complete.shape[1]), "note": f"categories {categories}"}
+
+
+def analyse(answers: pd.DataFrame, bootstrap: int = 200, seed: int = 0) -> dict:
+    """Everything above in one call, filtering first: ``quality``, ``real_or_fake``, ``pairwise``,
+    ``ranking`` (``None`` without which-more-real answers) and ``agreement`` (Fleiss' kappa per kind)."""
+    kept, quality = filter_raters(answers)
+    if kept.empty:
+        raise ValueError(f"every one of the {len(quality)} raters was dropped by the filter; see rater_quality(answers)")
+    has_choices = bool((kept["kind"] == "which_more_real").any())
+    return {
+        "quality": quality, "kept": kept, "real_or_fake": real_or_fake_table(kept),
+        "pairwise": pairwise_comparisons(kept),
+        "ranking": which_more_real_ranking(kept, bootstrap=bootstrap, seed=seed) if has_choices else None,
+        "agreement": pd.DataFrame({kind: agreement(kept, kind) for kind in ("real_or_fake", "which_more_real")}).T,
+    }
