@@ -6,12 +6,13 @@ import pandas as pd
 __all__ = ["plot_real_or_fake", "plot_ranking"]
 
 
-def plot_real_or_fake(table: pd.DataFrame, title: str, ax=None, paper: dict | None = None):
+def plot_real_or_fake(table: pd.DataFrame, title: str, ax=None, paper: dict | None = None,
+                      paper_label: str = "the paper's value (its own methods and data)"):
     """Proportion judged real per method with its Wilson interval (:func:`real_or_fake_table`);
-    ``paper``: {method: a paper's proportion}, drawn as open diamonds and labelled as the paper's."""
+    ``paper``: {method: a paper's proportion}, drawn as open diamonds labelled ``paper_label``."""
     import matplotlib.pyplot as plt
 
-    ax = ax if ax is not None else plt.subplots(figsize=(6.4, 3.2))[1]
+    ax = ax if ax is not None else plt.subplots(figsize=(8.4, 3.2))[1]
     rows = table.reset_index(drop=True)
     errors = [rows["proportion"] - rows["ci_low"], rows["ci_high"] - rows["proportion"]]
     ax.errorbar(rows["proportion"], range(len(rows)), xerr=errors, fmt="o", capsize=4, label="this study (95 % Wilson)")
@@ -19,12 +20,12 @@ def plot_real_or_fake(table: pd.DataFrame, title: str, ax=None, paper: dict | No
         if method in set(rows["method"]):
             ax.plot(value, rows.index[rows["method"] == method][0], "D", mfc="none", color="tab:red")
     if paper:
-        ax.plot([], [], "D", mfc="none", color="tab:red", label="the paper's value (its own methods)")
+        ax.plot([], [], "D", mfc="none", color="tab:red", label=paper_label)
     ax.set_yticks(range(len(rows)), rows["method"])
     ax.set_xlim(0, 1)
     ax.set_xlabel("proportion judged real")
     ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     return ax
 
