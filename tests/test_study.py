@@ -251,3 +251,21 @@ def test_simulated_panel_answers_through_the_database_and_the_analysis_runs(smal
     assert ranking["strength"].sum() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="raters must be an int >= 2"):
         study.simulated_panel(raters=1)
+
+
+def test_the_command_line_builds_analyses_and_refuses_with_one_line_errors(small_study, tmp_path, capsys):
+    from facelib.study.__main__ import main
+
+    assert main(["build", "--out", str(small_study.folder), "--editors", "fvae,average_flow"]) == 2
+    assert "already holds a study" in capsys.readouterr().err
+    assert main(["analyse", "--study", str(small_study.folder), "--db", str(tmp_path / "none.sqlite")]) == 2
+    assert "no answers yet" in capsys.readouterr().err
+    database = tmp_path / "cli.sqlite"
+    with StudyDB(database, small_study) as db:
+        study.simulate_answers(small_study, db, study.simulated_panel(raters=3, inattentive=0.0),
+                               study.simulated_realness_cues(small_study, reference=16))
+    assert main(["analyse", "--study", str(small_study.folder), "--db", str(database)]) == 0
+    assert "no answers from people" in capsys.readouterr().out
+    assert main(["analyse", "--study", str(small_study.folder), "--db", str(database), "--simulated"]) == 0
+    printed = capsys.readouterr().out
+    assert "answers from SIMULATED raters" in printed and "proportion" in printed and "Fleiss' kappa" in printed
