@@ -381,7 +381,7 @@ def plot_metric_bars(table, metrics: Sequence[str], ncols: int = 3, axes=None):
         errors = np.where(np.isfinite(errors), errors, 0.0)
         colours = plt.get_cmap("tab10")(np.arange(len(rows)) % 10)
         ax.bar(np.arange(len(rows)), values, yerr=errors, capsize=3, color=colours)
-        ax.set_xticks(np.arange(len(rows)), labels, fontsize=7)
+        ax.set_xticks(np.arange(len(rows)), labels, fontsize=7, rotation=35, ha="right")
         ax.set_title(metric, fontsize=9)
     for ax in flat[len(metrics):]:
         ax.axis("off")
@@ -404,7 +404,11 @@ def plot_quality_speed(table, quality: str, speed: str = "ms per edit (1 image, 
         error = [[value - low], [high - value]] if np.isfinite([low, high]).all() else None
         ax.errorbar([x], [value], yerr=error, fmt="o", capsize=3, color=plt.get_cmap("tab10")(position % 10),
                     label=f"{key[0]} ({key[1]})")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())  # 0.5, 1, 5 rather than 5 x 10^-1
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(speed)
     ax.set_ylabel(quality)
     ax.legend(fontsize=7)

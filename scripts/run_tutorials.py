@@ -79,6 +79,20 @@ def find_notebooks(folder: Path, only: str | None) -> list[Path]:
     return notebooks
 
 
+def relative_paths(executed: Path) -> None:
+    """Papermill records where it read and wrote the notebook; keep those paths relative to the
+    repository, so a committed notebook names no folder of the machine that ran it."""
+    import nbformat
+
+    notebook = nbformat.read(executed, as_version=4)
+    recorded = notebook.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if recorded.get(key):
+            path = Path(recorded[key]).resolve()
+            recorded[key] = str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
+    nbformat.write(notebook, executed)
+
+
 def run_notebook(notebook: Path, out_dir: Path, parameters: dict) -> tuple[float, str]:
     """Execute one notebook with papermill; return (seconds, status)."""
     import papermill
@@ -94,6 +108,7 @@ def run_notebook(notebook: Path, out_dir: Path, parameters: dict) -> tuple[float
             progress_bar=False,
         )
         status = "ok"
+        relative_paths(out_dir / notebook.name)
     except papermill.PapermillExecutionError as err:
         status = f"FAILED in cell [{err.exec_count}]: {err.ename}: {err.evalue}".splitlines()[0][:160]
     except Exception as err:  # noqa: BLE001 - a broken kernel or notebook file is a failure to report, not a crash
