@@ -47,6 +47,7 @@ from .conventions import AU_MAX
 from .editors import TARGET_KINDS, Editor, Target, editor_info, list_editors, load_editor
 from .evaluation import protocol
 from .metrics import FD_NAME, VERIFICATION_NAME
+from .utils import get_device
 
 __all__ = [
     "QUALITY_METRICS", "COST_METRICS", "COLUMNS", "EditScores", "BenchmarkResult", "shipped_editors",
@@ -362,6 +363,7 @@ def run(editors: Sequence[str | Editor] | None = None, *, target_kinds: Sequence
         raise ValueError(f"target_kinds must be a non-empty subset of {list(TARGET_KINDS)}, got {list(target_kinds)}")
     if not isinstance(resamples, int) or resamples < 100:
         raise ValueError(f"resamples must be an int >= 100 (BCa intervals need them), got {resamples!r}")
+    device = get_device(device)
     names = shipped_editors() if editors is None else list(editors)
     if not names:
         raise ValueError("no editors to measure: none is registered with shipped weights (facelib.list_editors())")
@@ -378,8 +380,7 @@ def run(editors: Sequence[str | Editor] | None = None, *, target_kinds: Sequence
                 preset, split, editor.image_size, n, batch_size=batch_size, seed=seed, spread=True, progress=False)
         pairs = pairs_by_size[editor.image_size]
         bundle = protocol.run_editor(editor, kind, pairs, progress=False)
-        bundle = dataclasses.replace(bundle, evaluators=found, missing=missing, batch_size=batch_size,
-                                     device=torch.device(device))
+        bundle = dataclasses.replace(bundle, evaluators=found, missing=missing, batch_size=batch_size, device=device)
         scores[editor.name, kind] = score_edits(bundle, kind)
         one = {key: value[:1] for key, value in pairs.batches[0].items()}  # time one-image edits
         target = protocol.held_out_target(kind, one, partners=pairs.partners[:1])
