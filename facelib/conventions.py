@@ -32,6 +32,15 @@ AU_NAMES: dict[int, str] = {
 }
 
 NUM_AUS = len(AU_CODES)
+
+#: The AUs by the part of the face they move (the sections of the AU sliders); every AU once.
+AU_REGIONS: dict[str, tuple[int, ...]] = {
+    "brows": (1, 2, 4),
+    "eyes and cheeks": (5, 6, 7, 45),
+    "nose and upper lip": (9, 10),
+    "lips": (12, 14, 15, 20, 23, 25),
+    "chin and jaw": (17, 26),
+}
 #: AU intensities live in [0, AU_MAX] (models may normalise to [0, 1] inside).
 AU_MAX = 5.0
 

@@ -147,8 +147,11 @@ def test_pixel_vae_edits_have_no_flow():
         z = vae.latent(smooth_images(2, 32))
     result = FVAEEditor(vae, {"neutral": z[0], "happy": z[1]}, name="pixel").edit(smooth_images(1, 32), Target(expression="happy"))
     assert result.flow is None and result.output.shape == (1, 3, 32, 32)
-    with pytest.raises(ValueError, match="predicts pixels"):
-        FVAEEditor(vae, {"happy": z[1]}, name="pixel").edit_highres(smooth_images(1, 64), Target(expression="happy"))
+    # no flow to upsample: a large face gets the output enlarged (pixel upsampling, Fig. 7)
+    large = FVAEEditor(vae, {"happy": z[1]}, name="pixel").edit_highres(smooth_images(1, 64), Target(expression="happy"))
+    assert large.flow is None and large.output.shape == (1, 3, 64, 64)
+    small = FVAEEditor(vae, {"happy": z[1]}, name="pixel").edit(smooth_images(1, 32), Target(expression="happy"))
+    torch.testing.assert_close(large.output, pixel_upsample(small.output, 64))
 
 
 # ------------------------------------------------------------------ baselines (FVAE Sec. 6)

@@ -7,6 +7,7 @@ is handled in one place, the same way everywhere:
 input                      what happens
 =========================  ===================================================================
 missing file / folder      ``FileNotFoundError`` / ``IsADirectoryError`` naming the path
+bytes (an uploaded file)   decoded like a file, with the same checks
 not an image (text, ...)   ``ValueError`` listing the formats Pillow reads
 corrupt / truncated file   ``ValueError`` saying the file could not be decoded
 grayscale (L, 1-bit)       converted to RGB by repeating the channel
@@ -25,6 +26,7 @@ Arrays are taken to be RGB already (OpenCV users: convert BGR with ``img[..., ::
 """
 from __future__ import annotations
 
+import io
 import os
 import struct
 import warnings
@@ -41,7 +43,7 @@ MIN_SIDE = 16
 MAX_PIXELS = 64_000_000
 
 _ACCEPTED = (
-    "a path to an image file (PNG, JPEG, BMP, TIFF, WebP, GIF, ...), a PIL.Image, "
+    "a path to an image file (PNG, JPEG, BMP, TIFF, WebP, GIF, ...), the bytes of such a file, a PIL.Image, "
     "a numpy array [H, W], [H, W, 1], [H, W, 3] (RGB) or [H, W, 4] (RGBA) of uint8, uint16, bool "
     "or float in [0, 1], or a torch tensor [3, H, W] / [1, 3, H, W] in [-1, 1]"
 )
@@ -58,6 +60,9 @@ def load_image(image, *, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE)
         if not os.fspath(image):  # Path("") is the current folder
             raise ValueError(f"the image path is empty; accepted: {_ACCEPTED}")
         rgb = _read_file(Path(image), max_pixels)
+    elif isinstance(image, (bytes, bytearray, memoryview)):  # an uploaded file's content
+        what = f"the {len(image):,} bytes given"
+        rgb = _decode(io.BytesIO(bytes(image)), max_pixels, what, what)
     elif isinstance(image, torch.Tensor):
         rgb = to_uint8(image)
     elif isinstance(image, np.ndarray):
@@ -125,33 +130,38 @@ def _check_pixels(size: tuple[int, int], max_pixels: int, what) -> None:
 
 
 def _read_file(path: Path, max_pixels: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
     if not path.exists():
         raise FileNotFoundError(f"image file not found: {path}")
     if path.is_dir():
         raise IsADirectoryError(f"expected an image file, got a folder: {path}")
     if not path.is_file():  # a FIFO would block the open forever, a device would be read without end
         raise ValueError(f"{path} is not a regular file (a FIFO, device or socket); load_image reads image files")
+    return _decode(path, max_pixels, str(path), f"image {path.name}")
+
+
+def _decode(source, max_pixels: int, what: str, label: str) -> np.ndarray:
+    """Decode an image file (a path or a binary file object); errors name it ``what`` (``label`` for its size)."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with warnings.catch_warnings():
             # Pillow warns about large images while opening; our own limit below decides.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as picture:
+            with Image.open(source) as picture:
                 # Image.open reads only the header: the size is known before any pixel is decoded.
-                _check_pixels(picture.size, max_pixels, f"image {path.name}")
+                _check_pixels(picture.size, max_pixels, label)
                 return _pil_to_rgb(picture)
     except UnidentifiedImageError:
         raise ValueError(
-            f"{path} is not an image Pillow can read; accepted formats include "
+            f"{what} is not an image Pillow can read; accepted formats include "
             f"PNG, JPEG, BMP, TIFF, WebP, GIF and PPM"
         ) from None
     except Image.DecompressionBombError as err:
         # Pillow's own check fires first for headers over twice its limit.
-        raise ValueError(f"{path}: {err} Refusing to decode it (decompression-bomb guard).") from None
+        raise ValueError(f"{what}: {err} Refusing to decode it (decompression-bomb guard).") from None
     except (OSError, SyntaxError) as err:
         # Pillow raises OSError("image file is truncated", ...) or SyntaxError on broken data.
-        raise ValueError(f"{path} could not be decoded (corrupt or truncated image file: {err})") from None
+        raise ValueError(f"{what} could not be decoded (corrupt or truncated image file: {err})") from None
 
 
 def _pil_to_rgb(picture) -> np.ndarray:

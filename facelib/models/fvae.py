@@ -30,7 +30,7 @@ Eq. 7-8 (confidence label, loss)   facelib/losses.py: fvae_confidence_label, fva
 Algorithm 1 (expression edit)      facelib/models/fvae.py: FVAEEditor._edit; lines 2-3 (the
                                    expression latents): facelib/train/fvae.py: expression_latents
 Algorithm 2 (interpolation)        facelib/models/fvae.py: interpolate, confidence_blend
-Sec. 4.3 (flow upsampling)         facelib/models/fvae.py: flow_upsample, FVAEEditor.edit_highres
+Sec. 4.3 (flow upsampling)         facelib/models/fvae.py: flow_upsample; Editor.edit_highres
 Sec. 5.2 (data preparation)        facelib/train/fvae.py: reinhard_color_transfer, random_horizontal_flip,
                                    ExpressionPairs
 Sec. 5.3 (architecture)            facelib/models/fvae.py: FVAE, PixelVAE, ConfidenceNet;
@@ -284,20 +284,6 @@ class FVAEEditor(Editor):
         z_edit = factor * (z_target - z_source) + z_of_source
         decoded = self.model.decode(images, z_edit)
         return EditResult(output=decoded["output"], flow=decoded.get("flow"), latent=z_edit)
-
-    @torch.no_grad()
-    def edit_highres(self, images: torch.Tensor, target: Target) -> EditResult:
-        """Sec. 4.3: edit a high-resolution face (a multiple of ``image_size``) by upsampling the flow.
-
-        The face is shrunk (area) to ``image_size`` for the encoder and decoder; the flow is
-        upsampled and applied to the high-resolution face itself, so its detail survives.
-        """
-        if not isinstance(self.model, FVAE):
-            raise ValueError(f"{self.name} predicts pixels, not a flow: Sec. 4.3's flow upsampling needs the FVAE")
-        images = check_images(images, "images")
-        small = check_images(images, "images", size=self.image_size, resize=True)
-        result = self.edit(small, target)
-        return EditResult(output=flow_upsample(images, result.flow), flow=result.flow, latent=result.latent)
 
 
 def confidence_blend(outputs: list[torch.Tensor], mask_logits: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
