@@ -175,7 +175,10 @@ class TargetControls:
         self.intensity = widgets.FloatSlider(value=min(max(1.0, low), high), min=low, max=high, step=0.05 if continuous else 0.25,
                                              continuous_update=continuous, description="intensity",
                                              layout=widgets.Layout(width="420px"))
-        self.expression = widgets.Dropdown(options=list(editor.expressions) or ["neutral"], description="expression")
+        names = list(editor.expressions) or ["neutral"]
+        # "happy" first where there is one: a photo's own expression is unknown (taken as neutral)
+        self.expression = widgets.Dropdown(options=names, value="happy" if "happy" in names else names[0],
+                                           description="expression")
         self.aus = [widgets.FloatSlider(value=0.0, min=0.0, max=AU_MAX, step=0.25, description=f"AU{code}",
                                         tooltip=AU_NAMES[code], continuous_update=continuous,
                                         layout=widgets.Layout(width="300px"))
