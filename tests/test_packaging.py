@@ -1,10 +1,12 @@
 """The README, .ci/run, requirements.txt, pyproject.toml and binder/ tell one consistent story."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,6 +124,9 @@ def test_binder_pins_agree_with_requirements():
     assert CPU_INDEX in lines, "Binder has no GPU: CPU torch"
     assert "-e ." not in lines, "postBuild installs facelib (requirements are installed before the repo is)"
     assert (binder / "runtime.txt").read_text(encoding="utf-8").strip() == "python-3.11"
+    assert "voila" in binder_pins, "the face editor's Binder badge opens notebook 09 under Voila"
+    # repo2docker's conventions: it reads these names from binder/ (environment.yml would replace requirements.txt)
+    assert {path.name for path in binder.iterdir()} <= {"requirements.txt", "runtime.txt", "postBuild", "check.py"}
     post_build = binder / "postBuild"
     script = post_build.read_text(encoding="utf-8")
     assert os.access(post_build, os.X_OK)
@@ -201,7 +206,9 @@ def test_binder_badge_opens_the_repository_named_in_pyproject():
     match = re.fullmatch(r"https://github\.com/([\w.-]+)/([\w.-]+)", urls["Repository"])
     assert match, f"[project.urls] Repository must be https://github.com/OWNER/NAME, got {urls['Repository']!r}"
     badges = re.findall(r"\]\((https://mybinder\.org/v2/gh/[^)\s]+)\)", README)
-    assert badges == [f"https://mybinder.org/v2/gh/{match[1]}/{match[2]}/HEAD?urlpath=lab/tree/notebooks"], (
+    home = f"https://mybinder.org/v2/gh/{match[1]}/{match[2]}/HEAD"
+    # the tutorials in JupyterLab, and the face editor as a Voila app (Voila's server extension path)
+    assert badges == [f"{home}?urlpath=lab/tree/notebooks", f"{home}?urlpath=voila/render/notebooks/09_face_editor.ipynb"], (
         f"the Binder badge must open {urls['Repository']} (pyproject.toml's Repository URL); found {badges}"
     )
 
@@ -217,3 +224,13 @@ def test_jupyterlab_instructions_cover_root_and_use_current_option_names():
             ".md", ".py", ".ipynb", ".txt", ".toml", ".cfg", ".sh", ".yml", ".yaml", ""
         }:
             assert old not in path.read_text(encoding="utf-8", errors="replace"), f"{path.relative_to(REPO)} uses {old}"
+
+
+def test_voila_serves_under_jupyter_server_so_the_binder_urlpath_works():
+    """``urlpath=voila/render/...`` needs Voila's server extension, which pip enables with a config file."""
+    pytest.importorskip("voila", reason="voila is pinned in requirements.txt")
+    config = Path(sys.prefix) / "etc" / "jupyter" / "jupyter_server_config.d" / "voila.json"
+    assert config.is_file(), f"pip installed voila without its server-extension config ({config.name})"
+    extensions = json.loads(config.read_text(encoding="utf-8"))["ServerApp"]["jpserver_extensions"]
+    assert any(name.startswith("voila") and enabled for name, enabled in extensions.items()), extensions
+    assert "voila notebooks/09_face_editor.ipynb" in README
