@@ -391,9 +391,9 @@ def download_link(rgb: np.ndarray, filename: str) -> str:
     data = base64.b64encode(encode_rgb(rgb, "png")).decode("ascii")
     height, width = rgb.shape[:2]
     return (f'<a download="{html.escape(filename)}" href="data:image/png;base64,{data}" data-width="{width}" '
-            f'data-height="{height}" class="jupyter-button widget-button facelib-photo-download-link" '
-            f'style="padding: 0 12px; text-decoration: none; line-height: 28px">Download the edited photo '
-            f'({width}x{height} PNG)</a>')
+            f'data-height="{height}" class="facelib-photo-download-link" style="display: inline-block; '
+            f'padding: 4px 12px; border: 1px solid #999; border-radius: 2px; background: #eee; color: #000; '
+            f'text-decoration: none">&#x2B07; Download the edited photo ({width}x{height} PNG)</a>')
 
 
 class LatestOnly:
@@ -493,7 +493,7 @@ class PhotoEditor:
 
         self.photo = widgets.Dropdown(options=list(self.samples), description="photo", layout=widgets.Layout(width="420px"))
         self.upload = widgets.FileUpload(accept=".jpg,.jpeg,.png,image/jpeg,image/png", multiple=False,
-                                         description="Upload a photo")
+                                         description="Upload a photo", layout=widgets.Layout(width="auto"))
         self.upload.add_class("facelib-photo-upload")
         self.face = widgets.Dropdown(options=[("face 1", 0)], description="face")
         self.method = widgets.Dropdown(options=shipped, value=method or ("fvae" if "fvae" in shipped else shipped[0]),
@@ -592,6 +592,7 @@ class PhotoEditor:
             if not photo_name.startswith("no face"):
                 references[f"photo: {photo_name}"] = lambda size, load=load: FacePhoto(load()).reference(size)
         self.controls = TargetControls(editor, references, continuous=True)
+        self.controls.intensity.add_class("facelib-photo-intensity")  # the page's tests find it by this
         self.controls.observe(lambda _change: self.redraws.request())
         self.paper.value = f"<b>{html.escape(editor.name)}</b>: {html.escape(editor.paper)}"
         self._target_box.children = [self.controls.kind, *self.controls.groups.values()]
