@@ -84,6 +84,23 @@ def main() -> None:
     print("callback = the whole slider callback with background=False (redraw + the download link, "
           "which the background mode builds only once the slider rests)")
 
+    # A slider dragged continuously: the browser reports ~60 positions a second. In the background
+    # mode the callbacks only mark the picture stale; how many redraws run, and how long after the
+    # last position its picture is shown (the positions in between are skipped, not queued).
+    live = photo_editor(photo, method="fvae", background=True)
+    live.redraws.wait()
+    runs, positions = live.redraws.runs, np.linspace(0.0, 2.0, 120)
+    for value in positions:
+        live.controls.intensity.value = float(value)
+        time.sleep(1 / 60)
+    last = time.perf_counter()
+    live.redraws.wait()
+    settle = 1000 * (time.perf_counter() - last)
+    shown = live.controls.target().intensities(1).item()
+    print(f"continuous drag, fvae: {len(positions)} positions in {len(positions) / 60:.1f} s -> "
+          f"{live.redraws.runs - runs} redraws; the last position ({shown:.2f}) shown {settle:.0f} ms after it "
+          f"arrived (its redraw and the download PNG)")
+
 
 if __name__ == "__main__":
     main()

@@ -495,6 +495,9 @@ class PhotoEditor:
         self.upload = widgets.FileUpload(accept=".jpg,.jpeg,.png,image/jpeg,image/png", multiple=False,
                                          description="Upload a photo", layout=widgets.Layout(width="auto"))
         self.upload.add_class("facelib-photo-upload")
+        self.reference_upload = widgets.FileUpload(accept=".jpg,.jpeg,.png,image/jpeg,image/png", multiple=False,
+                                                   description="Upload a reference photo", layout=widgets.Layout(width="auto"))
+        self.reference_upload.observe(lambda change: self.receive_reference(change["new"]), names="value")
         self.face = widgets.Dropdown(options=[("face 1", 0)], description="face")
         self.method = widgets.Dropdown(options=shipped, value=method or ("fvae" if "fvae" in shipped else shipped[0]),
                                        description="method")
@@ -567,7 +570,7 @@ class PhotoEditor:
             return
         upload = files[-1]
         name = str(upload.get("name", "upload"))
-        if not name.lower().endswith((".jpg", ".jpeg", ".png")) and upload.get("type") not in ("image/jpeg", "image/png"):
+        if not self._is_photo_file(upload):
             self._fail(f"{html.escape(name)} is not a JPEG or PNG file; the editor accepts .jpg, .jpeg and .png photos")
             return
         label = f"uploaded: {name}"
@@ -577,6 +580,27 @@ class PhotoEditor:
             self.open_photo(label)
         else:
             self.photo.value = label  # opens it
+
+    def receive_reference(self, files) -> None:
+        """The reference FileUpload's callback: its largest face becomes a reference target."""
+        if not files:
+            return
+        name = str(files[-1].get("name", "upload"))
+        if not self._is_photo_file(files[-1]):
+            self._fail(f"{html.escape(name)} is not a JPEG or PNG file; the editor accepts .jpg, .jpeg and .png photos")
+            return
+        try:
+            reference = FacePhoto(bytes(files[-1]["content"]), name)
+            reference.aligned()
+        except (ValueError, TypeError, OSError) as err:  # NoFaceError is a ValueError
+            self._fail(f"Could not use {html.escape(name)} as a reference: {html.escape(str(err))}")
+            return
+        self.controls.add_reference(f"uploaded: {name}", reference.reference)  # selecting it redraws
+
+    @staticmethod
+    def _is_photo_file(upload: dict) -> bool:
+        name = str(upload.get("name", ""))
+        return name.lower().endswith((".jpg", ".jpeg", ".png")) or upload.get("type") in ("image/jpeg", "image/png")
 
     def use_method(self, name: str, redraw: bool = True) -> None:
         """Switch to the registered editor ``name``: load it once, rebuild the controls for what it accepts."""
@@ -593,6 +617,8 @@ class PhotoEditor:
                 references[f"photo: {photo_name}"] = lambda size, load=load: FacePhoto(load()).reference(size)
         self.controls = TargetControls(editor, references, continuous=True)
         self.controls.intensity.add_class("facelib-photo-intensity")  # the page's tests find it by this
+        reference_group = self.controls.groups["reference"]
+        reference_group.children = [*reference_group.children, self.reference_upload]
         self.controls.observe(lambda _change: self.redraws.request())
         self.paper.value = f"<b>{html.escape(editor.name)}</b>: {html.escape(editor.paper)}"
         self._target_box.children = [self.controls.kind, *self.controls.groups.values()]

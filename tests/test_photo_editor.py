@@ -33,9 +33,9 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def upload(editor, name: str, content: bytes, kind: str = "image/png") -> None:
-    """What the FileUpload's value is after a browser sent a file (ipywidgets 8)."""
-    editor.upload.value = ({"name": name, "type": kind, "size": len(content), "content": memoryview(content),
+def upload(file_upload, name: str, content: bytes, kind: str = "image/png") -> None:
+    """What a FileUpload's value is after a browser sent a file (ipywidgets 8)."""
+    file_upload.value = ({"name": name, "type": kind, "size": len(content), "content": memoryview(content),
                             "last_modified": datetime.datetime(2026, 12, 2, tzinfo=datetime.timezone.utc)},)
 
 
@@ -105,7 +105,7 @@ def test_flow_methods_show_their_flow_tile_and_pixel_methods_do_not(editor):
 
 def test_an_uploaded_photo_is_edited_and_downloads_at_its_own_size(editor, hopper):
     padded = np.pad(hopper, ((20, 30), (70, 118), (0, 0)), mode="edge")  # 700 x 650, a size of its own
-    upload(editor, "my photo.png", png_bytes(padded))
+    upload(editor.upload, "my photo.png", png_bytes(padded))
     assert editor.photo.value == "uploaded: my photo.png" and not is_error(editor)
     assert "uploaded: my photo.png (700x650)" in editor.message.value
     result = downloaded(editor)
@@ -115,12 +115,24 @@ def test_an_uploaded_photo_is_edited_and_downloads_at_its_own_size(editor, hoppe
 
 
 def test_bad_uploads_get_a_message_in_the_page_not_a_traceback(editor):
-    upload(editor, "notes.txt", b"not a photo", kind="text/plain")
+    upload(editor.upload, "notes.txt", b"not a photo", kind="text/plain")
     assert is_error(editor) and "not a JPEG or PNG file" in editor.message.value
-    upload(editor, "broken.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    upload(editor.upload, "broken.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     assert is_error(editor) and "Could not read uploaded: broken.png" in editor.message.value
     editor.photo.value = "astronaut (scikit-image)"
     assert not is_error(editor)
+
+
+def test_an_uploaded_reference_photo_becomes_a_reference_target(editor, hopper):
+    editor.method.value = "optical_flow"
+    before = editor.result.value
+    upload(editor.reference_upload, "ref.png", png_bytes(hopper))
+    assert editor.controls.reference.value == "uploaded: ref.png" and not is_error(editor)
+    assert editor.controls.target().reference.shape == (1, 3, 64, 64) and editor.result.value != before
+    coffee = sample_photos()["no face (scikit-image's coffee)"]()
+    upload(editor.reference_upload, "coffee.png", png_bytes(coffee))
+    assert is_error(editor) and "Could not use coffee.png as a reference: No face found" in editor.message.value
+    editor.method.value = "fvae"
 
 
 def test_a_photo_without_a_face_says_so_and_clears_the_edit(editor):
