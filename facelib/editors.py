@@ -144,13 +144,15 @@ class Target:
 class EditResult:
     """What an edit returns: ``output`` ``[B, 3, H, W]`` in ``[-1, 1]``, plus the extras a method has.
 
-    flow: backward pixel flow ``[B, 2, H, W]`` (FVAE, DFT-Net). attention: mask ``[B, 1, H, W]`` in
+    flow: backward pixel flow ``[B, 2, H, W]`` (FVAE, DFT-Net). aligned: the source warped along
+    that flow, before any texture is blended in (DFT-Net's X_a). attention: mask ``[B, 1, H, W]`` in
     ``[0, 1]`` (GANimation, DFT-Net). texture: the colour image the attention blends in
     (GANimation, DFT-Net). latent: the code the output was decoded from (FVAE's Z_edit, ...).
     """
 
     output: torch.Tensor
     flow: torch.Tensor | None = None
+    aligned: torch.Tensor | None = None
     attention: torch.Tensor | None = None
     texture: torch.Tensor | None = None
     latent: torch.Tensor | None = None

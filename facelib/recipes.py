@@ -52,6 +52,9 @@ RECIPES: dict[str, str] = {
     "average_flow": "facelib.train.fvae:train_average_flow_recipe",  # FVAE Sec. 6.1 average-flow baseline
     "stargan": "facelib.train.stargan:train_recipe",  # StarGAN on rafd's eight emotions (LEED's neutraliser)
     "ganimation": "facelib.train.ganimation:train_recipe",  # GANimation (Eq. 2-6), emotionet preset
+    "dftnet": "facelib.train.dftnet:train_recipe",  # DFT-Net (Eq. 1-10): GANimation + flow decoder, emotionet
+    "dftnet_no_flow": "facelib.train.dftnet:train_no_flow_recipe",  # DFT-Net's ablation: X_a = X_s
+    "dftnet_no_texture": "facelib.train.dftnet:train_no_texture_recipe",  # DFT-Net's ablation: A = 1 (a pure warp)
     "exprgan": "facelib.train.exprgan:train_recipe",  # ExprGAN (Eq. 3-10), three stages, oulu preset
     "exprgan_caae": "facelib.train.exprgan:train_caae_recipe",  # ExprGAN Fig. 2's CAAE-style baseline
     "exprgan_no_q": "facelib.train.exprgan:train_no_q_recipe",  # ExprGAN ablation: without Q

@@ -191,9 +191,12 @@ class GANimationEditor(Editor):
     accepts = ("aus", "expression")
     intensity_range = (0.0, 1.0)
 
-    def __init__(self, generator: GANimationGenerator, expression_aus: dict[str, torch.Tensor] | None = None):
-        if not isinstance(generator, GANimationGenerator):
-            raise TypeError(f"GANimationEditor needs a GANimationGenerator, got {type(generator).__name__}")
+    generator_class = GANimationGenerator  # DFT-Net's editor (facelib.models.dftnet) takes its own
+
+    def __init__(self, generator: nn.Module, expression_aus: dict[str, torch.Tensor] | None = None):
+        if not isinstance(generator, self.generator_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.generator_class.__name__}, "
+                            f"got {type(generator).__name__}")
         self.generator = generator
         self.image_size = generator.config.image_size
         self.expression_aus = dict(_expression_aus() if expression_aus is None else expression_aus)
@@ -209,9 +212,12 @@ class GANimationEditor(Editor):
         means = torch.stack([self.expression_aus[name] for name in target.expressions(batch)])  # [B, 17]
         return (target.intensities(batch)[:, None] * means).clamp(0, AU_MAX)
 
+    def target_aus01(self, target: Target, images: torch.Tensor) -> torch.Tensor:
+        """The generator's condition for ``images``: :meth:`target_aus` divided by 5, ``[B, 17]`` in [0, 1]."""
+        return normalise_aus(self.target_aus(target, len(images)).to(images))
+
     def _edit(self, images: torch.Tensor, target: Target) -> EditResult:
-        aus01 = normalise_aus(self.target_aus(target, len(images)).to(images))
-        output, colour, attention = self.generator.animate(images, aus01)
+        output, colour, attention = self.generator.animate(images, self.target_aus01(target, images))
         return EditResult(output=output.clamp(-1, 1), attention=attention, texture=colour)
 
 

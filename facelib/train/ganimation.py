@@ -31,7 +31,7 @@ from facelib.train.gan import GANTask
 from facelib.train.trainer import Trainer, read_log
 
 __all__ = ["GANimationWeights", "GANimationTask", "au_regression_loss", "attention_loss", "other_sample_aus",
-           "train_recipe", "DEFAULT_STEPS", "BATCH_SIZE"]
+           "train_recipe", "train_au_editor", "DEFAULT_STEPS", "BATCH_SIZE"]
 
 
 @dataclass(frozen=True)
@@ -109,10 +109,25 @@ class GANimationTask(GANTask):
             self._targets = (step, other_sample_aus(aus01, self.weights.target_noise))
         return images, aus01, self._targets[1].to(images)
 
+    def translate(self, images: torch.Tensor, aus01: torch.Tensor, plain: bool = False) -> dict[str, torch.Tensor]:
+        """One generator pass: ``{"output": Eq. 1's edit, "attention": A}`` (DFT-Net adds its maps).
+
+        ``plain``: through the unwrapped generator (the cycle's way back; see generator_losses).
+        """
+        generator = self.unwrap("generator") if plain else self.modules["generator"]
+        colour, attention = generator(images, aus01)
+        return {"output": compose(images, colour, attention), "attention": attention}
+
+    def regularisers(self, forward: dict[str, torch.Tensor], back: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The weighted terms beyond adversarial, AU and cycle, from both passes' :meth:`translate`."""
+        # GANimation Eq. 3 on the masks of both passes, as Eq. 6 (and the code) apply it
+        return {"attention": attention_loss(forward["attention"], self.weights)
+                + attention_loss(back["attention"], self.weights)}
+
     def critic_losses(self, batch, step):
         images, aus01, targets = self.inputs(batch, step)
         with torch.no_grad():  # no generator gradients in the critic's step
-            fake = compose(images, *self.modules["generator"](images, targets))
+            fake = self.translate(images, targets)["output"]
         (real_scores, real_aus), (fake_scores, _) = self.critic_outputs(images, fake)
         # GANimation Eq. 2 (critic side): E[D(fake)] - E[D(real)] + lambda_gp * GP
         terms = self.wgan_gp_terms(real_scores, fake_scores, images, fake, scores_of=lambda out: out[0])
@@ -123,25 +138,28 @@ class GANimationTask(GANTask):
 
     def generator_losses(self, batch, step):
         images, aus01, targets = self.inputs(batch, step)
-        colour, attention = self.modules["generator"](images, targets)
-        fake = compose(images, colour, attention)
+        forward = self.translate(images, targets)
+        fake = forward["output"]
         fake_scores, fake_aus = self.modules["critic"](fake)
         # The way back goes through the plain generator: its parameters' gradients from both passes
         # are summed by autograd before DDP's per-parameter hook fires (as the gradient penalty does).
-        back_colour, back_attention = self.unwrap("generator")(fake, aus01)
-        reconstructed = compose(fake, back_colour, back_attention)
-        # GANimation Eq. 2 (generator side): -E[D(G(I, y_target))]
+        back = self.translate(fake, aus01, plain=True)
+        # GANimation Eq. 2 (generator side): -E[D(G(I, y_target))]  (DFT-Net Eq. 6)
         adversarial = wgan_generator_loss(fake_scores)
-        # GANimation Eq. 4 (generator side): the edit must show the target AUs
+        # GANimation Eq. 4 (generator side): the edit must show the target AUs  (DFT-Net Eq. 7)
         au = au_regression_loss(fake_aus, targets)
-        # GANimation Eq. 5: identity (cycle) loss, || G(G(I, y_target), y_source) - I ||_1 (mean)
-        cycle = (reconstructed - images).abs().mean()
-        # GANimation Eq. 3 on the masks of both passes, as Eq. 6 (and the code) apply it
-        attention_terms = attention_loss(attention, self.weights) + attention_loss(back_attention, self.weights)
+        # GANimation Eq. 5: identity (cycle) loss, || G(G(I, y_target), y_source) - I ||_1 (mean)  (DFT-Net Eq. 8)
+        cycle = (back["output"] - images).abs().mean()
+        extra = self.regularisers(forward, back)
         # GANimation Eq. 6: L_adv + lambda_y L_y + lambda_A (L_A forward + L_A back) + lambda_idt L_idt
-        loss = adversarial + self.weights.au * au + attention_terms + self.weights.cycle * cycle
-        return {"loss": loss, "adversarial": adversarial, "au": au, "cycle": cycle, "attention": attention_terms,
-                "attention_mean": attention.mean()}
+        loss = adversarial + self.weights.au * au + self.weights.cycle * cycle + sum(extra.values())
+        return {"loss": loss, "adversarial": adversarial, "au": au, "cycle": cycle, **extra,
+                **self.diagnostics(forward)}
+
+    def diagnostics(self, forward: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Logged, not minimised: ``attention_mean``, the mean A of the edit (near 1 = the source
+        unedited, near 0 = painted from scratch: the collapse users report)."""
+        return {"attention_mean": forward["attention"].detach().mean()}
 
 
 # ----------------------------------------------------------------------------------------
@@ -160,7 +178,18 @@ METRIC_KEYS = {"AU PCC (facelib AU regressor)": "au_pcc", "AU MSE (facelib AU re
 def train_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: bool) -> dict:
     """Recipe ``ganimation``: train on the emotionet preset, save the generator, measure it.
 
-    Measured by :func:`facelib.evaluation.evaluate` with ``aus`` targets on the emotionet test
+    See :func:`train_au_editor` for what is measured.
+    """
+    return train_au_editor("ganimation", GANimationTask(GANimationConfig(), lr=LR), GANimationEditor,
+                           steps=steps, seed=seed, out_dir=out_dir, device=device, smoke=smoke)
+
+
+def train_au_editor(name: str, task: GANimationTask, editor_class, *, steps: int | None, seed: int, out_dir,
+                    device: str, smoke: bool) -> dict:
+    """Train an AU-conditioned GAN (GANimation, DFT-Net) on the emotionet preset, save it, measure it.
+
+    ``task`` gets the data here (``SynthFaces("emotionet", "train")`` at its config's size; smoke: 8
+    faces). Measured by :func:`facelib.evaluation.evaluate` with ``aus`` targets on the emotionet test
     split (smoke: 20 validation pairs, two identities): AU PCC and MSE through the AU regressor, identity
     verification, PSNR and SSIM against the true render of the target AUs, FD; each AU's PCC
     (``au_pcc_AU1`` ... ``au_pcc_AU45``). The metrics also hold ``attention_mean``, the mean A of the last logged
@@ -170,22 +199,19 @@ def train_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: b
     from facelib.data import SynthFaces
     from facelib.evaluation import au_table, evaluate, held_out_pairs, held_out_target, run_editor
 
-    out_dir = Path(out_dir)
-    config = GANimationConfig()
+    out_dir, config = Path(out_dir), task.config
     dataset = SynthFaces(PRESET, "train", size=config.image_size, seed=0)
-    if smoke:
-        dataset = torch.utils.data.Subset(dataset, range(8))
+    task.dataset = torch.utils.data.Subset(dataset, range(8)) if smoke else dataset
     total = SMOKE_STEPS if smoke else (DEFAULT_STEPS if steps is None else steps)
-    task = GANimationTask(config, dataset, lr=LR)
-    Trainer(task, steps=total, batch_size=4 if smoke else BATCH_SIZE, seed=seed, out_dir=out_dir / "ganimation",
+    Trainer(task, steps=total, batch_size=4 if smoke else BATCH_SIZE, seed=seed, out_dir=out_dir / name,
             device=device, log_every=1 if smoke else 25, progress=not smoke,
             checkpoint_every=0 if smoke else 2000).fit()
-    log = read_log(out_dir / "ganimation")
+    log = read_log(out_dir / name)
     attention_mean = float(log["attention_mean"].dropna().iloc[-1])
     generator = task.unwrap("generator").cpu().eval()
-    stem = save_model(generator, out_dir / "ganimation", extra={"attention_mean_last": attention_mean,
-                                                                 "dataset": f"SynthFaces({PRESET!r}, 'train', size=64)"})
-    editor, split, n = GANimationEditor(generator), "val" if smoke else "test", 20 if smoke else 512
+    stem = save_model(generator, out_dir / name, extra={"attention_mean_last": attention_mean,
+                                                        "dataset": f"SynthFaces({PRESET!r}, 'train', size={config.image_size})"})
+    editor, split, n = editor_class(generator), "val" if smoke else "test", 20 if smoke else 512
     table = evaluate(editor, "aus", preset=PRESET, split=split, n=n, metrics=list(METRIC_KEYS), progress=False)
     # A row that cannot be measured (NaN, e.g. a PCC without variance) is left out: recipes report finite numbers.
     values = {METRIC_KEYS[r.metric]: float(r.value) for r in table.itertuples()
@@ -197,8 +223,8 @@ def train_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: b
     masks = [editor.edit(batch["source"], held_out_target("aus", batch)).attention for batch in pairs.batches]
     values["attention_mean_test"] = float(torch.cat(masks).mean())
     return {
-        "checkpoints": {"ganimation": stem},
-        "metrics": {"ganimation": {**values, "attention_mean": attention_mean, "n_test_pairs": table.attrs["n"]}},
+        "checkpoints": {name: stem},
+        "metrics": {name: {**values, "attention_mean": attention_mean, "n_test_pairs": table.attrs["n"]}},
         "preset": PRESET,
         "steps": total,
     }
