@@ -11,6 +11,9 @@ machine's load than the milliseconds do.
 
     python benchmarks/bench_gan.py [--threads 2] [--iterations 3] [--repeats 20] [--only ganimation]
 
+With both GANimation and DFT-Net in the run it also prints DFT-Net's edit time over GANimation's,
+the two timed in this one run (DFT-Net Sec. 3.1 reports 7.32 / 12.11 ms = 0.60 on its GPU).
+
 A model is one entry of ``MODELS``: name -> (task factory, editor factory). The task factory
 returns a built ``GANTask``'s ingredients ``(task, batch)``; the editor factory ``(editor, target)``.
 """
@@ -50,6 +53,22 @@ def ganimation_editor():
     return editor, Target(aus=torch.full((1, NUM_AUS), 2.0))
 
 
+def dftnet_task():
+    """DFT-Net's task (CPU config) and GANimation's batch of 16 emotionet faces."""
+    from facelib.models.dftnet import DFTNetConfig
+    from facelib.train.dftnet import DFTNetTask
+
+    _, batch = ganimation_task()
+    return DFTNetTask(DFTNetConfig()), batch
+
+
+def dftnet_editor():
+    """A DFT-Net editor (randomly initialised) and GANimation's AU target."""
+    from facelib.models.dftnet import DFTNetConfig, DFTNetEditor, DFTNetGenerator
+
+    return DFTNetEditor(DFTNetGenerator(DFTNetConfig())), Target(aus=torch.full((1, NUM_AUS), 2.0))
+
+
 def stargan_task():
     """StarGAN's task (CPU config, its training settings) and a batch of 16 rafd faces."""
     from facelib.data import SynthFaces
@@ -71,6 +90,7 @@ def stargan_editor():
 MODELS: dict[str, tuple[Callable, Callable]] = {
     "stargan": (stargan_task, stargan_editor),
     "ganimation": (ganimation_task, ganimation_editor),
+    "dftnet": (dftnet_task, dftnet_editor),
 }
 
 
@@ -108,6 +128,7 @@ def main() -> None:
     facelib.set_seed(0)
 
     stack, reference_input = reference_workload()
+    edit_times = {}
     for name in [args.only] if args.only else MODELS:
         make_task, make_editor = MODELS[name]
         task, batch = make_task()
@@ -124,6 +145,10 @@ def main() -> None:
               f"{edit_ms / reference_ms:8.1f} x reference")
         print(f"{'':12s} reference (4 conv3x3 16->16 on [1, 16, {IMAGE_SIZE}, {IMAGE_SIZE}]): {reference_ms:.2f} ms; "
               f"{args.threads} threads")
+        edit_times[name] = edit_ms
+    if {"ganimation", "dftnet"} <= set(edit_times):
+        ratio = edit_times["dftnet"] / edit_times["ganimation"]
+        print(f"DFT-Net / GANimation, one edit: {ratio:.2f} (this run; the paper's GPU figure: 7.32 / 12.11 = 0.60)")
 
 
 if __name__ == "__main__":

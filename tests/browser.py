@@ -8,7 +8,7 @@ JupyterLab and the photo editor later::
     executable = require_browser()                       # skips, saying why, when one is missing
     port = free_port()
     with running_server([sys.executable, "-m", "voila", page, f"--port={port}", "--no-browser"],
-                        f"http://127.0.0.1:{port}/", log=tmp_path / "server.log"):
+                        voila_ready_url(port), log=tmp_path / "server.log"):
         with chromium_page(executable, tmp_path / "profile") as page:
             page.goto(f"http://127.0.0.1:{port}/")
 """
@@ -60,6 +60,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def voila_ready_url(port: int) -> str:
+    """A static file of Voila's on ``port``: it answers once the server is up, without running a notebook."""
+    return f"http://127.0.0.1:{port}/voila/static/voila.js"
+
+
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -83,6 +88,10 @@ def _stop(process: subprocess.Popen) -> None:
 @contextlib.contextmanager
 def running_server(argv: list[str], url: str, *, log: Path, env: dict | None = None, timeout: float = 60.0):
     """Run ``argv`` (output to ``log``) until ``url`` answers 200, yield the process, then stop it.
+
+    For Voila, pass a static file as ``url`` (:func:`voila_ready_url`), not the page: every GET of a
+    Voila page starts a kernel and runs the whole notebook, so polling the page would start one
+    kernel per poll that outlives its 5 s timeout.
 
     The server gets its own process group, so stopping it also stops the kernels it started.
     Fails with the log's tail if the server exits or does not answer within ``timeout`` seconds.

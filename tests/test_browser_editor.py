@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from browser import chromium_page, free_port, require_browser, running_server
+from browser import chromium_page, free_port, require_browser, running_server, voila_ready_url
 from facelib.widgets import sample_photos
 
 REPO = Path(__file__).resolve().parent.parent
@@ -132,7 +132,7 @@ def test_voila_app_edits_an_uploaded_photo_and_downloads_it_at_its_size(tmp_path
     port = free_port()
     argv = [sys.executable, "-m", "voila", str(NOTEBOOK), f"--port={port}", "--Voila.ip=127.0.0.1", "--no-browser",
             "--show_tracebacks=True"]
-    with running_server(argv, f"http://127.0.0.1:{port}/", log=tmp_path / "voila.log", env=kernel_env(tmp_path),
+    with running_server(argv, voila_ready_url(port), log=tmp_path / "voila.log", env=kernel_env(tmp_path),
                         timeout=90):
         with chromium_page(executable, tmp_path / "profile", viewport=(1400, 1000)) as page:
             problems = watch(page)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from browser import chromium_page, free_port, require_browser, running_server
+from browser import chromium_page, free_port, require_browser, running_server, voila_ready_url
 from facelib.study import build_study
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,7 +27,7 @@ def test_a_rater_answers_five_trials_by_clicking_and_sqlite_holds_five_rows(tmp_
     url = f"http://127.0.0.1:{port}/"
     argv = [sys.executable, "-m", "facelib.study", "serve", "--study", str(study.folder), "--db", str(database),
             "--port", str(port)]
-    with running_server(argv, url, log=tmp_path / "voila.log", timeout=90):
+    with running_server(argv, voila_ready_url(port), log=tmp_path / "voila.log", timeout=90):
         with chromium_page(executable, tmp_path / "profile") as page:
             page.set_default_timeout(60_000)  # the first load starts a kernel that imports torch
             page.goto(url)

@@ -373,3 +373,21 @@ def test_across_expressions_cycles_through_the_expressions():
     chosen = data.across_expressions(6)
     emotions = data.labels(chosen)["emotion"].tolist()
     assert len(chosen) == 6 and len(set(emotions)) == 6
+
+
+def test_landmark_box_mask_covers_the_named_landmarks_and_little_else():
+    from facelib.data import EYE_LANDMARKS, MOUTH_LANDMARKS, landmark_box_mask
+
+    faces = render(torch.tensor([3, 4]), torch.zeros(17), torch.tensor([0.0, 30.0]), size=64)
+    eyes = landmark_box_mask(faces["landmarks"], EYE_LANDMARKS, 64)
+    mouth = landmark_box_mask(faces["landmarks"], MOUTH_LANDMARKS, 64, margin=0)
+    assert eyes.shape == (2, 1, 64, 64) and set(eyes.unique().tolist()) == {0.0, 1.0}
+    for name in EYE_LANDMARKS:
+        x, y = faces["landmarks"][:, synth.LANDMARK_NAMES.index(name)].round().long().T
+        assert (eyes[torch.arange(2), 0, y, x] == 1).all()
+    assert (eyes * mouth).sum() == 0  # the eye box ends above the mouth's
+    assert 0.02 < eyes.mean() < 0.2 and 0.005 < mouth.mean() < 0.1
+    with pytest.raises(ValueError, match="unknown landmark names \\['eye_third'\\]; accepted: brow_left_outer"):
+        landmark_box_mask(faces["landmarks"], ("eye_third",), 64)
+    with pytest.raises(ValueError, match="landmarks must be"):
+        landmark_box_mask(faces["landmarks"][:, :5], EYE_LANDMARKS, 64)

@@ -17,6 +17,9 @@ _EXPORTS = {
     "render_pair": "facelib.data.synth",
     "emotion_aus": "facelib.data.synth",
     "emotion_asymmetry": "facelib.data.synth",
+    "landmark_box_mask": "facelib.data.synth",
+    "EYE_LANDMARKS": "facelib.data.synth",
+    "MOUTH_LANDMARKS": "facelib.data.synth",
     # real datasets and image files
     "RaFD": "facelib.data.real",
     "OuluCASIA": "facelib.data.real",

@@ -53,8 +53,8 @@ from ..conventions import AU_CODES, AU_MAX, EXPRESSIONS, NUM_AUS, au_index, expr
 from ..utils import keep_freed_memory
 
 __all__ = [
-    "render", "render_pair", "emotion_aus", "emotion_asymmetry", "identity_params",
-    "LANDMARK_NAMES", "PROTOTYPES", "YAW_LIMIT", "BACKGROUNDS", "HAIR_STYLES", "FACIAL_HAIR",
+    "render", "render_pair", "emotion_aus", "emotion_asymmetry", "identity_params", "landmark_box_mask",
+    "LANDMARK_NAMES", "EYE_LANDMARKS", "MOUTH_LANDMARKS", "PROTOTYPES", "YAW_LIMIT", "BACKGROUNDS", "HAIR_STYLES", "FACIAL_HAIR",
 ]
 
 #: Largest head yaw in degrees (LEED edits profiles; the 2.5-D face model holds up to here).
@@ -73,6 +73,32 @@ LANDMARK_NAMES: tuple[str, ...] = (
     "lip_upper_inner", "lip_lower_inner",
     "jaw_left", "jaw_left_mid", "chin", "jaw_right_mid", "jaw_right",
 )
+#: The landmarks around both eyes and around the mouth: the crops of DFT-Net's Fig. 3 (eyelids) and of
+#: its blur claim (the mouth), for :func:`landmark_box_mask`.
+EYE_LANDMARKS = tuple(name for name in LANDMARK_NAMES if name.startswith("eye_"))
+MOUTH_LANDMARKS = ("mouth_left", "lip_upper_top", "mouth_right", "lip_lower_bottom")
+
+
+def landmark_box_mask(landmarks: Tensor, names, size: int, margin: float = 3.0) -> Tensor:
+    """A box mask ``[N, 1, size, size]`` in {0, 1} around the named landmarks, ``margin`` pixels wider.
+
+    ``landmarks`` ``[N, K, 2]`` pixel (x, y) as :func:`render` returns them (pixel centres at
+    integers); ``names`` from :data:`LANDMARK_NAMES`, e.g. :data:`EYE_LANDMARKS`. For PSNR on a
+    crop: ``facelib.metrics.psnr(edit, truth, mask=landmark_box_mask(...))``.
+    """
+    unknown = [name for name in names if name not in LANDMARK_NAMES]
+    if unknown or not names:
+        raise ValueError(f"landmark_box_mask: unknown landmark names {unknown or list(names)}; "
+                         f"accepted: {', '.join(LANDMARK_NAMES)}")
+    if landmarks.dim() != 3 or landmarks.shape[1:] != (len(LANDMARK_NAMES), 2):
+        raise ValueError(f"landmarks must be [N, {len(LANDMARK_NAMES)}, 2] pixel (x, y), got {list(landmarks.shape)}")
+    points = landmarks[:, [LANDMARK_NAMES.index(name) for name in names]]  # [N, k, 2]
+    low, high = points.amin(1) - margin, points.amax(1) + margin  # [N, 2] each
+    grid = torch.arange(size, dtype=landmarks.dtype, device=landmarks.device)
+    inside_x = (grid >= low[:, :1]) & (grid <= high[:, :1])  # [N, size] over x
+    inside_y = (grid >= low[:, 1:]) & (grid <= high[:, 1:])  # [N, size] over y
+    return (inside_y[:, :, None] & inside_x[:, None, :]).unsqueeze(1).to(landmarks.dtype)
+
 
 _A = {code: au_index(code) for code in AU_CODES}
 

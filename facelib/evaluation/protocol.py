@@ -85,6 +85,7 @@ class Bundle:
     target_emotion: torch.Tensor
     target_aus: torch.Tensor
     description: str = ""
+    target_landmarks: torch.Tensor | None = None  # [N, K, 2] pixel (x, y) of the target faces (the crop metrics)
     evaluators: dict[str, torch.nn.Module] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)
     batch_size: int = 32
@@ -106,6 +107,7 @@ class Bundle:
             true_flow=pairs.truth("flow").float(), identity=pairs.truth("identity").long(),
             target_emotion=pairs.truth("target_emotion").long(), target_aus=pairs.truth("target_aus").float(),
             description=pairs.description, seed=pairs.dataset.seed,
+            target_landmarks=pairs.truth("target_landmarks").float() if "target_landmarks" in pairs.batches[0] else None,
         )
 
 
@@ -154,7 +156,30 @@ def register_metric(names: str | Sequence[str], fn: Callable[[Bundle], list[dict
 
 
 def metric(*names: str, needs: str | None = None):
-    """Decorator form of :func:`register_metric`: ``@metric("SSIM")`` above ``def ssim_row(bundle)``."""
+    """Decorator form of :func:`register_metric`: ``def _crop_psnr(bundle: Bundle, name: str, landmarks: tuple[str, ...], what: str) -> list[dict]:
+    from facelib.data import landmark_box_mask
+
+    if bundle.target_landmarks is None:
+        return [row(name, math.nan, bundle.count, "the pairs carry no target landmarks")]
+    mask = landmark_box_mask(bundle.target_landmarks, landmarks, bundle.target.shape[-1])
+    return _psnr_row(bundle, name, mask, f"box around the target's {what} landmarks + 3 px (DFT-Net's crops)")
+
+
+@metric("PSNR (mouth crop, dB)")
+def _psnr_mouth(bundle: Bundle) -> list[dict]:
+    from facelib.data import MOUTH_LANDMARKS
+
+    return _crop_psnr(bundle, "PSNR (mouth crop, dB)", MOUTH_LANDMARKS, "mouth")
+
+
+@metric("PSNR (eye crop, dB)")
+def _psnr_eyes(bundle: Bundle) -> list[dict]:
+    from facelib.data import EYE_LANDMARKS
+
+    return _crop_psnr(bundle, "PSNR (eye crop, dB)", EYE_LANDMARKS, "eye")
+
+
+@metric("SSIM")`` above ``def ssim_row(bundle)``."""
     def register(fn):
         register_metric(names, fn, needs=needs)
         return fn
@@ -210,6 +235,29 @@ def _psnr_whole(bundle: Bundle) -> list[dict]:
 @metric("PSNR (visible mask, dB)")
 def _psnr_visible(bundle: Bundle) -> list[dict]:
     return _psnr_row(bundle, "PSNR (visible mask, dB)", bundle.visible, "over pixels the true flow explains")
+
+
+def _crop_psnr(bundle: Bundle, name: str, landmarks: tuple[str, ...], what: str) -> list[dict]:
+    from facelib.data import landmark_box_mask
+
+    if bundle.target_landmarks is None:
+        return [row(name, math.nan, bundle.count, "the pairs carry no target landmarks")]
+    mask = landmark_box_mask(bundle.target_landmarks, landmarks, bundle.target.shape[-1])
+    return _psnr_row(bundle, name, mask, f"box around the target's {what} landmarks + 3 px (DFT-Net's crops)")
+
+
+@metric("PSNR (mouth crop, dB)")
+def _psnr_mouth(bundle: Bundle) -> list[dict]:
+    from facelib.data import MOUTH_LANDMARKS
+
+    return _crop_psnr(bundle, "PSNR (mouth crop, dB)", MOUTH_LANDMARKS, "mouth")
+
+
+@metric("PSNR (eye crop, dB)")
+def _psnr_eyes(bundle: Bundle) -> list[dict]:
+    from facelib.data import EYE_LANDMARKS
+
+    return _crop_psnr(bundle, "PSNR (eye crop, dB)", EYE_LANDMARKS, "eye")
 
 
 @metric("SSIM")
@@ -552,8 +600,8 @@ def evaluate(editor: Editor | str, target_kind: str = "expression", preset: str 
     Returns a ``pandas.DataFrame`` with columns :data:`COLUMNS`, one row per metric, the same rows
     for every editor (``.attrs``: ``n``, ``editor``, ``target``). Rows, as in the papers' tables:
 
-    - PSNR over the whole image and over ``visible`` (where the true flow explains the target),
-      SSIM, MS-SSIM against the ground-truth target. PSNR is averaged over the edits that are not
+    - PSNR over the whole image, over ``visible`` (where the true flow explains the target) and
+      over the mouth and eye boxes of the target's landmarks (DFT-Net's crops), SSIM, MS-SSIM against the ground-truth target. PSNR is averaged over the edits that are not
       exact; the note counts the exact ones (PSNR inf), and the value is inf only when all are;
     - sharpness (variance of the Laplacian) of the edits and, for reference, of the real targets;
     - flow EPE over ``visible`` against the true flow (editors that return a flow);

@@ -1,0 +1,144 @@
+"""DFT-Net (facelib.models.dftnet, facelib.train.dftnet): shapes, Eq. 3 and 5, the ablations, losses, editor."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from facelib.editors import Target
+from facelib.models.dftnet import DFTNetConfig, DFTNetCritic, DFTNetEditor, DFTNetGenerator
+from facelib.models.ganimation import GANimationEditor, GANimationGenerator
+from facelib.train.dftnet import DFTNetTask, DFTNetWeights
+from facelib.warp import warp
+
+torch.set_num_threads(1)
+
+TINY = dict(image_size=16, base_channels=4, residual_blocks=1, critic_base_channels=4, critic_layers=3)
+
+
+def _inputs(size: int, batch: int = 2, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 3, size, size, generator=generator) * 2 - 1, torch.rand(batch, 17, generator=generator)
+
+
+@pytest.mark.parametrize("switches", [{}, {"flow": False}, {"texture": False}], ids=["full", "no_flow", "no_texture"])
+def test_generator_returns_every_map_of_eq_2_to_5(switches):
+    config = DFTNetConfig(**TINY, **switches)
+    images, aus = _inputs(16)
+    parts = DFTNetGenerator(config)(images, aus)
+    assert parts.output.shape == parts.aligned.shape == parts.texture.shape == (2, 3, 16, 16)
+    assert parts.flow.shape == (2, 2, 16, 16) and parts.attention.shape == (2, 1, 16, 16)
+    assert 0 <= parts.attention.min() and parts.attention.max() <= 1 and parts.texture.abs().max() <= 1
+    assert parts.flow.abs().max() <= config.max_flow * 16
+    # Eq. 3: X_a is the source sampled along Phi (DESIGN.md's backward flow)
+    assert torch.allclose(parts.aligned, warp(images, parts.flow), atol=1e-6)
+    # Eq. 5: X_t = (1 - A) B + A X_a, A on the aligned source's side
+    expected = (1 - parts.attention) * parts.texture + parts.attention * parts.aligned
+    assert torch.allclose(parts.output, expected, atol=1e-6)
+
+
+def test_ablations_switch_one_decoder_off():
+    images, aus = _inputs(16)
+    torch.manual_seed(0)
+    no_flow = DFTNetGenerator(DFTNetConfig(**TINY, flow=False))(images, aus)
+    assert torch.equal(no_flow.flow, torch.zeros_like(no_flow.flow)) and torch.equal(no_flow.aligned, images)
+    no_texture_generator = DFTNetGenerator(DFTNetConfig(**TINY, texture=False))
+    with torch.no_grad():  # a non-zero flow head, so the warp moves pixels
+        no_texture_generator.flow_head.weight.normal_(0, 0.5)
+    no_texture = no_texture_generator(images, aus)
+    assert torch.equal(no_texture.attention, torch.ones_like(no_texture.attention))
+    assert torch.equal(no_texture.output, no_texture.aligned) and not torch.allclose(no_texture.output, images)
+    assert not hasattr(no_texture_generator, "texture_head")
+    with pytest.raises(ValueError, match="switch at most one decoder off"):
+        DFTNetConfig(flow=False, texture=False)
+    with pytest.raises(ValueError, match="max_flow must be in"):
+        DFTNetConfig(max_flow=2.0)
+
+
+def test_the_flow_starts_as_the_identity_warp():
+    images, aus = _inputs(16)
+    parts = DFTNetGenerator(DFTNetConfig(**TINY))(images, aus)
+    assert torch.equal(parts.flow, torch.zeros_like(parts.flow)) and torch.equal(parts.aligned, warp(images, parts.flow))
+
+
+def test_paper_config_is_gamimations_published_size_with_two_decoders():
+    config = DFTNetConfig.paper()
+    assert (config.image_size, config.base_channels, config.residual_blocks, config.critic_layers) == (128, 64, 6, 6)
+    generator, critic = DFTNetGenerator(config), DFTNetCritic(config)
+    with torch.no_grad():
+        parts = generator(torch.zeros(1, 3, 128, 128), torch.zeros(1, 17))
+        scores, predicted = critic(torch.zeros(1, 3, 128, 128))
+    assert parts.output.shape == (1, 3, 128, 128) and parts.flow.shape == (1, 2, 128, 128)
+    assert scores.shape == (1, 1, 2, 2) and predicted.shape == (1, 17)
+    # GANimation's 8.47 M plus the second decoder and its skip connections: 9.27 M
+    assert sum(p.numel() for p in generator.parameters()) == 9_273_792
+    assert sum(p.numel() for p in GANimationGenerator(config).parameters()) == 8_471_296
+
+
+def test_regularisers_are_eq_9_and_10_with_the_papers_weights():
+    task = DFTNetTask(DFTNetConfig(**TINY))
+    assert task.weights == DFTNetWeights(au=4000.0, cycle=10.0, attention=1.0, flow_tv=1e-4, target_noise=0.1)
+    flow = torch.zeros(2, 2, 4, 4)
+    flow[:, 0, :, 2:] = 1.0  # one vertical edge of height 4: 4 squared differences of 1 per image
+    forward = {"flow": flow, "attention": torch.full((2, 1, 4, 4), 0.75)}
+    back = {"flow": torch.zeros(2, 2, 4, 4), "attention": torch.full((2, 1, 4, 4), 0.25)}
+    terms = task.regularisers(forward, back)
+    assert terms["flow_tv"].item() == pytest.approx(1e-4 * 4)
+    assert terms["attention"].item() == pytest.approx(-(0.75 + 0.25))  # Eq. 10 rewards A on both passes
+
+
+def _generator_step_losses(steps: int):
+    torch.manual_seed(0)
+    task = DFTNetTask(DFTNetConfig(**TINY), n_critic=1, lr=1e-3, decay_steps=0)
+    task.total_steps = steps
+    task.modules, task.optimizers = task.build(torch.device("cpu"))
+    task.device = torch.device("cpu")
+    images, aus = _inputs(16, batch=4, seed=1)
+    batch = {"image": images, "aus": aus * 5}
+    logs = []
+    for step in range(steps + 1):
+        task.inputs(batch, 0)  # step 0's target AUs throughout
+        out = task.generator_step(batch, 0) if step < steps else task.generator_losses(batch, 0)
+        logs.append({name: float(torch.as_tensor(value).detach()) for name, value in out.items()})
+    return logs[0], logs[-1]
+
+
+def test_generator_steps_lower_the_au_loss_and_move_the_flow():
+    first, last = _generator_step_losses(40)
+    assert last["au"] < 0.9 * first["au"]
+    assert first["flow_magnitude"] == 0 and last["flow_magnitude"] > 0  # the flow decoder learns
+    assert {"flow_tv", "attention", "attention_mean", "cycle", "adversarial"} <= set(last)
+
+
+def test_editor_returns_the_maps_and_edits_large_faces():
+    editor = DFTNetEditor(DFTNetGenerator(DFTNetConfig()))
+    faces = torch.rand(2, 3, 64, 64) * 2 - 1
+    result = editor.edit(faces, Target(aus=torch.rand(2, 17) * 5))
+    assert set(result.extras()) == {"flow", "aligned", "texture", "attention"}
+    assert result.output.shape == (2, 3, 64, 64) and result.output.abs().max() <= 1
+    expression = editor.edit(faces, Target(expression="happy", intensity=0.5))
+    assert not torch.equal(expression.output, result.output)
+    large = editor.edit_highres(torch.rand(1, 3, 128, 128) * 2 - 1, Target(expression="surprised"))
+    assert large.output.shape == (1, 3, 128, 128) and large.flow.shape == (1, 2, 64, 64)
+    with pytest.raises(ValueError, match="does not accept reference targets"):
+        editor.edit(faces, Target(reference=faces))
+    with pytest.raises(TypeError, match="DFTNetEditor needs a DFTNetGenerator, got GANimationGenerator"):
+        DFTNetEditor(GANimationGenerator())
+    with pytest.raises(TypeError, match="GANimationEditor needs a GANimationGenerator, got DFTNetGenerator"):
+        GANimationEditor(DFTNetGenerator())
+
+
+@pytest.mark.slow
+def test_recipe_smoke_runs_for_the_model_and_both_ablations(tmp_path):
+    from facelib.checkpoint import load_model
+    from facelib.recipes import run_recipe
+
+    for name in ("dftnet", "dftnet_no_flow", "dftnet_no_texture"):
+        result = run_recipe(name, out_dir=tmp_path / name, smoke=True, device="cpu")
+        metrics = result["metrics"][name]
+        assert {"au_pcc", "identity_verification", "attention_mean_test"} <= set(metrics)
+        generator = load_model(result["checkpoints"][name])
+        assert isinstance(generator, DFTNetGenerator)
+        assert generator.config.flow == (name != "dftnet_no_flow")
+        assert generator.config.texture == (name != "dftnet_no_texture")
+        if name == "dftnet_no_texture":
+            assert metrics["attention_mean_test"] == 1.0
