@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--ganimation", type=Path, help="a saved GANimation generator (stem)")
     parser.add_argument("--extra", nargs="*", default=[], metavar="NAME=CHECKPOINT", help="more generators (ablations)")
     parser.add_argument("--out", type=Path, default=Path("build/figures"))
-    parser.add_argument("--n", type=int, default=512, help="held-out pairs for the table")
+    parser.add_argument("--n", type=int, default=512, help="held-out pairs for the table (0: no table)")
     parser.add_argument("--n-eyelids", type=int, default=64, help="held-out faces per AU45 level")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -193,6 +193,8 @@ def main() -> None:
         print(path, "\neye-crop PSNR (dB) against the true render, by AU45:\n", table.round(2).to_string())
         print(interpolation(editors, faces, args.out))
         print(attention_curves(checkpoints, args.out))
+        if not args.n:
+            return
         rows, per_au = comparison_table(editors, args.n)
     pd.set_option("display.width", 200)
     print(f"held-out emotionet pairs (n = {args.n}), aus targets:\n", rows.round(4).to_string())
