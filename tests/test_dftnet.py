@@ -9,6 +9,7 @@ from facelib.models.dftnet import DFTNetConfig, DFTNetCritic, DFTNetEditor, DFTN
 from facelib.models.ganimation import GANimationEditor, GANimationGenerator
 from facelib.train.dftnet import DFTNetTask, DFTNetWeights
 from facelib.warp import warp
+from test_ganimation import generator_losses_before_and_after
 
 torch.set_num_threads(1)
 
@@ -60,7 +61,7 @@ def test_the_flow_starts_as_the_identity_warp():
     assert torch.equal(parts.flow, torch.zeros_like(parts.flow)) and torch.equal(parts.aligned, warp(images, parts.flow))
 
 
-def test_paper_config_is_gamimations_published_size_with_two_decoders():
+def test_paper_config_is_ganimations_published_size_with_two_decoders():
     config = DFTNetConfig.paper()
     assert (config.image_size, config.base_channels, config.residual_blocks, config.critic_layers) == (128, 64, 6, 6)
     generator, critic = DFTNetGenerator(config), DFTNetCritic(config)
@@ -86,24 +87,8 @@ def test_regularisers_are_eq_9_and_10_with_the_papers_weights():
     assert terms["attention"].item() == pytest.approx(-(0.75 + 0.25))  # Eq. 10 rewards A on both passes
 
 
-def _generator_step_losses(steps: int):
-    torch.manual_seed(0)
-    task = DFTNetTask(DFTNetConfig(**TINY), n_critic=1, lr=1e-3, decay_steps=0)
-    task.total_steps = steps
-    task.modules, task.optimizers = task.build(torch.device("cpu"))
-    task.device = torch.device("cpu")
-    images, aus = _inputs(16, batch=4, seed=1)
-    batch = {"image": images, "aus": aus * 5}
-    logs = []
-    for step in range(steps + 1):
-        task.inputs(batch, 0)  # step 0's target AUs throughout
-        out = task.generator_step(batch, 0) if step < steps else task.generator_losses(batch, 0)
-        logs.append({name: float(torch.as_tensor(value).detach()) for name, value in out.items()})
-    return logs[0], logs[-1]
-
-
 def test_generator_steps_lower_the_au_loss_and_move_the_flow():
-    first, last = _generator_step_losses(40)
+    first, last = generator_losses_before_and_after(40, lambda **options: DFTNetTask(DFTNetConfig(**TINY), **options))
     assert last["au"] < 0.9 * first["au"]
     assert first["flow_magnitude"] == 0 and last["flow_magnitude"] > 0  # the flow decoder learns
     assert {"flow_tv", "attention", "attention_mean", "cycle", "adversarial"} <= set(last)

@@ -65,10 +65,15 @@ def test_au_loss_is_the_codes_mse_divided_by_the_batch():
     assert au_regression_loss(predicted, aus).item() == pytest.approx(0.25 / 4)
 
 
-def _generator_losses_before_and_after(steps, **weights):
-    """A tiny seeded task: generator updates only (critic fixed), the same batch and target AUs."""
+def generator_losses_before_and_after(steps, make_task=None, **weights):
+    """A tiny seeded task: generator updates only (critic fixed), the same batch and target AUs.
+
+    ``make_task(**options)``: another AU-conditioned task on 16x16 faces (DFT-Net's tests use it).
+    """
     torch.manual_seed(0)
-    task = GANimationTask(TINY, None, weights=GANimationWeights(**weights), n_critic=1, lr=1e-3, decay_steps=0)
+    options = dict(n_critic=1, lr=1e-3, decay_steps=0)
+    task = (GANimationTask(TINY, None, weights=GANimationWeights(**weights), **options) if make_task is None
+            else make_task(**options))
     task.total_steps = steps
     task.modules, task.optimizers = task.build(torch.device("cpu"))
     task.device = torch.device("cpu")
@@ -84,7 +89,7 @@ def _generator_losses_before_and_after(steps, **weights):
 
 
 def test_generator_steps_lower_the_au_loss():
-    first, last = _generator_losses_before_and_after(40)  # the published weights
+    first, last = generator_losses_before_and_after(40)  # the published weights
     assert last["au"] < 0.9 * first["au"]
     assert 0 < last["attention_mean"] < first["attention_mean"]  # Eq. 3's mean(A) term and the AU term paint
 
@@ -92,7 +97,7 @@ def test_generator_steps_lower_the_au_loss():
 def test_generator_steps_lower_the_cycle_loss():
     # With the published weights the AU term (4000) outweighs the cycle (10) on a random batch and
     # the mask falls, so the cycle term is checked on its own: its gradient must reach both passes.
-    first, last = _generator_losses_before_and_after(20, au=0.0, attention=0.0, attention_tv=0.0)
+    first, last = generator_losses_before_and_after(20, au=0.0, attention=0.0, attention_tv=0.0)
     assert last["cycle"] < 0.7 * first["cycle"]
 
 

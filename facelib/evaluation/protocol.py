@@ -156,30 +156,7 @@ def register_metric(names: str | Sequence[str], fn: Callable[[Bundle], list[dict
 
 
 def metric(*names: str, needs: str | None = None):
-    """Decorator form of :func:`register_metric`: ``def _crop_psnr(bundle: Bundle, name: str, landmarks: tuple[str, ...], what: str) -> list[dict]:
-    from facelib.data import landmark_box_mask
-
-    if bundle.target_landmarks is None:
-        return [row(name, math.nan, bundle.count, "the pairs carry no target landmarks")]
-    mask = landmark_box_mask(bundle.target_landmarks, landmarks, bundle.target.shape[-1])
-    return _psnr_row(bundle, name, mask, f"box around the target's {what} landmarks + 3 px (DFT-Net's crops)")
-
-
-@metric("PSNR (mouth crop, dB)")
-def _psnr_mouth(bundle: Bundle) -> list[dict]:
-    from facelib.data import MOUTH_LANDMARKS
-
-    return _crop_psnr(bundle, "PSNR (mouth crop, dB)", MOUTH_LANDMARKS, "mouth")
-
-
-@metric("PSNR (eye crop, dB)")
-def _psnr_eyes(bundle: Bundle) -> list[dict]:
-    from facelib.data import EYE_LANDMARKS
-
-    return _crop_psnr(bundle, "PSNR (eye crop, dB)", EYE_LANDMARKS, "eye")
-
-
-@metric("SSIM")`` above ``def ssim_row(bundle)``."""
+    """Decorator form of :func:`register_metric`: ``@metric("SSIM")`` above ``def ssim_row(bundle)``."""
     def register(fn):
         register_metric(names, fn, needs=needs)
         return fn
