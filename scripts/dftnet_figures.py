@@ -93,7 +93,7 @@ def eyelids(editors: dict, faces: SynthFaces, out: Path, n: int) -> tuple[Path, 
     index = torch.arange(n) * max(1, len(faces) // n)
     sources = faces.batch(index)["image"]
     own = faces._labels(index)["target_aus"]
-    rows, psnrs, picture = [], [], []
+    psnrs, picture = [], []
     for level in EYELID_LEVELS:
         aus = own.clone()
         aus[:, AU_CODES.index(45)] = level

@@ -44,7 +44,9 @@ from torch import nn
 from facelib.editors import EditResult, Target, check_images
 from facelib.models.blocks import ResidualBlock, conv_norm_act, down_block, tile_condition, up_block
 # PRESET: DFT-Net is trained and measured on GANimation's data (EmotioNet's 200,000 faces, Sec. 3.1).
-from facelib.models.ganimation import PRESET, GANimationConfig, GANimationCritic, GANimationEditor, compose
+from facelib.models.ganimation import (
+    PRESET, GANimationConfig, GANimationCritic, GANimationEditor, check_generator_inputs, compose,
+)
 from facelib.warp import upsample_flow, warp
 
 __all__ = ["DFTNetConfig", "DFTNetGenerator", "DFTNetCritic", "DFTNetOutput", "DFTNetEditor", "load_dftnet_editor",
@@ -125,12 +127,7 @@ class DFTNetGenerator(nn.Module):
 
     def encode(self, images: torch.Tensor, aus01: torch.Tensor) -> list[torch.Tensor]:
         """Eq. 1, c = E(X_s, y_t): the encoder's maps, finest first (the last is c)."""
-        size = self.config.image_size
-        if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (size, size):
-            raise ValueError(f"DFTNetGenerator expects images [B, 3, {size}, {size}], got {list(images.shape)}")
-        if aus01.dim() != 2 or aus01.shape != (len(images), self.config.num_aus):
-            raise ValueError(f"DFTNetGenerator expects AUs [B={len(images)}, {self.config.num_aus}] in [0, 1], "
-                             f"got {list(aus01.shape)}")
+        check_generator_inputs(self, images, aus01)
         maps = [self.stem(tile_condition(images, aus01))]  # [B, w, H, W]
         for layer in self.down:
             maps.append(layer(maps[-1]))  # [B, 2w, H/2, W/2], [B, 4w, H/4, W/4]

@@ -96,6 +96,15 @@ def normalise_aus(aus: torch.Tensor) -> torch.Tensor:
     return aus / AU_MAX
 
 
+def check_generator_inputs(generator: nn.Module, images: torch.Tensor, aus01: torch.Tensor) -> None:
+    """Refuse inputs other than images ``[B, 3, S, S]`` and AUs ``[B, 17]`` (GANimation's and DFT-Net's generators)."""
+    name, size, count = type(generator).__name__, generator.config.image_size, generator.config.num_aus
+    if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (size, size):
+        raise ValueError(f"{name} expects images [B, 3, {size}, {size}], got {list(images.shape)}")
+    if aus01.dim() != 2 or aus01.shape != (len(images), count):
+        raise ValueError(f"{name} expects AUs [B={len(images)}, {count}] in [0, 1], got {list(aus01.shape)}")
+
+
 def compose(source: torch.Tensor, colour: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
     """GANimation Eq. 1: blend the source and the colour map with the attention mask.
 
@@ -137,12 +146,7 @@ class GANimationGenerator(nn.Module):
         self.attention_head = nn.Conv2d(width, 1, 7, padding=3, bias=False)
 
     def forward(self, images: torch.Tensor, aus01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        size = self.config.image_size
-        if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (size, size):
-            raise ValueError(f"GANimationGenerator expects images [B, 3, {size}, {size}], got {list(images.shape)}")
-        if aus01.dim() != 2 or aus01.shape != (len(images), self.config.num_aus):
-            raise ValueError(f"GANimationGenerator expects AUs [B={len(images)}, {self.config.num_aus}] in [0, 1], "
-                             f"got {list(aus01.shape)}")
+        check_generator_inputs(self, images, aus01)
         features = self.body(tile_condition(images, aus01))  # [B, base, H, W]
         return torch.tanh(self.colour_head(features)), torch.sigmoid(self.attention_head(features))
 
