@@ -37,7 +37,7 @@ FeatureNetwork = Callable[[Tensor], Sequence[Tensor]]
 __all__ = [
     # shared
     "gradient_penalty", "total_variation", "wgan_critic_loss", "wgan_generator_loss",
-    "gan_discriminator_loss", "gan_generator_loss", "gaussian_nll",
+    "gan_discriminator_loss", "gan_generator_loss", "hinge_critic_loss", "r1_penalty", "gaussian_nll",
     # FVAE
     "fvae_kl", "fvae_reconstruction", "fvae_flow_coherence", "fvae_confidence_label", "fvae_confidence_loss",
     # ExprGAN
@@ -175,6 +175,28 @@ def gan_generator_loss(fake_logits: Tensor) -> Tensor:
     """
     _tensor("fake_logits", fake_logits)
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def hinge_critic_loss(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
+    """Hinge loss of the critic, ``E[relu(1 - D(real))] + E[relu(1 + D(fake))]`` (Lim & Ye 2017; SAGAN, FastGAN)."""
+    _tensor("real_scores", real_scores)
+    _tensor("fake_scores", fake_scores)
+    return F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean()
+
+
+def r1_penalty(critic: Callable[[Tensor], Tensor], real: Tensor) -> Tensor:
+    """R1 (Mescheder et al. 2018): ``E[||grad_x D(x)||^2]`` at the real samples, for the critic to minimise.
+
+    The critic's summed output is differentiated (one score or a patch map per sample); the graph is
+    kept so the penalty trains the critic. StarGAN v2 weights it by 1 (times 0.5), StyleGAN2 by gamma / 2.
+    """
+    points = _tensor("real", real).detach().requires_grad_(True)
+    scores = critic(points)
+    if not isinstance(scores, Tensor):
+        raise TypeError(f"critic must return a Tensor of scores, got {type(scores).__name__}; "
+                        "wrap a multi-head critic, e.g. lambda x: D(x)[0]")
+    (grad,) = torch.autograd.grad(scores.sum(), points, create_graph=True)
+    return grad.reshape(grad.shape[0], -1).square().sum(1).mean()
 
 
 def gaussian_nll(value: Tensor, mean: Tensor, logvar: Tensor | None = None) -> Tensor:

@@ -50,7 +50,8 @@ RECIPES: dict[str, str] = {
     "fvae": "facelib.train.fvae:train_recipe",  # FVAE (Eq. 1) + confidence network (Eq. 7-8)
     "fvae_pixel_vae": "facelib.train.fvae:train_pixel_vae_recipe",  # FVAE Sec. 6.1 "VAE" baseline
     "average_flow": "facelib.train.fvae:train_average_flow_recipe",  # FVAE Sec. 6.1 average-flow baseline
-    "stargan": "facelib.train.stargan:train_recipe",  # StarGAN on rafd's eight emotions (LEED's neutraliser)
+    "stargan": "facelib.train.stargan:train_recipe",  # StarGAN, CPU recipe, rafd's eight emotions (shipped)
+    "stargan_paper": "facelib.train.stargan:train_paper_recipe",  # StarGAN, the paper's schedule (WGAN-GP, n_critic 5)
     "ganimation": "facelib.train.ganimation:train_recipe",  # GANimation (Eq. 2-6), emotionet preset
     "dftnet": "facelib.train.dftnet:train_recipe",  # DFT-Net (Eq. 1-10): GANimation + flow decoder, emotionet
     "dftnet_no_flow": "facelib.train.dftnet:train_no_flow_recipe",  # DFT-Net's ablation: X_a = X_s

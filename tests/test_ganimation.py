@@ -81,8 +81,8 @@ def generator_losses_before_and_after(steps, make_task=None, **weights):
     batch = {"image": torch.rand(4, 3, 16, 16, generator=generator) * 2 - 1,
              "aus": torch.rand(4, 17, generator=generator) * 5}
     losses = []
+    batch = task.prepare(batch, 0)  # step 0's target AUs throughout
     for step in range(steps + 1):
-        task.inputs(batch, 0)  # step 0's target AUs throughout
         logs = task.generator_step(batch, 0) if step < steps else task.generator_losses(batch, 0)
         losses.append({name: float(torch.as_tensor(value).detach()) for name, value in logs.items()})
     return losses[0], losses[-1]

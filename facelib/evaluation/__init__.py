@@ -8,6 +8,7 @@
   Table 1 (synthesised faces as training data) and Fig. 7 (retrieval precision).
 - :mod:`facelib.evaluation.real`: an editor's edits of real photos, measured with the real-photo instruments.
 - :mod:`facelib.evaluation.evaluators`: the SynthFaces evaluators' own held-out figures.
+- :mod:`facelib.evaluation.curves`: :class:`LearningCurve`, a fixed held-out sample measured while a model trains.
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from .protocol import (
     COLUMNS, EVALUATOR_NAMES, Bundle, HeldOutPairs, MetricInfo, au_table, evaluate, held_out_pairs, held_out_target,
     list_metrics, measure, metric, register_metric, resolve_evaluators, row, run_editor,
 )
+from .curves import LearningCurve
 
 __all__ = [
-    "COLUMNS", "EVALUATOR_NAMES", "Bundle", "HeldOutPairs", "MetricInfo", "au_table", "evaluate", "held_out_pairs",
+    "COLUMNS", "EVALUATOR_NAMES", "Bundle", "LearningCurve", "HeldOutPairs", "MetricInfo", "au_table", "evaluate", "held_out_pairs",
     "held_out_target", "list_metrics", "measure", "metric", "register_metric", "resolve_evaluators", "row",
     "run_editor",
 ]

@@ -35,6 +35,7 @@ from torch import nn
 from facelib.conventions import EMOTIONS, check_images
 from facelib.editors import Editor, EditResult, Target
 from facelib.models.blocks import PatchCritic, ResidualBlock, conv_norm_act, down_block, tile_condition, up_block
+from facelib.models.ganimation import compose
 
 __all__ = ["StarGANConfig", "StarGANGenerator", "StarGANCritic", "StarGANEditor", "load_stargan_editor", "DOMAINS"]
 
@@ -60,6 +61,8 @@ class StarGANConfig:
     critic_layers: int = 5  # 64 px -> a 2x2 final map, as StarGAN's 6 layers at 128 px
     num_domains: int = len(DOMAINS)
     skips: int = 0  # as StarGAN; 1 or 2 add U-Net shortcuts (measured in StarGANGenerator's docstring)
+    output: str = "image"  # "image": StarGAN's tanh face; "attention": GANimation's colour + mask (CPU recipe)
+    per_domain_critic: bool = False  # True: one real/fake map per domain, as StarGAN v2's D (CPU recipe)
 
     def __post_init__(self) -> None:
         for name in ("image_size", "base_channels", "residual_blocks", "critic_channels", "critic_layers", "num_domains"):
@@ -68,14 +71,26 @@ class StarGANConfig:
         if self.skips not in (0, 1, 2) or isinstance(self.skips, bool):
             raise ValueError(f"skips must be 0 (StarGAN), 1 (a shortcut at half resolution) or 2 (also at full "
                              f"resolution), got {self.skips!r}")
+        if self.output not in ("image", "attention"):
+            raise ValueError(f"output must be 'image' (StarGAN) or 'attention' (GANimation's colour and mask "
+                             f"composed with the source), got {self.output!r}")
+        if not isinstance(self.per_domain_critic, bool):
+            raise ValueError(f"per_domain_critic must be True or False, got {self.per_domain_critic!r}")
         if self.image_size % 4 or self.image_size % 2**self.critic_layers:
             raise ValueError(f"image_size must be divisible by 4 and by 2**critic_layers; got image_size="
                              f"{self.image_size}, critic_layers={self.critic_layers} (e.g. 64 with 5, or 128 with 6)")
 
     @classmethod
+    def cpu(cls) -> "StarGANConfig":
+        """The CPU recipe's network: the 64x64 CPU width, with two departures from StarGAN."""
+        return cls(output="attention",  # departure: GANimation's colour + mask, starting near the identity
+                   per_domain_critic=True)  # departure: StarGAN v2's one real/fake map per domain
+
+    @classmethod
     def paper(cls) -> "StarGANConfig":
         """The published 128x128 network: 64 channels, 6 residual blocks, a 6-layer critic from 64 channels."""
-        return cls(image_size=128, base_channels=64, residual_blocks=6, critic_channels=64, critic_layers=6, skips=0)
+        return cls(image_size=128, base_channels=64, residual_blocks=6, critic_channels=64, critic_layers=6, skips=0,
+                   output="image", per_domain_critic=False)
 
 
 class StarGANGenerator(nn.Module):
@@ -111,8 +126,19 @@ class StarGANGenerator(nn.Module):
         self.bottleneck = nn.Sequential(*[ResidualBlock(4 * c, **keep) for _ in range(self.config.residual_blocks)])
         self.up = nn.Sequential(up_block(4 * c, 2 * c, **keep), up_block(2 * c, c, **keep))
         self.head = nn.Conv2d(c, 3, 7, padding=3, bias=False)  # bias-free, as the public code
+        if self.config.output == "attention":
+            # Departure (CPU recipe): GANimation's mask beside the colour head. Its bias starts at 4
+            # (A = 0.98), so the first edits are nearly the source and the updates go to what changes.
+            self.attention_head = nn.Conv2d(c, 1, 7, padding=3)
+            nn.init.zeros_(self.attention_head.weight)
+            nn.init.constant_(self.attention_head.bias, 4.0)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The edited faces ``[B, 3, S, S]`` in [-1, 1]."""
+        return self.translate(images, labels)[0]
+
+    def translate(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(edited [B, 3, S, S], attention [B, 1, S, S] or None)``; the mask exists with ``output="attention"``."""
         check_images(images, "images", size=self.config.image_size)
         if labels.dim() != 2 or labels.shape != (len(images), self.config.num_domains):
             raise ValueError(f"labels must be [B, {self.config.num_domains}] (one target domain per image), "
@@ -125,11 +151,21 @@ class StarGANGenerator(nn.Module):
         x = self.up[1](x)  # [B, c, S, S]
         if self.config.skips == 2:
             x = x + full
-        return torch.tanh(self.head(x))  # [B, 3, S, S]
+        painted = torch.tanh(self.head(x))  # [B, 3, S, S]
+        if self.config.output == "image":
+            return painted, None
+        attention = torch.sigmoid(self.attention_head(x))  # [B, 1, S, S]
+        # GANimation Eq. 1 (facelib.models.ganimation.compose): A keeps the source, 1 - A takes the colour
+        return compose(images, painted, attention), attention
 
 
 class StarGANCritic(PatchCritic):
-    """D: a PatchGAN critic whose auxiliary head classifies the domain (``forward`` -> scores, logits)."""
+    """D: a PatchGAN critic whose auxiliary head classifies the domain (``forward`` -> scores, logits).
+
+    The scores are ``[B, 1, s, s]``; with ``per_domain_critic`` they are ``[B, num_domains, s, s]``,
+    one real/fake map per domain (StarGAN v2's discriminator), read at the image's own or target
+    domain by :meth:`domain_scores`.
+    """
 
     config_class = StarGANConfig
 
@@ -138,6 +174,15 @@ class StarGANCritic(PatchCritic):
         super().__init__(config.image_size, config.num_domains, base_channels=config.critic_channels,
                          num_layers=config.critic_layers)
         self.config = config
+        if config.per_domain_critic:
+            self.patch = nn.Conv2d(self.patch.in_channels, config.num_domains, 3, padding=1, bias=False)
+
+    @staticmethod
+    def domain_scores(scores: torch.Tensor, domains: torch.Tensor) -> torch.Tensor:
+        """The score maps ``[B, 1, s, s]`` of each image's domain (the only map of a one-map critic)."""
+        if scores.shape[1] == 1:
+            return scores
+        return scores.gather(1, domains.view(-1, 1, 1, 1).expand(-1, 1, *scores.shape[2:]))
 
 
 def one_hot(names: list[str], device=None) -> torch.Tensor:

@@ -53,9 +53,9 @@ class DFTNetTask(GANimationTask):
     """
 
     def __init__(self, config: DFTNetConfig | None = None, dataset=None, *, weights: DFTNetWeights = DFTNetWeights(),
-                 n_critic: int = 5, lr=1e-4, betas=(0.5, 0.999), decay_steps: int | None = None):
+                 n_critic: int = 5, lr=1e-4, betas=(0.5, 0.999), decay_steps: int | None = None, **objective):
         super().__init__(config if config is not None else DFTNetConfig(), dataset, weights=weights,
-                         n_critic=n_critic, lr=lr, betas=betas, decay_steps=decay_steps)
+                         n_critic=n_critic, lr=lr, betas=betas, decay_steps=decay_steps, **objective)
 
     def build_players(self, device):
         return DFTNetGenerator(self.config).to(device), DFTNetCritic(self.config).to(device)

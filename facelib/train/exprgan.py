@@ -111,7 +111,8 @@ class ExprGANTask(GANTask):
         # ExprGAN Eq. 5 with unit variance: -log Q = 0.5 ||c - Q(x_hat, y)||^2 + const
         return 2 * (losses.exprgan_q_loss(code, q_mean) - constant) / elements
 
-    def training_step(self, batch, step):
+    def prepare(self, batch, step):
+        """Step ``step``'s forward pass, shared by both players: flips, labels, the code, g(x) and x_hat."""
         stage = self.stage(step)
         images = batch["image"]
         if self.train.flip:
@@ -130,18 +131,17 @@ class ExprGANTask(GANTask):
         else:
             identity = model.encode(images)
             generated = model.decode(identity, code)
-        use_image_critic = self.config.controller and (stage == 1 or stage == 3)
-        use_q = self.config.controller and self.train.use_q
-        critic_terms = self.critic_losses_of(images, labels, code, generated.detach(), identity.detach(), stage,
-                                             use_image_critic, use_q)
-        # stage 2 without Q leaves the critics nothing to learn: no update
-        logs = self._update(self.critic_name, critic_terms) if critic_terms["loss"].requires_grad else {}
-        logs.update(self._update(self.generator_name, self.generator_losses_of(
-            images, labels, code, generated, identity, stage, use_image_critic, use_q)))
-        logs["stage"] = torch.tensor(float(stage))
-        for scheduler in self.schedulers.values():
-            scheduler.step()
-        return logs
+        return {"images": images, "labels": labels, "code": code, "generated": generated, "identity": identity,
+                "stage": stage, "use_image_critic": self.config.controller and (stage == 1 or stage == 3),
+                "use_q": self.config.controller and self.train.use_q}
+
+    def critic_losses(self, batch, step):
+        # stage 2 without Q leaves the critics nothing to learn: a loss without gradient, no update
+        return self.critic_losses_of(**{**batch, "generated": batch["generated"].detach(),
+                                        "identity": batch["identity"].detach()})
+
+    def generator_losses(self, batch, step):
+        return {**self.generator_losses_of(**batch), "stage": torch.tensor(float(batch["stage"]))}
 
     def critic_losses_of(self, images, labels, code, generated, identity, stage, use_image_critic, use_q):
         """D_img (Eq. 9) and Q (Eq. 5) on the detached generated faces; D_z (Eq. 8) in stage 3."""

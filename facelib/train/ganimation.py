@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from facelib.checkpoint import save_model
 from facelib.conventions import AU_MAX
-from facelib.losses import total_variation, wgan_generator_loss
+from facelib.losses import total_variation
 from facelib.metrics import FD_NAME, VERIFICATION_NAME
 from facelib.models.ganimation import (
     PRESET, GANimationConfig, GANimationCritic, GANimationEditor, GANimationGenerator, compose, normalise_aus,
@@ -93,21 +93,20 @@ class GANimationTask(GANTask):
 
     def __init__(self, config: GANimationConfig | None = None, dataset=None, *,
                  weights: GANimationWeights = GANimationWeights(), n_critic: int = 5, lr=1e-4,
-                 betas=(0.5, 0.999), decay_steps: int | None = None):
-        super().__init__(n_critic=n_critic, lr=lr, betas=betas, decay_steps=decay_steps, gp_weight=10.0)
+                 betas=(0.5, 0.999), decay_steps: int | None = None, **objective):
+        # objective: GANTask's objective, r1_weight, r1_every, ema_decay (the papers': WGAN-GP, no EMA)
+        super().__init__(n_critic=n_critic, lr=lr, betas=betas, decay_steps=decay_steps, gp_weight=10.0, **objective)
         self.config = config if config is not None else GANimationConfig()
         self.dataset, self.weights = dataset, weights
-        self._targets: tuple[int, torch.Tensor] | None = None
 
     def build_players(self, device):
         return GANimationGenerator(self.config).to(device), GANimationCritic(self.config).to(device)
 
-    def inputs(self, batch, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(images, source AUs, target AUs)``, AUs in [0, 1]; the targets are drawn once per step."""
-        images, aus01 = batch["image"], normalise_aus(batch["aus"].float())
-        if self._targets is None or self._targets[0] != step:
-            self._targets = (step, other_sample_aus(aus01, self.weights.target_noise))
-        return images, aus01, self._targets[1].to(images)
+    def prepare(self, batch, step: int) -> dict[str, torch.Tensor]:
+        """``{"image", "aus01": the source's AUs, "target_aus01"}``, AUs in [0, 1], the targets drawn once per step."""
+        aus01 = normalise_aus(batch["aus"].float())
+        return {"image": batch["image"], "aus01": aus01,
+                "target_aus01": other_sample_aus(aus01, self.weights.target_noise).to(aus01)}
 
     def translate(self, images: torch.Tensor, aus01: torch.Tensor, plain: bool = False) -> dict[str, torch.Tensor]:
         """One generator pass: ``{"output": Eq. 1's edit, "attention": A}`` (DFT-Net adds its maps).
@@ -125,19 +124,19 @@ class GANimationTask(GANTask):
                 + attention_loss(back["attention"], self.weights)}
 
     def critic_losses(self, batch, step):
-        images, aus01, targets = self.inputs(batch, step)
+        images, aus01, targets = batch["image"], batch["aus01"], batch["target_aus01"]
         with torch.no_grad():  # no generator gradients in the critic's step
             fake = self.translate(images, targets)["output"]
         (real_scores, real_aus), (fake_scores, _) = self.critic_outputs(images, fake)
-        # GANimation Eq. 2 (critic side): E[D(fake)] - E[D(real)] + lambda_gp * GP
-        terms = self.wgan_gp_terms(real_scores, fake_scores, images, fake, scores_of=lambda out: out[0])
+        # GANimation Eq. 2 (critic side): E[D(fake)] - E[D(real)] + lambda_gp * GP (or the CPU recipe's objective)
+        terms = self.adversarial_terms(real_scores, fake_scores, images, fake, step, scores_of=lambda out: out[0])
         # GANimation Eq. 4 (critic side): the AU head regresses the real image's own AUs
         terms["critic_au"] = au_regression_loss(real_aus, aus01)
         terms["loss"] = terms["loss"] + self.weights.au * terms["critic_au"]
         return terms
 
     def generator_losses(self, batch, step):
-        images, aus01, targets = self.inputs(batch, step)
+        images, aus01, targets = batch["image"], batch["aus01"], batch["target_aus01"]
         forward = self.translate(images, targets)
         fake = forward["output"]
         fake_scores, fake_aus = self.modules["critic"](fake)
@@ -145,7 +144,7 @@ class GANimationTask(GANTask):
         # are summed by autograd before DDP's per-parameter hook fires (as the gradient penalty does).
         back = self.translate(fake, aus01, plain=True)
         # GANimation Eq. 2 (generator side): -E[D(G(I, y_target))]  (DFT-Net Eq. 6)
-        adversarial = wgan_generator_loss(fake_scores)
+        adversarial = self.generator_adversarial_loss(fake_scores)
         # GANimation Eq. 4 (generator side): the edit must show the target AUs  (DFT-Net Eq. 7)
         au = au_regression_loss(fake_aus, targets)
         # GANimation Eq. 5: identity (cycle) loss, || G(G(I, y_target), y_source) - I ||_1 (mean)  (DFT-Net Eq. 8)

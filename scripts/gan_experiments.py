@@ -1,0 +1,58 @@
+"""The CPU-recipe experiments of the GAN-training issue: one named variant per run, with its learning curve.
+
+    python scripts/gan_experiments.py stargan_cpu --steps 3000 --threads 1 --out runs/experiments
+
+Each variant is the paper's schedule or the CPU recipe with named changes; its log (``log.jsonl``,
+with the curve's ``"val"`` lines) and measured figures land in ``OUT/VARIANT``. The table of every
+variant tried, failures included, is in ``docs/gan_training.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from facelib.models.stargan import StarGANConfig
+from facelib.train.stargan import StarGANTrainConfig, train_stargan
+
+PAPER, CPU = StarGANTrainConfig(), StarGANTrainConfig.cpu()
+#: name -> (network config, training config)
+VARIANTS = {
+    "stargan_paper": (StarGANConfig(), PAPER),
+    "stargan_cpu": (StarGANConfig.cpu(), CPU),
+    "stargan_cpu_no_keep": (StarGANConfig.cpu(), dataclasses.replace(CPU, lambda_keep=0.0)),
+    "stargan_cpu_no_augment": (StarGANConfig.cpu(), dataclasses.replace(CPU, augment="")),
+    "stargan_cpu_translation": (StarGANConfig.cpu(), dataclasses.replace(CPU, augment="colour,translation")),
+    "stargan_cpu_no_warmup": (StarGANConfig.cpu(), dataclasses.replace(CPU, classifier_warmup=0)),
+    "stargan_cpu_one_map": (dataclasses.replace(StarGANConfig.cpu(), per_domain_critic=False), CPU),
+    "stargan_cpu_image_output": (dataclasses.replace(StarGANConfig.cpu(), output="image"), CPU),
+    "stargan_cpu_400_ids": (StarGANConfig.cpu(), dataclasses.replace(CPU, identities=400)),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variant", choices=sorted(VARIANTS))
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/experiments"))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config, train = VARIANTS[args.variant]
+    start = time.perf_counter()
+    result = train_stargan(args.variant, config, train, steps=args.steps, seed=args.seed, out_dir=args.out,
+                           device="cpu", smoke=False, default_steps=args.steps)
+    summary = {"variant": args.variant, "steps": args.steps, "threads": args.threads,
+               "wall_time_s": round(time.perf_counter() - start, 1), **result["metrics"][args.variant]}
+    (args.out / f"{args.variant}.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
