@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from facelib.checkpoint import save_model
-from facelib.losses import wgan_generator_loss
 from facelib.train import Trainer, TrainingTask
 from facelib.train.gan import GANTask
 
@@ -168,6 +167,15 @@ class ToyGAN(GANTask):
         self.generator_updates: list[int] = []
         self.lrs: list[tuple[float, float]] = []
         self.reported: list[dict[str, float]] = []
+        self.seen: list[tuple[str, int, float]] = []  # (player, step, the random number prepare drew)
+
+    def prepare(self, batch, step):
+        return {**batch, "draw": torch.rand(())}  # drawn once per step: both players must see the same
+
+    def warmup_losses(self, batch, step):
+        self.seen.append(("warmup", step, float(batch["draw"])))
+        _, classes = self.modules["critic"](batch["image"])
+        return {"loss": nn.functional.cross_entropy(classes, batch["label"])}
 
     def build_players(self, device):
         return ToyGenerator().to(device), ToyCritic().to(device)
@@ -186,7 +194,8 @@ class ToyGAN(GANTask):
         with torch.no_grad():
             fake, _ = self.modules["generator"](image, target)
         (real_scores, real_classes), (fake_scores, _) = self.critic_outputs(image, fake)
-        terms = self.wgan_gp_terms(real_scores, fake_scores, image, fake, scores_of=lambda out: out[0])
+        terms = self.adversarial_terms(real_scores, fake_scores, image, fake, step, scores_of=lambda out: out[0])
+        self.seen.append(("critic", step, float(batch["draw"])))
         terms["critic_classification"] = nn.functional.cross_entropy(real_classes, batch["label"])
         terms["loss"] = terms["loss"] + terms["critic_classification"]
         return terms
@@ -196,7 +205,8 @@ class ToyGAN(GANTask):
         image, target = batch["image"], 1 - batch["label"]
         fake, attention = self.modules["generator"](image, target)
         scores, classes = self.modules["critic"](fake)
-        terms = {"adversarial": wgan_generator_loss(scores),
+        self.seen.append(("generator", step, float(batch["draw"])))
+        terms = {"adversarial": self.generator_adversarial_loss(scores),
                  "classification": nn.functional.cross_entropy(classes, target),
                  "attention_mean": attention.mean()}
         terms["loss"] = terms["adversarial"] + terms["classification"] + 0.1 * terms["attention_mean"]

@@ -267,10 +267,10 @@ class GANTask(TrainingTask):
     # -- the generator's moving average --------------------------------------------------------
 
     def ema_beta(self, step: int) -> float:
-        """The decay of the update at ``step``: ``min(ema_decay, (1 + n) / (10 + n))`` after n generator
-        updates, so the average forgets the random initial weights quickly (a ramp, as StyleGAN2's)."""
-        updates = (step - self.warmup_steps + 1) // self.n_critic
-        return min(self.ema_decay, (1 + updates) / (10 + updates))
+        """The decay of the update at ``step``: ``min(ema_decay, (1 + n) / (10 + n))`` with n the generator
+        updates before it, so the average forgets the random initial weights quickly (a ramp, as StyleGAN2's)."""
+        earlier = (step - self.warmup_steps + 1) // self.n_critic - 1
+        return min(self.ema_decay, (1 + earlier) / (10 + earlier))
 
     @torch.no_grad()
     def update_ema(self, step: int) -> None:
