@@ -24,6 +24,7 @@ PAPER, CPU = StarGANTrainConfig(), StarGANTrainConfig.cpu()
 VARIANTS = {
     "stargan_paper": (StarGANConfig(), PAPER),
     "stargan_cpu": (StarGANConfig.cpu(), CPU),
+    "stargan_cpu_no_fake_class": (dataclasses.replace(StarGANConfig.cpu(), fake_class=False), CPU),
     "stargan_cpu_no_keep": (StarGANConfig.cpu(), dataclasses.replace(CPU, lambda_keep=0.0)),
     "stargan_cpu_no_augment": (StarGANConfig.cpu(), dataclasses.replace(CPU, augment="")),
     "stargan_cpu_translation": (StarGANConfig.cpu(), dataclasses.replace(CPU, augment="colour,translation")),

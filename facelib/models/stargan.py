@@ -63,6 +63,7 @@ class StarGANConfig:
     skips: int = 0  # as StarGAN; 1 or 2 add U-Net shortcuts (measured in StarGANGenerator's docstring)
     output: str = "image"  # "image": StarGAN's tanh face; "attention": GANimation's colour + mask (CPU recipe)
     per_domain_critic: bool = False  # True: one real/fake map per domain, as StarGAN v2's D (CPU recipe)
+    fake_class: bool = False  # True: the domain head has a ninth class, "generated" (CPU recipe)
 
     def __post_init__(self) -> None:
         for name in ("image_size", "base_channels", "residual_blocks", "critic_channels", "critic_layers", "num_domains"):
@@ -74,8 +75,9 @@ class StarGANConfig:
         if self.output not in ("image", "attention"):
             raise ValueError(f"output must be 'image' (StarGAN) or 'attention' (GANimation's colour and mask "
                              f"composed with the source), got {self.output!r}")
-        if not isinstance(self.per_domain_critic, bool):
-            raise ValueError(f"per_domain_critic must be True or False, got {self.per_domain_critic!r}")
+        for name in ("per_domain_critic", "fake_class"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.image_size % 4 or self.image_size % 2**self.critic_layers:
             raise ValueError(f"image_size must be divisible by 4 and by 2**critic_layers; got image_size="
                              f"{self.image_size}, critic_layers={self.critic_layers} (e.g. 64 with 5, or 128 with 6)")
@@ -84,13 +86,14 @@ class StarGANConfig:
     def cpu(cls) -> "StarGANConfig":
         """The CPU recipe's network: the 64x64 CPU width, with two departures from StarGAN."""
         return cls(output="attention",  # departure: GANimation's colour + mask, starting near the identity
-                   per_domain_critic=True)  # departure: StarGAN v2's one real/fake map per domain
+                   per_domain_critic=True,  # departure: StarGAN v2's one real/fake map per domain
+                   fake_class=True)  # departure: the domain head also learns to name generated faces
 
     @classmethod
     def paper(cls) -> "StarGANConfig":
         """The published 128x128 network: 64 channels, 6 residual blocks, a 6-layer critic from 64 channels."""
         return cls(image_size=128, base_channels=64, residual_blocks=6, critic_channels=64, critic_layers=6, skips=0,
-                   output="image", per_domain_critic=False)
+                   output="image", per_domain_critic=False, fake_class=False)
 
 
 class StarGANGenerator(nn.Module):
@@ -164,15 +167,18 @@ class StarGANCritic(PatchCritic):
 
     The scores are ``[B, 1, s, s]``; with ``per_domain_critic`` they are ``[B, num_domains, s, s]``,
     one real/fake map per domain (StarGAN v2's discriminator), read at the image's own or target
-    domain by :meth:`domain_scores`.
+    domain by :meth:`domain_scores`. With ``fake_class`` the domain head has ``num_domains + 1``
+    logits, the last one "generated": the head learns to name the generator's faces, so texture
+    that its domain classes read as an expression becomes evidence of a fake (the weakness of an
+    auxiliary classifier trained on real images alone; ReACGAN, NeurIPS 2021).
     """
 
     config_class = StarGANConfig
 
     def __init__(self, config: StarGANConfig | None = None):
         config = config if config is not None else StarGANConfig()
-        super().__init__(config.image_size, config.num_domains, base_channels=config.critic_channels,
-                         num_layers=config.critic_layers)
+        super().__init__(config.image_size, config.num_domains + int(config.fake_class),
+                         base_channels=config.critic_channels, num_layers=config.critic_layers)
         self.config = config
         if config.per_domain_critic:
             self.patch = nn.Conv2d(self.patch.in_channels, config.num_domains, 3, padding=1, bias=False)

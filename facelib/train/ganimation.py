@@ -27,11 +27,12 @@ from facelib.metrics import FD_NAME, VERIFICATION_NAME
 from facelib.models.ganimation import (
     PRESET, GANimationConfig, GANimationCritic, GANimationEditor, GANimationGenerator, compose, normalise_aus,
 )
-from facelib.train.gan import GANTask
+from facelib.train.gan import GANTask, diff_augment
 from facelib.train.trainer import Trainer, read_log
 
 __all__ = ["GANimationWeights", "GANimationTask", "au_regression_loss", "attention_loss", "other_sample_aus",
-           "train_recipe", "train_au_editor", "DEFAULT_STEPS", "BATCH_SIZE"]
+           "train_recipe", "train_paper_recipe", "train_au_editor", "DEFAULT_STEPS", "CPU_STEPS", "CPU_RECIPE",
+           "BATCH_SIZE"]
 
 
 @dataclass(frozen=True)
@@ -91,13 +92,15 @@ class GANimationTask(GANTask):
     near 1 = the source unedited, near 0 = painted from scratch: the collapse users report).
     """
 
+    editor_class = GANimationEditor  # what validate() wraps the generator in (DFT-Net: its own)
+
     def __init__(self, config: GANimationConfig | None = None, dataset=None, *,
                  weights: GANimationWeights = GANimationWeights(), n_critic: int = 5, lr=1e-4,
-                 betas=(0.5, 0.999), decay_steps: int | None = None, **objective):
-        # objective: GANTask's objective, r1_weight, r1_every, ema_decay (the papers': WGAN-GP, no EMA)
+                 betas=(0.5, 0.999), decay_steps: int | None = None, augment: str = "", curve=None, **objective):
+        # objective: GANTask's objective, r1_weight, r1_every, ema_decay, warmup_steps (the papers': WGAN-GP)
         super().__init__(n_critic=n_critic, lr=lr, betas=betas, decay_steps=decay_steps, gp_weight=10.0, **objective)
         self.config = config if config is not None else GANimationConfig()
-        self.dataset, self.weights = dataset, weights
+        self.dataset, self.weights, self.augment, self.curve = dataset, weights, augment, curve
 
     def build_players(self, device):
         return GANimationGenerator(self.config).to(device), GANimationCritic(self.config).to(device)
@@ -123,13 +126,24 @@ class GANimationTask(GANTask):
         return {"attention": attention_loss(forward["attention"], self.weights)
                 + attention_loss(back["attention"], self.weights)}
 
+    def critic_view(self, images: torch.Tensor) -> torch.Tensor:
+        """What the critic sees: the images, through DiffAugment when ``augment`` names a policy."""
+        return diff_augment(images, self.augment) if self.augment else images
+
+    def warmup_losses(self, batch, step):
+        # the warm start: GANimation Eq. 4 (critic side) alone, the AU head learns to regress real AUs
+        _, real_aus = self.modules["critic"](self.critic_view(batch["image"]))
+        return {"loss": self.weights.au * au_regression_loss(real_aus, batch["aus01"])}
+
     def critic_losses(self, batch, step):
         images, aus01, targets = batch["image"], batch["aus01"], batch["target_aus01"]
         with torch.no_grad():  # no generator gradients in the critic's step
             fake = self.translate(images, targets)["output"]
-        (real_scores, real_aus), (fake_scores, _) = self.critic_outputs(images, fake)
+        real_view, fake_view = self.critic_view(images), self.critic_view(fake)
+        (real_scores, real_aus), (fake_scores, _) = self.critic_outputs(real_view, fake_view)
         # GANimation Eq. 2 (critic side): E[D(fake)] - E[D(real)] + lambda_gp * GP (or the CPU recipe's objective)
-        terms = self.adversarial_terms(real_scores, fake_scores, images, fake, step, scores_of=lambda out: out[0])
+        terms = self.adversarial_terms(real_scores, fake_scores, real_view, fake_view, step,
+                                       scores_of=lambda out: out[0])
         # GANimation Eq. 4 (critic side): the AU head regresses the real image's own AUs
         terms["critic_au"] = au_regression_loss(real_aus, aus01)
         terms["loss"] = terms["loss"] + self.weights.au * terms["critic_au"]
@@ -139,7 +153,7 @@ class GANimationTask(GANTask):
         images, aus01, targets = batch["image"], batch["aus01"], batch["target_aus01"]
         forward = self.translate(images, targets)
         fake = forward["output"]
-        fake_scores, fake_aus = self.modules["critic"](fake)
+        fake_scores, fake_aus = self.modules["critic"](self.critic_view(fake))
         # The way back goes through the plain generator: its parameters' gradients from both passes
         # are summed by autograd before DDP's per-parameter hook fires (as the gradient penalty does).
         back = self.translate(fake, aus01, plain=True)
@@ -154,6 +168,12 @@ class GANimationTask(GANTask):
         loss = adversarial + self.weights.au * au + self.weights.cycle * cycle + sum(extra.values())
         return {"loss": loss, "adversarial": adversarial, "au": au, "cycle": cycle, **extra,
                 **self.diagnostics(forward)}
+
+    def validate(self, step):
+        """The learning curve's point (``curve`` on the moving-average generator), if the recipe gave one."""
+        if self.curve is None:
+            return None
+        return self.curve(self.editor_class(self.shipped_generator()))
 
     def diagnostics(self, forward: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Logged, not minimised: ``attention_mean``, the mean A of the edit (near 1 = the source
@@ -174,17 +194,39 @@ METRIC_KEYS = {"AU PCC (facelib AU regressor)": "au_pcc", "AU MSE (facelib AU re
                FD_NAME: "fd"}
 
 
+CPU_STEPS = 4_000  # the CPU recipe: one critic and one generator update per step
+#: The CPU recipe's departures from the paper's schedule, one per line (GANimationTask's options).
+CPU_RECIPE = dict(
+    n_critic=1,  # departure: one critic step per generator step (paper: 5)
+    objective="non-saturating", r1_weight=1.0,  # departure: NS loss + lazy R1 (paper: WGAN-GP)
+    betas=(0.0, 0.99),  # departure: StarGAN v2's Adam betas (paper: 0.5, 0.999)
+    ema_decay=0.999,  # departure: the EMA generator is measured and shipped
+    augment="colour",  # departure: DiffAugment colour on every critic input
+    warmup_steps=400,  # departure: the critic's AU head starts as a trained regressor of real faces
+)
+#: The learning curve: AU PCC and identity on held-out emotionet pairs, every CURVE_EVERY generator updates.
+CURVE_METRICS = ("AU PCC (facelib AU regressor)", VERIFICATION_NAME)
+CURVE_PAIRS, CURVE_EVERY = 192, 100
+
+
 def train_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: bool) -> dict:
-    """Recipe ``ganimation``: train on the emotionet preset, save the generator, measure it.
+    """Recipe ``ganimation``: the CPU recipe (:data:`CPU_RECIPE`) on the emotionet preset, shipped.
 
     See :func:`train_au_editor` for what is measured.
     """
-    return train_au_editor("ganimation", GANimationTask(GANimationConfig(), lr=LR), GANimationEditor,
+    return train_au_editor("ganimation", GANimationTask(GANimationConfig(), lr=LR, **CPU_RECIPE), GANimationEditor,
+                           steps=steps, seed=seed, out_dir=out_dir, device=device, smoke=smoke,
+                           default_steps=CPU_STEPS)
+
+
+def train_paper_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: bool) -> dict:
+    """Recipe ``ganimation_paper``: the paper's schedule (WGAN-GP, 5 critic steps per generator step)."""
+    return train_au_editor("ganimation_paper", GANimationTask(GANimationConfig(), lr=LR), GANimationEditor,
                            steps=steps, seed=seed, out_dir=out_dir, device=device, smoke=smoke)
 
 
 def train_au_editor(name: str, task: GANimationTask, editor_class, *, steps: int | None, seed: int, out_dir,
-                    device: str, smoke: bool) -> dict:
+                    device: str, smoke: bool, default_steps: int = DEFAULT_STEPS) -> dict:
     """Train an AU-conditioned GAN (GANimation, DFT-Net) on the emotionet preset, save it, measure it.
 
     ``task`` gets the data here (``SynthFaces("emotionet", "train")`` at its config's size; smoke: 8
@@ -196,18 +238,24 @@ def train_au_editor(name: str, task: GANimationTask, editor_class, *, steps: int
     """
     from facelib.checkpoint import load_pretrained
     from facelib.data import SynthFaces
-    from facelib.evaluation import au_table, evaluate, held_out_pairs, held_out_target, run_editor
+    from facelib.evaluation import LearningCurve, au_table, evaluate, held_out_pairs, held_out_target, run_editor
 
     out_dir, config = Path(out_dir), task.config
     dataset = SynthFaces(PRESET, "train", size=config.image_size, seed=0)
     task.dataset = torch.utils.data.Subset(dataset, range(8)) if smoke else dataset
-    total = SMOKE_STEPS if smoke else (DEFAULT_STEPS if steps is None else steps)
+    total = SMOKE_STEPS if smoke else (default_steps if steps is None else steps)
+    if smoke:
+        task.warmup_steps = min(task.warmup_steps, 1)
+    task.editor_class = editor_class
+    task.curve = LearningCurve(PRESET, "aus", metrics=CURVE_METRICS, n=20 if smoke else CURVE_PAIRS,
+                               size=config.image_size, split="val" if smoke else "test")
     Trainer(task, steps=total, batch_size=4 if smoke else BATCH_SIZE, seed=seed, out_dir=out_dir / name,
             device=device, log_every=1 if smoke else 25, progress=not smoke,
-            checkpoint_every=0 if smoke else 2000).fit()
+            checkpoint_every=0 if smoke else 1000,
+            validate_every=2 if smoke else CURVE_EVERY * task.n_critic).fit()
     log = read_log(out_dir / name)
     attention_mean = float(log["attention_mean"].dropna().iloc[-1])
-    generator = task.unwrap("generator").cpu().eval()
+    generator = task.shipped_generator().cpu().eval()
     stem = save_model(generator, out_dir / name, extra={"attention_mean_last": attention_mean,
                                                         "dataset": f"SynthFaces({PRESET!r}, 'train', size={config.image_size})"})
     editor, split, n = editor_class(generator), "val" if smoke else "test", 20 if smoke else 512

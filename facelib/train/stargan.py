@@ -71,7 +71,7 @@ class StarGANTrainConfig:
             ema_decay=0.999,  # departure: the EMA generator is shipped (StarGAN v2)
             augment="colour",  # departure: DiffAugment colour on every critic input (translation: measured, no)
             lambda_keep=10.0,  # departure: changes outside the landmarks' expression regions cost L1
-            classifier_warmup=400,  # departure: the critic's domain head starts as a trained classifier
+            classifier_warmup=1500,  # departure: the critic's domain head starts as a trained classifier
         )
 
 
@@ -125,7 +125,8 @@ class StarGANTask(GANTask):
         with torch.no_grad():
             fake = self.modules["generator"](images, self._labels(target))
         real_view, fake_view = self.critic_view(images), self.critic_view(fake)
-        (real_scores, real_logits), (fake_scores, _) = self.critic_outputs(real_view, fake_view)
+        (real_scores, real_logits), fake_outputs = self.critic_outputs(real_view, fake_view)
+        fake_scores = fake_outputs[0]
         # a per-domain critic judges each image as a member of its domain: the real one's own, the fake's target
         real_scores = StarGANCritic.domain_scores(real_scores, source)
         fake_scores = StarGANCritic.domain_scores(fake_scores, target)
@@ -134,6 +135,11 @@ class StarGANTask(GANTask):
                                        scores_of=lambda out: StarGANCritic.domain_scores(out[0], source))
         # StarGAN Eq. 2: D learns to classify real images into their own domain c'
         terms["critic_domain"] = F.cross_entropy(real_logits, source)
+        if self.config.fake_class:
+            # departure (CPU recipe): the domain head names the generated faces as the extra class
+            _, fake_logits = fake_outputs
+            generated = torch.full_like(target, self.config.num_domains)
+            terms["critic_domain"] = terms["critic_domain"] + F.cross_entropy(fake_logits, generated)
         # StarGAN Eq. 5 (for D): L_D = -L_adv + lambda_cls L_cls^r
         terms["loss"] = terms["loss"] + self.train.lambda_cls * terms["critic_domain"]
         terms["critic_accuracy"] = (real_logits.argmax(1) == source).float().mean()
