@@ -311,6 +311,8 @@ class EditorInfo:
     accepts: tuple[str, ...]
     weights: tuple[str, ...]  # the shipped checkpoints (``facelib.load_pretrained`` names) it loads
     factory: str | Callable  # "module:function" (or the function) returning a ready Editor
+    #: the issue's floors on its first checkpoint's manifest metrics: metric -> (lowest, highest), None = open
+    floors: tuple[tuple[str, tuple[float | None, float | None]], ...] = ()
 
     def weights_shipped(self) -> bool:
         from .checkpoint import available_pretrained
@@ -318,14 +320,27 @@ class EditorInfo:
         shipped = set(available_pretrained())
         return all(name in shipped for name in self.weights)
 
+    def meets_floors(self) -> bool | None:
+        """Whether the shipped checkpoint's measured metrics (its manifest entry) meet every floor;
+        ``None`` when it has no floors or is not shipped. A floor's metric missing from the entry fails."""
+        if not self.floors or not self.weights or not self.weights_shipped():
+            return None
+        from .checkpoint import pretrained_info
+
+        metrics = pretrained_info(self.weights[0]).get("metrics", {})
+        return all(isinstance(metrics.get(metric), (int, float))
+                   and (low is None or metrics[metric] >= low) and (high is None or metrics[metric] <= high)
+                   for metric, (low, high) in self.floors)
+
 
 _EDITORS: dict[str, EditorInfo] = {}
 
 
 def register_editor(name: str, factory: str | Callable, *, paper: str, accepts: Sequence[str],
-                    weights: Sequence[str] = (), replace: bool = False) -> EditorInfo:
+                    weights: Sequence[str] = (), floors: dict | None = None, replace: bool = False) -> EditorInfo:
     """Add an editor: ``factory(device=...) -> Editor`` builds it ready to edit (``"module:function"``
-    keeps listing cheap). ``weights`` names the shipped checkpoints it needs."""
+    keeps listing cheap). ``weights`` names the shipped checkpoints it needs; ``floors`` maps metrics
+    of the first one's manifest entry to ``(lowest, highest)`` (``None``: open), shown by :func:`list_editors`."""
     if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ValueError(f"editor names are lower-case identifiers, got {name!r}")
     if name in _EDITORS and not replace:
@@ -335,7 +350,12 @@ def register_editor(name: str, factory: str | Callable, *, paper: str, accepts: 
     unknown = [kind for kind in accepts if kind not in TARGET_KINDS]
     if unknown or not accepts:
         raise ValueError(f"accepts must be a non-empty subset of {list(TARGET_KINDS)}, got {list(accepts)}")
-    info = EditorInfo(name, paper, tuple(accepts), tuple(weights), factory)
+    floors = dict(floors or {})
+    for metric, bounds in floors.items():
+        if not (isinstance(bounds, tuple) and len(bounds) == 2
+                and all(b is None or isinstance(b, (int, float)) for b in bounds)):
+            raise ValueError(f"floor {metric!r}: expected (lowest, highest) numbers or None, got {bounds!r}")
+    info = EditorInfo(name, paper, tuple(accepts), tuple(weights), factory, tuple(floors.items()))
     _EDITORS[name] = info
     return info
 
@@ -348,12 +368,17 @@ def editor_info(name: str) -> EditorInfo:
 
 
 def list_editors():
-    """Every registered editor: ``name, paper, accepts, weights_shipped`` as a ``pandas.DataFrame``."""
+    """Every registered editor: ``name, paper, accepts, weights_shipped, meets_floors`` as a ``pandas.DataFrame``.
+
+    ``meets_floors``: whether the shipped model's measured figures (its manifest entry) meet the
+    floors its issue set, ``None`` where it has none or is not shipped (:meth:`EditorInfo.meets_floors`).
+    """
     import pandas as pd
 
     rows = [{"name": info.name, "paper": info.paper, "accepts": ", ".join(info.accepts),
-             "weights_shipped": info.weights_shipped()} for info in _EDITORS.values()]
-    return pd.DataFrame(rows, columns=["name", "paper", "accepts", "weights_shipped"])
+             "weights_shipped": info.weights_shipped(), "meets_floors": info.meets_floors()}
+            for info in _EDITORS.values()]
+    return pd.DataFrame(rows, columns=["name", "paper", "accepts", "weights_shipped", "meets_floors"])
 
 
 def load_editor(name: str, device: str | torch.device = "cpu") -> Editor:
@@ -394,5 +419,14 @@ register_editor("fvae_pixel_vae", "facelib.models.fvae:load_pixel_vae_editor",
 register_editor("average_flow", "facelib.models.baselines:load_average_flow_editor",
                 paper="FVAE (Yeh et al. 2016), Sec. 6.1 average-flow baseline", accepts=("expression",),
                 weights=("average_flow",))
+register_editor("stargan", "facelib.models.stargan:load_stargan_editor",
+                paper="StarGAN (Choi et al. 2018), baseline of LEED and EGGAN", accepts=("expression",),
+                weights=("stargan",), floors={"expression_accuracy": (0.85, None),
+                                             "identity_verification": (0.95, None),
+                                             "neutraliser_accuracy": (0.90, None)})
+register_editor("ganimation", "facelib.models.ganimation:load_ganimation_editor",
+                paper="GANimation (Pumarola et al. 2018), the base of DFT-Net", accepts=("aus", "expression"),
+                weights=("ganimation",), floors={"au_pcc": (0.75, None), "identity_verification": (0.95, None),
+                                                "attention_mean_test": (0.05, 0.95)})
 register_editor("optical_flow", "facelib.models.baselines:load_optical_flow_editor",
                 paper="FVAE (Yeh et al. 2016), Table 1 optical-flow row (DIS, standing in for EpicFlow)", accepts=("reference",), weights=())
