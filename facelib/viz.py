@@ -1,4 +1,4 @@
-"""Pictures for the tutorials: image grids, loss curves and t-SNE plots.
+"""Pictures for the tutorials: image grids, loss and learning curves, and t-SNE plots.
 
 Images follow facelib's convention: float ``[B, 3, H, W]`` (or one ``[3, H, W]``) in
 ``[-1, 1]``. Pass ``value_range=(0, 1)`` for images already in ``[0, 1]``, such as the
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -293,6 +293,46 @@ def plot_losses(
         ax.set_title(title)
     ax.legend(fontsize=8)
     return ax
+
+
+def plot_learning_curves(runs: Mapping, metrics: Sequence[str], floors: Mapping[str, float] | None = None,
+                         labels: Mapping[str, str] | None = None):
+    """A GAN recipe's learning curves side by side with others': one column per metric, against
+    generator updates (top) and training wall time (bottom); returns the ``[2, len(metrics)]`` Axes.
+
+    ``runs``: label -> a run folder, JSONL log or DataFrame holding the ``"val"`` lines that a
+    :class:`facelib.evaluation.LearningCurve` writes through the Trainer (``step``, ``seconds``,
+    ``generator_updates`` and each metric). ``floors``: metric -> a floor, drawn as a dashed line.
+    ``labels`` renames metrics on the axes.
+    """
+    import matplotlib.pyplot as plt
+
+    floors, labels = dict(floors or {}), dict(labels or {})
+    if not runs or not metrics:
+        raise ValueError("plot_learning_curves needs at least one run and one metric")
+    _, axes = plt.subplots(2, len(metrics), figsize=(4.2 * len(metrics), 6.4), squeeze=False, layout="constrained")
+    for name, log in runs.items():
+        frame = _read_loss_log(log)
+        if "kind" in frame.columns:
+            frame = frame[frame["kind"] == "val"]
+        missing = [column for column in ("generator_updates", "seconds", *metrics) if column not in frame.columns]
+        if missing:
+            raise ValueError(f"run {name!r} has no learning-curve column(s) {missing}; columns: {list(frame.columns)}")
+        for column, metric in enumerate(metrics):
+            for row, x in enumerate(("generator_updates", "seconds")):
+                points = frame[[x, metric]].dropna()
+                scale = 60.0 if x == "seconds" else 1.0
+                axes[row, column].plot(points[x] / scale, points[metric], marker=".", label=name)
+    for column, metric in enumerate(metrics):
+        for row, xlabel in enumerate(("generator updates", "training wall time (minutes)")):
+            ax = axes[row, column]
+            if metric in floors:
+                ax.axhline(floors[metric], color="grey", linestyle="--", linewidth=1, label="floor")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(labels.get(metric, metric))
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    return axes
 
 
 def embed_tsne(features, perplexity: float = 30.0, seed: int = 0) -> np.ndarray:

@@ -126,6 +126,8 @@ class GANTask(TrainingTask):
     """
 
     generator_name, critic_name, ema_name = "generator", "critic", "generator_ema"
+    #: a :class:`facelib.evaluation.LearningCurve` that :meth:`validate` measures, or None
+    curve = None
 
     def __init__(self, *, objective: str = "wgan-gp", n_critic: int = 5, lr: float | tuple[float, float] = 1e-4,
                  betas: tuple[float, float] = (0.5, 0.999), decay_steps: int | None = None, gp_weight: float = 10.0,
@@ -281,6 +283,20 @@ class GANTask(TrainingTask):
             average.lerp_(current, 1 - beta)
         for average, current in zip(ema.buffers(), generator.buffers()):
             average.copy_(current)
+
+    def generator_updates_done(self, completed_steps: int) -> int:
+        """How many generator updates the first ``completed_steps`` training steps made."""
+        return max(0, completed_steps - self.warmup_steps) // self.n_critic
+
+    def curve_editor(self):
+        """The editor the learning curve measures (a paper's task wraps :meth:`shipped_generator`)."""
+        raise NotImplementedError(f"{type(self).__name__} has a curve but no curve_editor()")
+
+    def validate(self, step):
+        """A learning-curve point: ``curve`` on :meth:`curve_editor`, with the generator updates so far."""
+        if self.curve is None:
+            return None
+        return {**self.curve(self.curve_editor()), "generator_updates": self.generator_updates_done(step)}
 
     def shipped_generator(self) -> nn.Module:
         """The generator to evaluate and ship: the moving average when one is kept, else the trained one."""

@@ -169,11 +169,8 @@ class GANimationTask(GANTask):
         return {"loss": loss, "adversarial": adversarial, "au": au, "cycle": cycle, **extra,
                 **self.diagnostics(forward)}
 
-    def validate(self, step):
-        """The learning curve's point (``curve`` on the moving-average generator), if the recipe gave one."""
-        if self.curve is None:
-            return None
-        return self.curve(self.editor_class(self.shipped_generator()))
+    def curve_editor(self):
+        return self.editor_class(self.shipped_generator())
 
     def diagnostics(self, forward: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Logged, not minimised: ``attention_mean``, the mean A of the edit (near 1 = the source

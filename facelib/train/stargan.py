@@ -165,10 +165,8 @@ class StarGANTask(GANTask):
             loss = loss + self.train.lambda_keep * terms["keep"]
         return {"loss": loss, **terms}
 
-    def validate(self, step):
-        if self.curve is None:
-            return None
-        return self.curve(StarGANEditor(self.shipped_generator()))
+    def curve_editor(self):
+        return StarGANEditor(self.shipped_generator())
 
 
 CPU_STEPS = 4_000  # the CPU recipe's steps (one critic and one generator update each)
