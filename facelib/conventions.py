@@ -1,4 +1,4 @@
-"""Conventions shared by every part of facelib (see DESIGN.md).
+"""Conventions shared by every part of facelib (docs/conventions.md explains them).
 
 Images are float tensors ``[B, 3, H, W]`` in ``[-1, 1]``, RGB.
 Flow is a backward (sampling) displacement in pixels, ``[B, 2, H, W]``,

@@ -1,6 +1,6 @@
 """Warp kernels: bilinear sampling (FVAE Eq. 5), the grid_sample fast path, flow utilities.
 
-One flow convention everywhere in facelib (DESIGN.md): a flow is a *backward*
+One flow convention everywhere in facelib (:mod:`facelib.conventions`): a flow is a *backward*
 (sampling) displacement in pixels, ``[B, 2, H, W]``, channel 0 = dx, channel 1 = dy::
 
     out[y, x] = src[y + dy, x + dx]

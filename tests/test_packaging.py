@@ -234,3 +234,68 @@ def test_voila_serves_under_jupyter_server_so_the_binder_urlpath_works():
     extensions = json.loads(config.read_text(encoding="utf-8"))["ServerApp"]["jpserver_extensions"]
     assert any(name.startswith("voila") and enabled for name, enabled in extensions.items()), extensions
     assert "voila notebooks/09_face_editor.ipynb" in README
+
+
+# --------------------------------------------------------------------------- the repository stands alone
+
+#: Folders of one machine (a developer's or CI's), never part of a clone.
+MACHINE_PATH = re.compile(r"(?<![\w.])/(work|root|home|tmp|Users|mnt)/")
+#: A path that starts by climbing out of the folder it is written in.
+CLIMBING_PATH = re.compile(r"(?:\.\./)+[^\s'\"`)\]}>,;]*")
+#: A Markdown file named in prose or code (each must be a file of this repository).
+MARKDOWN_NAME = re.compile(r"(?<![\w.-])[\w./-]*?([\w-]+\.md)\b")
+#: A relative link in a Markdown page: [text](target).
+MARKDOWN_LINK = re.compile(r"\]\((?!https?://|mailto:|#)([^)\s]+)\)")
+#: The paper texts of the workspace this repository was written in ("pap" "ers/": this file
+#: must not match itself).
+WORKSPACE_FOLDERS = re.compile(r"\b(?:pap" r"ers|shar" r"ed)/")
+
+
+def tracked_text_files() -> dict[str, str]:
+    """``path -> text`` of every file a clone holds (git's list; every file where git is absent), binaries left out."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+        paths = [REPO / name for name in listed.decode().split("\0") if name]
+    except (OSError, subprocess.CalledProcessError):
+        skip = {".git", ".venv", "build", "__pycache__", ".ipynb_checkpoints", "runs"}
+        paths = [p for p in REPO.rglob("*") if p.is_file() and not skip & set(p.relative_to(REPO).parts)]
+    texts = {}
+    for path in paths:
+        if not path.is_file():
+            continue  # deleted in the working tree
+        data = path.read_bytes()
+        if b"\0" in data[:8192]:
+            continue
+        try:
+            texts[path.relative_to(REPO).as_posix()] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return texts
+
+
+def test_no_tracked_file_names_a_path_outside_the_repository():
+    """A fresh clone is all a reader has: every path a file names must lie inside it."""
+    texts = tracked_text_files()
+    names = {Path(path).name for path in texts}
+    problems = []
+    for path, text in texts.items():
+        folder = (REPO / path).parent
+        for number, line in enumerate(text.splitlines(), 1):
+            where = f"{path}:{number}"
+            if MACHINE_PATH.search(line):
+                problems.append(f"{where} names a folder of one machine: {line.strip()[:120]}")
+            if WORKSPACE_FOLDERS.search(line):
+                problems.append(f"{where} names a folder outside the repository: {line.strip()[:120]}")
+            for match in CLIMBING_PATH.finditer(line):
+                target = (folder / match[0]).resolve()
+                if not target.is_relative_to(REPO):
+                    problems.append(f"{where}: {match[0]!r} leads outside the repository")
+            for name in MARKDOWN_NAME.findall(line):
+                if name not in names:
+                    problems.append(f"{where} names {name}, which is not a file of the repository")
+            if path.endswith(".md"):
+                for link in MARKDOWN_LINK.findall(line):
+                    target = (folder / link.split("#")[0]).resolve()
+                    if not (target.is_relative_to(REPO) and target.exists()):
+                        problems.append(f"{where} links to {link}, which is not in the repository")
+    assert not problems, "\n".join(problems)

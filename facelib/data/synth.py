@@ -1587,7 +1587,7 @@ def render_pair(identity, source_aus, target_aus, yaw=None, size: int = 64, *, l
     """Render two expressions of the same faces (same pose, light and background) with true flow.
 
     Returns ``source``, ``target`` [N, 3, S, S]; ``flow`` [N, 2, S, S], the backward flow in
-    pixels with ``target[p] ~= source[p + flow[p]]`` (DESIGN.md's convention, so
+    pixels with ``target[p] ~= source[p + flow[p]]`` (facelib.conventions' convention, so
     ``facelib.warp.warp(source, flow) ~= target``), finite and bounded everywhere: where the
     source position is not found (the Newton solve does not converge) the flow is 0, and every
     source position is clamped into the image (``|flow| <= size``), and ``visible`` is 0 at both;

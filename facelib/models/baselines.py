@@ -17,7 +17,7 @@ Interpolation between two photos (Sec. 6.2, Fig. 6):
 - :func:`optical_flow_morph` - morphing along optical flow between the two photos
   (in the spirit of the paper's [15]).
 
-Images are ``[B, 3, H, W]`` in ``[-1, 1]``; flows are backward pixel flows (DESIGN.md).
+Images are ``[B, 3, H, W]`` in ``[-1, 1]``; flows are backward pixel flows (:mod:`facelib.conventions`).
 """
 from __future__ import annotations
 

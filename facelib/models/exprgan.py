@@ -9,8 +9,9 @@ target block set to 1 (the others -1) picks one of d intensity levels (Fig. 3), 
 block at -1 gives a neutral face, a class the model never saw. Trained on the ``oulu`` preset
 (Oulu-CASIA's six expressions, the last three frames of each onset sequence).
 
-Paper: ``../shared/papers/exprgan_ding2018.txt``. Settings the paper leaves out follow its
-public code (``../shared/REFERENCE_NOTES.md``).
+Paper: Ding, Sricharan, Chellappa, "ExprGAN: Facial Expression Editing with Controllable
+Expression Intensity", AAAI 2018, arXiv:1709.03842. Settings the paper leaves out follow its
+public code (HuiDingUMD/ExprGAN; docs/reference_notes.md).
 
 Where the paper is computed (file: function):
 

@@ -1,5 +1,7 @@
 """FVAE: Semantic Facial Expression Editing using Autoencoded Flow (Yeh et al. 2016).
 
+Paper: Yeh, Liu, Goldman, Agarwala, arXiv:1611.09961, 2016 (docs/reference_notes.md).
+
 A VAE whose decoder does not paint pixels: it predicts a dense *flow field* and
 builds the output by sampling the source image along it (paper Sec. 3, Fig. 3).
 
@@ -14,7 +16,7 @@ builds the output by sampling the source image along it (paper Sec. 3, Fig. 3).
 
 All three networks share :class:`FVAEConfig`; ``FVAEConfig()`` is the 64x64 CPU configuration
 and ``FVAEConfig.paper()`` the paper's 128x128 one (4x4x1024 latent). Images are ``[B, 3, H, W]``
-in ``[-1, 1]``; flows are backward pixel displacements ``[B, 2, H, W]`` (DESIGN.md).
+in ``[-1, 1]``; flows are backward pixel displacements ``[B, 2, H, W]`` (:mod:`facelib.conventions`).
 
 Where the paper is computed (file: function):
 

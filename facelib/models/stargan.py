@@ -6,9 +6,9 @@ real/fake patches and classifies the domain with an auxiliary head. Here the dom
 RaFD's eight emotions (``facelib.EMOTIONS``), trained on the ``rafd`` preset. It is the
 baseline of LEED and EGGAN, and LEED's "pre-trained GAN" neutraliser (``expression="neutral"``).
 
-The StarGAN paper is not among ``../shared/papers``; its equations are cited from the published
-paper (Choi et al., CVPR 2018), and the settings the paper leaves out from its public code
-(``../shared/REFERENCE_NOTES.md``).
+Paper: Choi, Choi, Kim, Ha, Kim, Choo, "StarGAN: Unified Generative Adversarial Networks for
+Multi-Domain Image-to-Image Translation", CVPR 2018, arXiv:1711.09020; settings it leaves out
+follow its public code (yunjey/stargan; docs/reference_notes.md).
 
 Where the paper is computed (file: function):
 

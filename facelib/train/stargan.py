@@ -20,7 +20,7 @@ PRESET = "rafd"
 
 @dataclass
 class StarGANTrainConfig:
-    """StarGAN's loss weights and optimisation (its public code; REFERENCE_NOTES.md)."""
+    """StarGAN's loss weights and optimisation (its public code; docs/reference_notes.md)."""
 
     lambda_cls: float = 1.0
     lambda_rec: float = 10.0
