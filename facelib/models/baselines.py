@@ -29,7 +29,7 @@ import torch
 from scipy.spatial import Delaunay
 from torch import nn
 
-from facelib.conventions import EXPRESSIONS, check_images
+from facelib.conventions import EXPRESSIONS, check_image_shape, check_images
 from facelib.editors import Editor, EditResult, Target
 from facelib.warp import warp
 
@@ -110,7 +110,7 @@ class AverageFlow(nn.Module):
 
     def forward(self, source: torch.Tensor, source_expression, target_expression) -> torch.Tensor:
         """Warp ``source`` ``[B, 3, H, W]`` by the average flow; returns ``[B, 3, H, W]``."""
-        source = check_images(source, "source", size=self.config.image_size)
+        source = check_image_shape(source, "source", size=self.config.image_size)
         flow = self.flow(source_expression, target_expression).to(source)
         return warp(source, flow.expand(len(source), -1, -1, -1))
 

@@ -50,7 +50,7 @@ from facelib.models.blocks import ResidualBlock, conv_norm_act, down_block, tile
 from facelib.models.ganimation import (
     PRESET, GANimationConfig, GANimationCritic, GANimationEditor, check_generator_inputs, compose,
 )
-from facelib.warp import upsample_flow, warp
+from facelib.warp import upsample_flow, warp, warp_kernel
 
 __all__ = ["DFTNetConfig", "DFTNetGenerator", "DFTNetCritic", "DFTNetOutput", "DFTNetEditor", "load_dftnet_editor",
            "PRESET"]
@@ -145,7 +145,7 @@ class DFTNetGenerator(nn.Module):
         if self.config.flow:
             flow = torch.tanh(heads[:, :2]) * (self.config.max_flow * self.config.image_size)  # pixels
             # Eq. 3: X_a = f(Phi, X_s), bilinear sampling along the backward flow
-            aligned = warp(images, flow)
+            aligned = warp_kernel(images, flow)  # warp without value checks (forward checks shapes only)
         else:
             flow, aligned = torch.zeros_like(images[:, :2]), images
         if self.config.texture:

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facelib.conventions import check_images
+from facelib.conventions import check_image_shape
 from facelib.data.presets import get_preset
 from facelib.editors import Editor, EditResult, Target
 from facelib.models.blocks import LatentCritic, conv_norm_act, tile_condition
@@ -160,7 +160,7 @@ class ExprGAN(nn.Module):
         self.register_buffer("intensity_order", default_order)  # [K, d], saved with the weights
 
     def encode(self, images: Tensor) -> Tensor:
-        check_images(images, "images", size=self.config.image_size)
+        check_image_shape(images, "images", size=self.config.image_size)
         return torch.tanh(self.encoder(images))  # g(x): [B, identity_dim], the U(-1, 1) prior's range
 
     def decode(self, identity: Tensor, code: Tensor) -> Tensor:
@@ -246,7 +246,7 @@ class ExprGANCritic(nn.Module):
         self.latent_critic = LatentCritic(config.identity_dim, config.latent_critic_hidden, batch_norm=True)
 
     def image(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        check_images(images, "images", size=self.config.image_size)
+        check_image_shape(images, "images", size=self.config.image_size)
         one_hot = F.one_hot(labels.long(), self.config.num_classes).to(images.dtype)
         h = self.features(torch.cat([self.trunk(tile_condition(images, one_hot)), one_hot], 1))  # [B, hidden]
         q = self.q_trunk(h)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from facelib.conventions import EMOTIONS, check_images
+from facelib.conventions import EMOTIONS, check_image_shape
 from facelib.editors import Editor, EditResult, Target
 from facelib.models.blocks import PatchCritic, ResidualBlock, conv_norm_act, down_block, tile_condition, up_block
 
@@ -113,7 +113,7 @@ class StarGANGenerator(nn.Module):
         self.head = nn.Conv2d(c, 3, 7, padding=3, bias=False)  # bias-free, as the public code
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        check_images(images, "images", size=self.config.image_size)
+        check_image_shape(images, "images", size=self.config.image_size)
         if labels.dim() != 2 or labels.shape != (len(images), self.config.num_domains):
             raise ValueError(f"labels must be [B, {self.config.num_domains}] (one target domain per image), "
                              f"got {list(labels.shape)}")
