@@ -41,7 +41,7 @@ from safetensors.torch import load as _safetensors_load
 from safetensors.torch import save as _safetensors_save
 from torch import nn
 
-from .utils import atomic_write_bytes, atomic_write_text, get_device, lock_folder, remove_temporary_files
+from .utils import atomic_write_bytes, atomic_write_text, get_device, lock_folder, remove_temporary_files, unwrap_module
 
 MODEL_FORMAT = "facelib.model/1"
 TRAINING_STATE_FORMAT = "facelib.training_state/1"
@@ -457,17 +457,6 @@ def _write_pair(stem: Path, weights: bytes, metadata: dict, what: str) -> Path:
 # Models
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
-    """The plain module inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
-    while True:
-        if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            module = module.module
-        elif hasattr(module, "_orig_mod") and isinstance(module._orig_mod, nn.Module):
-            module = module._orig_mod
-        else:
-            return module
-
-
 def _tensors_for_saving(state: dict[str, Any], what: str) -> dict[str, torch.Tensor]:
     """CPU, contiguous, unshared copies (safetensors refuses tensors that share memory)."""
     tensors = {}
@@ -489,7 +478,7 @@ def save_model(model: nn.Module, path: str | Path, extra: dict | None = None) ->
     The pair replaces an earlier checkpoint at ``stem`` as a whole or not at all (see
     ``_write_pair``); the JSON records the sha256 of the weights, so a mismatch is detected at load time.
     """
-    model = _unwrap(model)
+    model = unwrap_module(model)
     stem = _stem(path)
     config = getattr(model, "config", None)
     if not dataclasses.is_dataclass(config) or isinstance(config, type):
@@ -771,14 +760,14 @@ def save_training_state(
     stateful = stateful or {}
     tensors: dict[str, torch.Tensor] = {}
     for name, module in modules.items():
-        state = _tensors_for_saving(_unwrap(module).state_dict(), f"module {name!r}")
+        state = _tensors_for_saving(unwrap_module(module).state_dict(), f"module {name!r}")
         tensors.update({f"module/{name}/{key}": value for key, value in state.items()})
     rng_state = capture_rng_state() if rng_state is None else rng_state
     tensors.update({f"rng/{key}": value.detach().to("cpu").contiguous().clone() for key, value in rng_state.items()})
     metadata = {
         "format": TRAINING_STATE_FORMAT,
         "step": int(step),
-        "modules": {name: _class_path(type(_unwrap(m))) for name, m in modules.items()},
+        "modules": {name: _class_path(type(unwrap_module(m))) for name, m in modules.items()},
         "optimizers": {name: _encode(opt.state_dict(), f"optim/{name}", tensors) for name, opt in optimizers.items()},
         "stateful": {name: _encode(obj.state_dict(), f"stateful/{name}", tensors) for name, obj in stateful.items()},
         "rng": sorted(rng_state),
@@ -816,7 +805,7 @@ def load_training_state(
     _check_names("stateful object", stateful, metadata.get("stateful", {}), stem)
     tensors = _load_tensors(json_path, weights_path, metadata, "cpu")
     for name, module in modules.items():
-        module = _unwrap(module)
+        module = unwrap_module(module)
         prefix = f"module/{name}/"
         state = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
         _check_state_dict(module, state, f"loading module {name!r} from {stem.name}")

@@ -42,7 +42,7 @@ from scipy import linalg
 from tqdm.auto import tqdm
 
 from .conventions import AU_CODES, AU_MAX, NUM_AUS, check_images
-from .utils import get_device
+from .utils import apply_in_batches, eval_mode, get_device
 
 #: Wang et al. 2003's MS-SSIM weights, finest scale first (pytorch_msssim's default).
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -432,36 +432,14 @@ def _check_labels(labels, name: str, count: int) -> torch.Tensor:
     return labels.long()
 
 
-@torch.no_grad()
-def _batched(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int,
-             device: torch.device) -> torch.Tensor:
-    """Apply ``fn`` to ``images`` in batches on ``device``; results come back on the CPU."""
-    return torch.cat([fn(images[i:i + batch_size].to(device)).float().cpu()
-                      for i in range(0, images.shape[0], batch_size)])
-
-
-class _EvalMode:
-    """Put a module in eval mode for a block and restore its previous mode afterwards."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.module, self.was_training = module, module.training
-
-    def __enter__(self):
-        self.module.eval()
-        return self.module
-
-    def __exit__(self, *exc):
-        self.module.train(self.was_training)
-
-
 def classification_accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                             batch_size: int = 256, device: str | torch.device = "cpu") -> float:
     """Fraction of ``images`` whose arg-max logit is the label (model in eval mode, no gradients)."""
     _check_images(images, "images")
     labels = _check_labels(labels, "labels", images.shape[0])
     device = get_device(device)
-    with _EvalMode(model.to(device)):
-        logits = _batched(model, images, batch_size, device)  # [N, classes]
+    with eval_mode(model.to(device)):
+        logits = apply_in_batches(model, images, batch_size, device)  # [N, classes]
     if logits.dim() != 2 or logits.shape[0] != images.shape[0]:
         raise ValueError(f"the classifier must return logits [N, classes], got {tuple(logits.shape)}")
     if int(labels.max()) >= logits.shape[1]:

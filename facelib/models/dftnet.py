@@ -44,7 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facelib.editors import EditResult, Target, check_images
+from facelib.conventions import check_images
+from facelib.editors import EditResult, Target
 from facelib.models.blocks import ResidualBlock, conv_norm_act, down_block, tile_condition, up_block
 # PRESET: DFT-Net is trained and measured on GANimation's data (EmotioNet's 200,000 faces, Sec. 3.1).
 from facelib.models.ganimation import (

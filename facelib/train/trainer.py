@@ -167,7 +167,6 @@ from tqdm.auto import tqdm
 from ..checkpoint import (
     TRAINING_STATE_FORMAT,
     CheckpointError,
-    _unwrap,
     capture_rng_state,
     checkpoint_files,
     clean_folder,
@@ -179,7 +178,7 @@ from ..checkpoint import (
     save_training_state,
 )
 from ..data.loader import default_num_workers, step_batches
-from ..utils import atomic_write_text, get_device, lock_folder, remove_temporary_files, set_seed
+from ..utils import atomic_write_text, get_device, lock_folder, remove_temporary_files, set_seed, unwrap_module
 
 LOG_NAME = "log.jsonl"
 _FLOAT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
@@ -222,7 +221,7 @@ class TrainingTask:
         """The plain module ``name`` (inside its DistributedDataParallel wrapper under torchrun)."""
         if name not in self.modules:
             raise KeyError(f"no module {name!r}; this task built {sorted(self.modules)}")
-        return _unwrap(self.modules[name])
+        return unwrap_module(self.modules[name])
 
 
 @dataclass
@@ -279,7 +278,7 @@ class EarlyStopping:
         """Record ``step`` as the best, with a CPU copy of the modules' weights."""
         self.best_step, self.best_value = int(step), float(value)
         self.best_state = {name: {key: tensor.detach().to("cpu", copy=True)
-                                  for key, tensor in _unwrap(module).state_dict().items()}
+                                  for key, tensor in unwrap_module(module).state_dict().items()}
                            for name, module in modules.items()}
 
     def reset(self) -> None:
@@ -291,7 +290,7 @@ class EarlyStopping:
         if self.best_state is None:
             return
         for name, module in modules.items():
-            _unwrap(module).load_state_dict(self.best_state[name])
+            unwrap_module(module).load_state_dict(self.best_state[name])
 
     def state_dict(self) -> dict[str, Any]:
         return {"monitor": self.monitor, "mode": self.mode, "best_step": self.best_step,
