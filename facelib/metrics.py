@@ -39,7 +39,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from scipy import linalg
-from tqdm.auto import tqdm
 
 from .conventions import AU_CODES, AU_MAX, NUM_AUS, check_images
 from .utils import apply_in_batches, eval_mode, get_device
@@ -447,23 +446,6 @@ def classification_accuracy(model: torch.nn.Module, images: torch.Tensor, labels
     return float((logits.argmax(1) == labels).double().mean())
 
 
-def train_classifier(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, steps: int = 300,
-                     batch_size: int = 64, lr: float = 1e-3, seed: int = 0, device: str | torch.device = "cpu",
-                     desc: str = "classifier", progress: bool = True) -> torch.nn.Module:
-    """Train ``model`` (logits) with cross-entropy and Adam on random mini-batches; returns it."""
-    device = get_device(device)
-    model.to(device).train()
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(steps), desc=f"training {desc}", leave=False, disable=not progress):
-        index = torch.randint(images.shape[0], (min(batch_size, images.shape[0]),), generator=generator)
-        loss = F.cross_entropy(model(images[index].to(device)), labels[index].to(device))
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-    return model.eval()
-
-
 def expression_accuracy(classifier: Callable[[], torch.nn.Module], real: torch.Tensor, generated: torch.Tensor,
                         real_labels: torch.Tensor, generated_labels: torch.Tensor, *, test: torch.Tensor,
                         test_labels: torch.Tensor, train_fn: Callable[..., torch.nn.Module] | None = None,
@@ -484,7 +466,7 @@ def expression_accuracy(classifier: Callable[[], torch.nn.Module], real: torch.T
     that maps images to logits over ``facelib.EXPRESSIONS`` (e.g. a lambda that builds
     ``facelib.models.evaluators.ExpressionClassifier``). Both trainings start from the same
     seed. ``train_fn(model, images, labels, seed=..., device=..., desc=..., **train_kwargs)``
-    replaces the default :func:`train_classifier` (Adam, cross-entropy; ``steps``,
+    replaces the default :func:`facelib.train.classifier.train_classifier` (Adam, cross-entropy; ``steps``,
     ``batch_size`` and ``lr`` go through ``train_kwargs``). Returns ``{"R", "G", "R+G"}``
     accuracies in [0, 1]; LEED prints them in percent.
     """
@@ -501,7 +483,8 @@ def expression_accuracy(classifier: Callable[[], torch.nn.Module], real: torch.T
     real_labels = _check_labels(real_labels, "real_labels", real.shape[0])
     generated_labels = _check_labels(generated_labels, "generated_labels", generated.shape[0])
     test_labels = _check_labels(test_labels, "test_labels", test.shape[0])
-    train_fn = train_fn or train_classifier
+    if train_fn is None:
+        from .train.classifier import train_classifier as train_fn
 
     def fresh_model() -> torch.nn.Module:
         with torch.random.fork_rng(devices=[]):

@@ -147,7 +147,8 @@ def augmentation_table(model: ExprGAN, train_images: torch.Tensor, train_labels:
     Labels are class indices into :data:`CLASSES`. Each row trains a fresh classifier for ``steps``
     Adam steps on mini-batches drawn from real and synthesised images together (the same seed).
     """
-    from facelib.metrics import classification_accuracy, train_classifier
+    from facelib.metrics import classification_accuracy
+    from facelib.train.classifier import train_classifier
 
     rows = []
     # one draw of the largest count; each row takes the first `count` faces of every class from it

@@ -3,7 +3,8 @@
 - :mod:`facelib.train.trainer` - ``Trainer``, ``TrainingTask``, ``EarlyStopping``, logs, checkpoints, resume, DDP;
 - :mod:`facelib.train.gan` - ``GANTask``: WGAN-GP with ``n_critic`` critic steps per generator step, LR decay;
 - :mod:`facelib.train.fvae` - FVAE Eq. 1 and the confidence network's Eq. 7-8, recipes ``fvae``, ``fvae_pixel_vae``;
-- :mod:`facelib.train.evaluators` - the SynthFaces evaluators, recipe ``evaluators``.
+- :mod:`facelib.train.evaluators` - the SynthFaces evaluators, recipe ``evaluators``;
+- :mod:`facelib.train.classifier` - ``train_classifier``, the short in-memory loop of the measurements that train a classifier.
 """
 from __future__ import annotations
 
