@@ -245,7 +245,7 @@ def paired_test(a: EditScores, b: EditScores, name: str, *, resamples: int = 200
 def costs(editor: Editor, images: torch.Tensor, target) -> list[dict]:
     """The cost rows of one editor: ms per edit of ``images`` (``[1, 3, S, S]``: one image) toward
     ``target``, parameters, training minutes."""
-    from .checkpoint import read_manifest
+    from .pretrained import read_manifest
 
     milliseconds = _metrics.latency(lambda x: editor.edit(x, target), images, warmup=2, repeats=15)
     parameters = sum(_metrics.count_parameters(module) for module in editor.modules().values())

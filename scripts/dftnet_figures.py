@@ -156,7 +156,7 @@ def attention_curves(checkpoints: dict[str, Path], out: Path) -> Path:
 
 
 def comparison_table(editors: dict, n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from facelib.checkpoint import load_pretrained
+    from facelib.pretrained import load_pretrained
     from facelib.evaluation import au_table, evaluate, held_out_pairs, run_editor
 
     tables, per_au = {}, {}

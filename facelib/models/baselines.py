@@ -153,7 +153,7 @@ class AverageFlowEditor(Editor):
 
 def load_average_flow_editor(device="cpu") -> AverageFlowEditor:
     """``facelib.load_editor("average_flow")``: the shipped average flows of the multipie training pairs."""
-    from facelib.checkpoint import load_pretrained
+    from facelib.pretrained import load_pretrained
 
     return AverageFlowEditor(load_pretrained("average_flow", device=device))
 

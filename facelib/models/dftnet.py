@@ -208,6 +208,6 @@ class DFTNetEditor(GANimationEditor):
 
 def load_dftnet_editor(device="cpu") -> DFTNetEditor:
     """``facelib.load_editor("dftnet")``: the shipped generator (``python -m facelib train dftnet --ship``)."""
-    from facelib.checkpoint import load_pretrained
+    from facelib.pretrained import load_pretrained
 
     return DFTNetEditor(load_pretrained("dftnet", device=device))

@@ -211,7 +211,7 @@ class PerceptualFeatures(nn.Module):
     def __init__(self, network: Evaluator | str = "identity_embedder", depths: tuple[int, ...] | None = None):
         super().__init__()
         if isinstance(network, str):
-            from ..checkpoint import load_pretrained
+            from ..pretrained import load_pretrained
 
             network = load_pretrained(network)
         if not isinstance(network, Evaluator):

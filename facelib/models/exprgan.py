@@ -335,7 +335,7 @@ class ExprGANEditor(Editor):
 
 def load_exprgan_editor(device="cpu") -> ExprGANEditor:
     """``facelib.load_editor("exprgan")``: the shipped G, D_img's Q and facelib's expression classifier."""
-    from facelib.checkpoint import load_pretrained
+    from facelib.pretrained import load_pretrained
 
     editor = ExprGANEditor(load_pretrained("exprgan"), load_pretrained("exprgan_critic"),
                            load_pretrained("expression_classifier"))
@@ -344,6 +344,6 @@ def load_exprgan_editor(device="cpu") -> ExprGANEditor:
 
 def load_caae_editor(device="cpu") -> ExprGANEditor:
     """``facelib.load_editor("exprgan_caae")``: the CAAE-style baseline (no controller, Q or D_img)."""
-    from facelib.checkpoint import load_pretrained
+    from facelib.pretrained import load_pretrained
 
     return ExprGANEditor(load_pretrained("exprgan_caae"), name="exprgan_caae").to(device)

@@ -344,7 +344,7 @@ def flow_upsample(highres_source: torch.Tensor, flow: torch.Tensor) -> torch.Ten
 
 def _load_latent_editor(name: str, device) -> FVAEEditor:
     """A shipped FVAE or pixel VAE with the expression latents its checkpoint stores."""
-    from facelib.checkpoint import load_pretrained, pretrained_metadata
+    from facelib.pretrained import load_pretrained, pretrained_metadata
 
     model = load_pretrained(name, device=device)
     stored = pretrained_metadata(name).get("extra", {}).get("expression_latents")
