@@ -13,6 +13,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text(encoding="utf-8")
+#: The install details the README links (GPU, offline mirrors, Binder).
+INSTALL = (REPO / "docs" / "install.md").read_text(encoding="utf-8")
 CI = REPO / ".ci" / "run"
 VENV_PREFIX = "python3.11 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt && "
 
@@ -110,7 +112,8 @@ def test_the_readme_install_command_gets_cpu_torch():
     # about 8 s each): CI allows one immediate retry, before it installs
     retries = script.index('export PIP_RETRIES="${PIP_RETRIES:-1}"')
     assert retries < script.index("pip install -r requirements.txt")
-    assert "PIP_RETRIES=1" in README and "pip uninstall -y torch && pip install torch==2.13.0" in README
+    assert "PIP_RETRIES=1" in INSTALL and "pip uninstall -y torch && pip install torch==2.13.0" in INSTALL
+    assert "docs/install.md" in README
 
 
 def test_binder_pins_agree_with_requirements():
@@ -135,6 +138,13 @@ def test_binder_pins_agree_with_requirements():
     assert install and set(install[0]) >= {"pip", "install", "--no-deps", "-e", "."}
 
 
+def test_readme_is_short_and_links_every_docs_page():
+    """A newcomer reads the README to the end; the measurements and details live in docs/, linked from it."""
+    assert len(README.splitlines()) <= 250, f"README.md has {len(README.splitlines())} lines; move details to docs/"
+    for page in sorted((REPO / "docs").glob("*.md")):
+        assert f"(docs/{page.name})" in README, f"README.md does not link docs/{page.name}"
+
+
 def test_readme_mentions_every_notebook_and_claims_none_that_is_missing():
     mentioned = {}
     for line in README.splitlines():
@@ -150,7 +160,7 @@ def test_readme_mentions_every_notebook_and_claims_none_that_is_missing():
             )
 
 
-@pytest.mark.parametrize("path", ["README.md", ".ci/run", "binder/postBuild", "binder/requirements.txt"])
+@pytest.mark.parametrize("path", ["README.md", "docs/install.md", ".ci/run", "binder/postBuild", "binder/requirements.txt"])
 def test_no_machine_paths_in_release_files(path):
     text = (REPO / path).read_text(encoding="utf-8")
     assert not re.search(r"(?<![\w.])/(work|root|home|tmp)/", text), f"{path} names a path of one machine"
