@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import facelib
-from facelib.checkpoint import available_pretrained, pretrained_info
+from facelib.pretrained import available_pretrained, pretrained_info
 from facelib.editors import Target
 from facelib.metrics import latency
 from facelib.models.fvae import FVAE, FVAEEditor

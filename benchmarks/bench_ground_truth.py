@@ -31,7 +31,7 @@ def preset_pairs(preset: str, count: int, size: int) -> dict[str, torch.Tensor]:
     batch = data.batch(index)
     if get_preset(preset).noise:
         clean = render_pair(batch["identity"], batch["source_aus"], batch["target_aus"], batch["yaw"], size,
-                            light="random", background="random", seeds=data._labels(index)["seed"])
+                            light="random", background="random", seeds=data.render_parameters(index)["seed"])
         batch = {**batch, **clean}
     return batch
 

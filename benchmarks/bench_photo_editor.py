@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 import facelib
-from facelib.widgets import download_link, photo_editor, sample_photos
+from facelib.photo import sample_photos
+from facelib.widgets import download_link, photo_editor
 
 TARGET_MS = 200.0
 

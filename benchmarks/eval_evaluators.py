@@ -13,7 +13,7 @@ import argparse
 import torch
 
 import facelib
-from facelib.checkpoint import pretrained_info, shipped_weights_dir
+from facelib.pretrained import pretrained_info, shipped_weights_dir
 from facelib.metrics import au_mse_pcc, best_verification_threshold, count_parameters, latency
 from facelib.evaluation.evaluators import evaluate_identity, held_out_sampler, pair_embeddings
 

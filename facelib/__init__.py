@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 def load_pretrained(name: str, **kwargs):
     """Load a shipped checkpoint by its manifest name (see ``facelib.checkpoint``)."""
-    from .checkpoint import load_pretrained as _load_pretrained
+    from .pretrained import load_pretrained as _load_pretrained
 
     return _load_pretrained(name, **kwargs)
 

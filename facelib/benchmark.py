@@ -35,7 +35,7 @@ import itertools
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -47,7 +47,7 @@ from .conventions import AU_MAX
 from .editors import TARGET_KINDS, Editor, Target, editor_info, list_editors, load_editor
 from .evaluation import protocol
 from .metrics import FD_NAME, VERIFICATION_NAME
-from .utils import get_device
+from .utils import apply_in_batches, eval_mode, get_device
 
 __all__ = [
     "QUALITY_METRICS", "COST_METRICS", "COLUMNS", "EditScores", "BenchmarkResult", "shipped_editors",
@@ -165,16 +165,16 @@ def score_edits(bundle: protocol.Bundle, target: str) -> EditScores:
     features = real_features = au_predicted = None
     if "expression_classifier" in bundle.evaluators:
         classifier = bundle.evaluators["expression_classifier"]
-        with _metrics._EvalMode(classifier):
-            logits = _metrics._batched(classifier, edited, size, device)
+        with eval_mode(classifier):
+            logits = apply_in_batches(classifier, edited, size, device)
             if hasattr(classifier, "features"):
-                features = _metrics._batched(classifier.features, edited, size, device).double().numpy()
-                real_features = _metrics._batched(classifier.features, real, size, device).double().numpy()
+                features = apply_in_batches(classifier.features, edited, size, device).double().numpy()
+                real_features = apply_in_batches(classifier.features, real, size, device).double().numpy()
         per_edit["expression accuracy (facelib classifier)"] = (logits.argmax(1) == bundle.target_emotion).double().numpy()
     if "au_regressor" in bundle.evaluators:
         regressor = bundle.evaluators["au_regressor"]
-        with _metrics._EvalMode(regressor):
-            au_predicted = _metrics._batched(regressor, edited, size, device).clamp(0, AU_MAX).double().numpy()
+        with eval_mode(regressor):
+            au_predicted = apply_in_batches(regressor, edited, size, device).clamp(0, AU_MAX).double().numpy()
         per_edit["AU MSE (facelib AU regressor)"] = ((au_predicted - bundle.target_aus.double().numpy()) ** 2).mean(1)
     if "identity_embedder" in bundle.evaluators:
         per_edit[VERIFICATION_NAME] = _per_edit_verification(bundle)
@@ -245,7 +245,7 @@ def paired_test(a: EditScores, b: EditScores, name: str, *, resamples: int = 200
 def costs(editor: Editor, images: torch.Tensor, target) -> list[dict]:
     """The cost rows of one editor: ms per edit of ``images`` (``[1, 3, S, S]``: one image) toward
     ``target``, parameters, training minutes."""
-    from .checkpoint import read_manifest
+    from .pretrained import read_manifest
 
     milliseconds = _metrics.latency(lambda x: editor.edit(x, target), images, warmup=2, repeats=15)
     parameters = sum(_metrics.count_parameters(module) for module in editor.modules().values())

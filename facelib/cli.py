@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, recipes, train
+from . import checkpoint, pretrained, recipes, train
 from .utils import FolderLockedError, get_device, lock_folder
 
 DESCRIPTION = "Train facelib's models with their named recipes and list the shipped weights."
@@ -129,10 +129,10 @@ def _check_train_args(args: argparse.Namespace) -> None:
     _check_device(args.device)
     _check_folder(args.out, "--out")
     if args.ship:
-        weights = args.weights_dir if args.weights_dir is not None else checkpoint.shipped_weights_dir()
+        weights = args.weights_dir if args.weights_dir is not None else pretrained.shipped_weights_dir()
         _check_folder(weights, "--weights-dir")
         try:
-            checkpoint.check_writable(weights)
+            pretrained.check_writable(weights)
         except checkpoint.CheckpointError as err:
             raise UsageError(f"--ship: {err}") from None
 
@@ -177,7 +177,7 @@ def _kept_step(stem: Path) -> tuple[int | None, str]:
 
 def _ship(args: argparse.Namespace, result: dict) -> list[Path]:
     """Ship every checkpoint of the run at once; returns the files written into the weights folder."""
-    folder = args.weights_dir if args.weights_dir is not None else checkpoint.shipped_weights_dir()
+    folder = args.weights_dir if args.weights_dir is not None else pretrained.shipped_weights_dir()
     fields = {}
     for name, stem in result["checkpoints"].items():
         kept, _ = _kept_step(stem)
@@ -187,11 +187,11 @@ def _ship(args: argparse.Namespace, result: dict) -> list[Path]:
             threads=torch.get_num_threads(), code_version=result["code_version"], recipe=args.name,
             **({"kept_step": kept} if kept is not None else {}),
         )
-    entries = checkpoint.ship_models(result["checkpoints"], fields, weights_dir=folder)
+    entries = pretrained.ship_models(result["checkpoints"], fields, weights_dir=folder)
     written = []
     for entry in entries.values():
         written += [folder / entry["file"], folder / (entry["file"][:-len(".safetensors")] + ".json")]
-    return written + [folder / checkpoint.MANIFEST_NAME]
+    return written + [folder / pretrained.MANIFEST_NAME]
 
 
 def _files_written(folder: Path, since_ns: int) -> list[Path]:
@@ -258,7 +258,7 @@ def _list(args: argparse.Namespace) -> int:
         print(f"  {name:28s} {target}")
     if not recipes.RECIPES:
         print("  (none registered)")
-    manifest = checkpoint.read_manifest(args.weights_dir)
+    manifest = pretrained.read_manifest(args.weights_dir)
     print("shipped weights (the recipe that made each, and its steps):")
     for name, entry in sorted(manifest.items()):
         entry = entry if isinstance(entry, dict) else {}

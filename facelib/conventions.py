@@ -1,4 +1,4 @@
-"""Conventions shared by every part of facelib (see DESIGN.md).
+"""Conventions shared by every part of facelib (docs/conventions.md explains them).
 
 Images are float tensors ``[B, 3, H, W]`` in ``[-1, 1]``, RGB.
 Flow is a backward (sampling) displacement in pixels, ``[B, 2, H, W]``,
@@ -77,23 +77,15 @@ def expression_index(name: str) -> int:
 RANGE_TOLERANCE = 5e-3
 
 
-def check_images(images, name: str = "images", *, size: int | None = None, resize: bool = False,
-                 value_range: tuple[float, float] = (-1.0, 1.0), channels: tuple[int, ...] = (3,),
-                 range_hint: str = "facelib images are RGB in [-1, 1] (from [0, 1] images: x * 2 - 1)"):
-    """The one image validator: ``images`` must be a finite float ``[B, C, H, W]`` batch in ``value_range``.
+def _accepted(value_range: tuple[float, float] | None, channels: tuple[int, ...]) -> str:
+    values = "" if value_range is None else f" with values in [{value_range[0]:g}, {value_range[1]:g}]"
+    return f"a float torch.Tensor [B, {'|'.join(map(str, channels))}, H, W]{values}"
 
-    ``size``: the square side the caller works at. A batch of another size raises a
-    ``ValueError`` naming both sizes, unless ``resize=True`` (area averaging to shrink,
-    bilinear to enlarge; never silent for a caller that did not ask). Returns the images.
-    Errors: ``TypeError`` for a non-tensor or an integer tensor, ``ValueError`` for the shape,
-    an empty batch, NaN/inf or values outside ``value_range`` (by more than ``RANGE_TOLERANCE``);
-    ``range_hint`` ends that last message (say how to get an accepted range).
-    """
+
+def _check_layout(images, name: str, channels: tuple[int, ...], accepted: str) -> None:
+    """Type, dtype and shape of an image batch; never reads a value."""
     import torch
-    import torch.nn.functional as F
 
-    low, high = value_range
-    accepted = f"a float torch.Tensor [B, {'|'.join(map(str, channels))}, H, W] with values in [{low:g}, {high:g}]"
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"{name} must be {accepted}, got {type(images).__name__}")
     if not images.is_floating_point():
@@ -103,6 +95,54 @@ def check_images(images, name: str = "images", *, size: int | None = None, resiz
         raise ValueError(f"{name} must be {accepted}, got shape {list(images.shape)}{hint}")
     if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
         raise ValueError(f"{name} is empty (shape {list(images.shape)}); at least one image of at least 1x1 is needed")
+
+
+def _to_size(images, name: str, size: int | None, resize: bool):
+    """``images`` at ``size`` x ``size``: resized when asked (area to shrink, bilinear to enlarge), else refused."""
+    import torch.nn.functional as F
+
+    if size is None or tuple(images.shape[-2:]) == (size, size):
+        return images
+    if not resize:
+        raise ValueError(f"{name} are {images.shape[-2]}x{images.shape[-1]}, but {size}x{size} is accepted here; "
+                         f"resize them first (facelib.conventions.check_images(..., size={size}, resize=True), "
+                         "or crop a photo with facelib.align.align_face(..., size=...))")
+    shrink = images.shape[-1] > size
+    return F.interpolate(images, size=(size, size), mode="area" if shrink else "bilinear",
+                         **({} if shrink else {"align_corners": False}))
+
+
+def check_image_shape(images, name: str = "images", *, size: int | None = None, resize: bool = False,
+                      channels: tuple[int, ...] = (3,)):
+    """What a network's ``forward`` checks: a float ``[B, C, H, W]`` batch (of ``size`` x ``size``).
+
+    The shape only: the values are never read, so the check costs no device synchronisation.
+    Values are checked once, where images enter facelib (:func:`check_images`: ``Editor.edit``,
+    the loaders, the public metric and warp functions). ``size``/``resize`` and the errors for
+    type, dtype and shape are those of :func:`check_images`. Returns the images (resized if asked).
+    """
+    _check_layout(images, name, tuple(channels), _accepted(None, tuple(channels)))
+    return _to_size(images, name, size, resize)
+
+
+def check_images(images, name: str = "images", *, size: int | None = None, resize: bool = False,
+                 value_range: tuple[float, float] = (-1.0, 1.0), channels: tuple[int, ...] = (3,),
+                 range_hint: str = "facelib images are RGB in [-1, 1] (from [0, 1] images: x * 2 - 1)"):
+    """The one image validator at facelib's boundary: a finite float ``[B, C, H, W]`` batch in ``value_range``.
+
+    ``size``: the square side the caller works at. A batch of another size raises a
+    ``ValueError`` naming both sizes, unless ``resize=True`` (area averaging to shrink,
+    bilinear to enlarge; never silent for a caller that did not ask). Returns the images.
+    Errors: ``TypeError`` for a non-tensor or an integer tensor, ``ValueError`` for the shape,
+    an empty batch, NaN/inf or values outside ``value_range`` (by more than ``RANGE_TOLERANCE``);
+    ``range_hint`` ends that last message (say how to get an accepted range).
+    Reading the values synchronises with the device, so networks' ``forward`` passes use
+    :func:`check_image_shape` instead.
+    """
+    import torch
+
+    low, high = value_range
+    _check_layout(images, name, tuple(channels), _accepted(value_range, tuple(channels)))
     values = images.detach()  # the checks are no part of any graph (a loss may validate its input)
     if not torch.isfinite(values).all():
         raise ValueError(f"{name} contains {int((~torch.isfinite(values)).sum())} NaN/inf values; only finite values are accepted")
@@ -111,12 +151,4 @@ def check_images(images, name: str = "images", *, size: int | None = None, resiz
     if x_min < low - tolerance or x_max > high + tolerance:
         raise ValueError(f"{name} has values in [{x_min:.3g}, {x_max:.3g}], outside the accepted range "
                          f"[{low:g}, {high:g}]; {range_hint}")
-    if size is not None and tuple(images.shape[-2:]) != (size, size):
-        if not resize:
-            raise ValueError(f"{name} are {images.shape[-2]}x{images.shape[-1]}, but {size}x{size} is accepted here; "
-                             f"resize them first (facelib.conventions.check_images(..., size={size}, resize=True), "
-                             "or crop a photo with facelib.align.align_face(..., size=...))")
-        shrink = images.shape[-1] > size
-        images = F.interpolate(images, size=(size, size), mode="area" if shrink else "bilinear",
-                               **({} if shrink else {"align_corners": False}))
-    return images
+    return _to_size(images, name, size, resize)

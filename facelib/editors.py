@@ -315,7 +315,7 @@ class EditorInfo:
     floors: tuple[tuple[str, tuple[float | None, float | None]], ...] = ()
 
     def weights_shipped(self) -> bool:
-        from .checkpoint import available_pretrained
+        from .pretrained import available_pretrained
 
         shipped = set(available_pretrained())
         return all(name in shipped for name in self.weights)
@@ -405,7 +405,7 @@ def load_editor(name: str, device: str | torch.device = "cpu") -> Editor:
 
 
 def _shipped(name: str) -> bool:
-    from .checkpoint import available_pretrained
+    from .pretrained import available_pretrained
 
     return name in available_pretrained()
 

@@ -1,7 +1,7 @@
 """Every loss term of the five papers, named ``<paper>_<what>`` and annotated with its equation.
 
-Papers (texts in the project's ``papers/`` folder): FVAE (Yeh et al. 2016), ExprGAN (Ding et al. 2018),
-DFT-Net (Wang et al. 2019), LEED (Wu & Lu 2020), EGGAN (2020).
+Papers (full citations in docs/reference_notes.md): FVAE (Yeh et al. 2016), ExprGAN (Ding et al. 2018),
+DFT-Net (Wang et al. 2019), LEED (Wu & Lu 2020), EGGAN (Tang et al. 2020).
 
 Conventions shared by all functions:
 

@@ -39,10 +39,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from scipy import linalg
-from tqdm.auto import tqdm
 
 from .conventions import AU_CODES, AU_MAX, NUM_AUS, check_images
-from .utils import get_device
+from .utils import apply_in_batches, eval_mode, get_device
 
 #: Wang et al. 2003's MS-SSIM weights, finest scale first (pytorch_msssim's default).
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -432,58 +431,19 @@ def _check_labels(labels, name: str, count: int) -> torch.Tensor:
     return labels.long()
 
 
-@torch.no_grad()
-def _batched(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int,
-             device: torch.device) -> torch.Tensor:
-    """Apply ``fn`` to ``images`` in batches on ``device``; results come back on the CPU."""
-    return torch.cat([fn(images[i:i + batch_size].to(device)).float().cpu()
-                      for i in range(0, images.shape[0], batch_size)])
-
-
-class _EvalMode:
-    """Put a module in eval mode for a block and restore its previous mode afterwards."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.module, self.was_training = module, module.training
-
-    def __enter__(self):
-        self.module.eval()
-        return self.module
-
-    def __exit__(self, *exc):
-        self.module.train(self.was_training)
-
-
 def classification_accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                             batch_size: int = 256, device: str | torch.device = "cpu") -> float:
     """Fraction of ``images`` whose arg-max logit is the label (model in eval mode, no gradients)."""
     _check_images(images, "images")
     labels = _check_labels(labels, "labels", images.shape[0])
     device = get_device(device)
-    with _EvalMode(model.to(device)):
-        logits = _batched(model, images, batch_size, device)  # [N, classes]
+    with eval_mode(model.to(device)):
+        logits = apply_in_batches(model, images, batch_size, device)  # [N, classes]
     if logits.dim() != 2 or logits.shape[0] != images.shape[0]:
         raise ValueError(f"the classifier must return logits [N, classes], got {tuple(logits.shape)}")
     if int(labels.max()) >= logits.shape[1]:
         raise ValueError(f"labels go up to {int(labels.max())} but the classifier has only {logits.shape[1]} classes")
     return float((logits.argmax(1) == labels).double().mean())
-
-
-def train_classifier(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, steps: int = 300,
-                     batch_size: int = 64, lr: float = 1e-3, seed: int = 0, device: str | torch.device = "cpu",
-                     desc: str = "classifier", progress: bool = True) -> torch.nn.Module:
-    """Train ``model`` (logits) with cross-entropy and Adam on random mini-batches; returns it."""
-    device = get_device(device)
-    model.to(device).train()
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(steps), desc=f"training {desc}", leave=False, disable=not progress):
-        index = torch.randint(images.shape[0], (min(batch_size, images.shape[0]),), generator=generator)
-        loss = F.cross_entropy(model(images[index].to(device)), labels[index].to(device))
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-    return model.eval()
 
 
 def expression_accuracy(classifier: Callable[[], torch.nn.Module], real: torch.Tensor, generated: torch.Tensor,
@@ -506,7 +466,7 @@ def expression_accuracy(classifier: Callable[[], torch.nn.Module], real: torch.T
     that maps images to logits over ``facelib.EXPRESSIONS`` (e.g. a lambda that builds
     ``facelib.models.evaluators.ExpressionClassifier``). Both trainings start from the same
     seed. ``train_fn(model, images, labels, seed=..., device=..., desc=..., **train_kwargs)``
-    replaces the default :func:`train_classifier` (Adam, cross-entropy; ``steps``,
+    replaces the default :func:`facelib.train.classifier.train_classifier` (Adam, cross-entropy; ``steps``,
     ``batch_size`` and ``lr`` go through ``train_kwargs``). Returns ``{"R", "G", "R+G"}``
     accuracies in [0, 1]; LEED prints them in percent.
     """
@@ -523,7 +483,8 @@ def expression_accuracy(classifier: Callable[[], torch.nn.Module], real: torch.T
     real_labels = _check_labels(real_labels, "real_labels", real.shape[0])
     generated_labels = _check_labels(generated_labels, "generated_labels", generated.shape[0])
     test_labels = _check_labels(test_labels, "test_labels", test.shape[0])
-    train_fn = train_fn or train_classifier
+    if train_fn is None:
+        from .train.classifier import train_classifier as train_fn
 
     def fresh_model() -> torch.nn.Module:
         with torch.random.fork_rng(devices=[]):

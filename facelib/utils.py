@@ -1,4 +1,4 @@
-"""Small utilities used across facelib: seeding, device choice, atomic writes, folder locks."""
+"""Small utilities used across facelib: seeding, device choice, module helpers, atomic writes, folder locks."""
 from __future__ import annotations
 
 import contextlib
@@ -36,6 +36,35 @@ def get_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from err
+
+
+def unwrap_module(module: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside DistributedDataParallel / DataParallel / ``torch.compile`` wrappers."""
+    while True:
+        if isinstance(module, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            module = module.module
+        elif isinstance(getattr(module, "_orig_mod", None), torch.nn.Module):  # torch.compile's wrapper
+            module = module._orig_mod
+        else:
+            return module
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module):
+    """``with eval_mode(model):`` the module in eval mode for the block, its previous mode restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+@torch.no_grad()
+def apply_in_batches(fn, images: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """``fn`` applied to ``images`` in batches on ``device``, without gradients; float results on the CPU."""
+    return torch.cat([fn(images[i:i + batch_size].to(device)).float().cpu()
+                      for i in range(0, images.shape[0], batch_size)])
 
 
 #: The temporary files of :func:`atomic_write_bytes`: ``.<name>.<random>.tmp``.

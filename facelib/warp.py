@@ -1,6 +1,6 @@
 """Warp kernels: bilinear sampling (FVAE Eq. 5), the grid_sample fast path, flow utilities.
 
-One flow convention everywhere in facelib (DESIGN.md): a flow is a *backward*
+One flow convention everywhere in facelib (:mod:`facelib.conventions`): a flow is a *backward*
 (sampling) displacement in pixels, ``[B, 2, H, W]``, channel 0 = dx, channel 1 = dy::
 
     out[y, x] = src[y + dy, x + dx]
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["pixel_grid", "bilinear_sample", "warp", "upsample_flow", "flow_to_rgb", "swirl_flow"]
+__all__ = ["pixel_grid", "bilinear_sample", "warp", "warp_kernel", "upsample_flow", "flow_to_rgb", "swirl_flow"]
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -165,22 +165,47 @@ def warp(src: Tensor, flow: Tensor) -> Tensor:
     _check_field("flow", flow)
     _check_pair(src, "src", flow, "flow")
     low, high = _finite_extremes("flow", flow, "pixel displacements")
+    _check_same_size(src, flow)
+    # Flows that cannot leave the +-3 band of the grid skip the clamp, so it costs nothing (not even in
+    # backward) on ordinary flows.
+    return _grid_warp(src, flow, clamp=max(-low, high) > max(src.shape[-2:]))
+
+
+def warp_kernel(src: Tensor, flow: Tensor) -> Tensor:
+    """:func:`warp` without reading the values, for a network's ``forward``.
+
+    The shapes are checked as in :func:`warp`; NaN/inf are not looked for (that would synchronise
+    with the device on every call): the images were checked where they entered facelib, and the
+    flow comes from the network. The grid is always clamped (exact, see :func:`warp`), so the
+    result equals ``warp(src, flow)`` for any finite flow.
+    """
+    _check_tensor("src", src, 4, "[B, C, H, W]")
+    _check_field("flow", flow)
+    _check_pair(src, "src", flow, "flow")
+    _check_same_size(src, flow)
+    return _grid_warp(src, flow, clamp=True)
+
+
+def _check_same_size(src: Tensor, flow: Tensor) -> None:
     if flow.shape[-2:] != src.shape[-2:]:
         raise ValueError(
             f"flow is {tuple(flow.shape[-2:])} but src is {tuple(src.shape[-2:])}; they must have the same H, W "
             "(resize the flow with facelib.warp.upsample_flow first)"
         )
+
+
+def _grid_warp(src: Tensor, flow: Tensor, clamp: bool) -> Tensor:
+    """FVAE Eq. 5 through ``grid_sample`` (the shared body of :func:`warp` and :func:`warp_kernel`)."""
     height, width = src.shape[-2:]
     coords = pixel_grid(height, width, flow.device, flow.dtype) + flow.expand(src.shape[0], -1, -1, -1)
     # Pixel centres at integers <-> align_corners=True: pixel 0 -> -1, pixel W-1 -> +1. Dividing by
     # (W-1)/2 mirrors grid_sample's own (g + 1) * (W-1)/2, which keeps float32 round-off near 1e-6 px at 64x64.
     half_extent = coords.new_tensor([(width - 1) / 2, (height - 1) / 2]).view(1, 2, 1, 1)
     grid = coords / half_extent - 1  # [B, 2, H, W] as (x, y), [-1, 1] inside the image
-    if max(-low, high) > max(height, width):
+    if clamp:
         # Beyond +-3 (pixel 2(W-1) >= W, or -(W-1) <= -1) all four neighbours are outside and the sample is 0
         # whatever the exact value, so clamping there changes nothing; it keeps grid_sample's own
-        # un-normalisation from overflowing to inf (0 * inf = NaN) for huge finite flows. Flows that cannot
-        # leave that band skip it, so it costs nothing (not even in backward) on ordinary flows.
+        # un-normalisation from overflowing to inf (0 * inf = NaN) for huge finite flows.
         grid = grid.clamp(-3, 3)
     return F.grid_sample(src, grid.permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros", align_corners=True)
 

@@ -223,7 +223,8 @@ def main() -> None:
 
     import torch
 
-    from facelib.checkpoint import record_in_manifest, save_model, shipped_weights_dir
+    from facelib.checkpoint import save_model
+    from facelib.pretrained import record_in_manifest, shipped_weights_dir
 
     images = reference_inputs()
     keras = keras_forward(config, weights, images)

@@ -61,7 +61,7 @@ def save(images: torch.Tensor, path: Path, **labels) -> Path:
 
 def true_render(faces: SynthFaces, index: torch.Tensor, aus: torch.Tensor) -> dict[str, torch.Tensor]:
     """The held-out faces ``index`` rendered with ``aus`` (same identity, pose, light, background)."""
-    labels = faces._labels(index)  # also each item's seed for its light and background
+    labels = faces.render_parameters(index)  # also each item's seed for its light and background
     return render(labels["identity"], aus, labels["yaw"], size=faces.size, light="random",
                   background=faces.preset.background, noise=faces.preset.noise, seeds=labels["seed"])
 
@@ -92,7 +92,7 @@ def fig4(editors: dict, faces: SynthFaces, out: Path) -> Path:
 def eyelids(editors: dict, faces: SynthFaces, out: Path, n: int) -> tuple[Path, pd.DataFrame]:
     index = torch.arange(n) * max(1, len(faces) // n)
     sources = faces.batch(index)["image"]
-    own = faces._labels(index)["target_aus"]
+    own = faces.render_parameters(index)["target_aus"]
     psnrs, picture = [], []
     for level in EYELID_LEVELS:
         aus = own.clone()
@@ -126,7 +126,7 @@ def eye_crop(image: torch.Tensor, landmarks: torch.Tensor, height: int = 14, wid
 def interpolation(editors: dict, faces: SynthFaces, out: Path) -> Path:
     index, partner = torch.tensor([5, 61, 117]), torch.tensor([400, 800, 1200])
     sources, targets = faces.batch(index)["image"], faces.batch(partner)["image"]
-    target_aus = faces._labels(partner)["target_aus"]
+    target_aus = faces.render_parameters(partner)["target_aus"]
     rows, names = [], []
     for name, editor in editors.items():
         edits = [editor.edit(sources, Target(aus=(scale * target_aus).clamp(0, AU_MAX))).output for scale in SCALES]
@@ -156,7 +156,7 @@ def attention_curves(checkpoints: dict[str, Path], out: Path) -> Path:
 
 
 def comparison_table(editors: dict, n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from facelib.checkpoint import load_pretrained
+    from facelib.pretrained import load_pretrained
     from facelib.evaluation import au_table, evaluate, held_out_pairs, run_editor
 
     tables, per_au = {}, {}

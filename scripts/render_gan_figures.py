@@ -71,7 +71,7 @@ def ganimation_sweep(out: Path, checkpoint: Path | None = None) -> Path:
               else GANimationEditor(load_model(checkpoint, cls=GANimationGenerator)))
     faces = SynthFaces("emotionet", "test", size=editor.image_size, seed=0)
     index = torch.tensor([3])
-    item, labels = faces.batch(index), faces._labels(index)  # _labels: also the seed of its light and background
+    item, labels = faces.batch(index), faces.render_parameters(index)  # also the seed of its light and background
     levels = torch.linspace(0, AU_MAX, SWEEP_STEPS)
     rows, names = [], []
     for code in SWEEP_AUS:

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from facelib import checkpoint
+from facelib import checkpoint, pretrained
 from facelib.train.fvae import training_latents
 
 NAMES = ("fvae", "fvae_pixel_vae")
@@ -21,23 +21,23 @@ COMPUTED = {"file", "class", "config", "sha256", "config_sha256", "versions"}  #
 
 
 def main() -> None:
-    folder = checkpoint.shipped_weights_dir()
+    folder = pretrained.shipped_weights_dir()
     stems, fields = {}, {}
     with tempfile.TemporaryDirectory() as scratch:
         for name in NAMES:
-            model = checkpoint.load_pretrained(name)
-            extra = dict(checkpoint.pretrained_metadata(name).get("extra", {}))
+            model = pretrained.load_pretrained(name)
+            extra = dict(pretrained.pretrained_metadata(name).get("extra", {}))
             clock = time.perf_counter()
             extra["expression_latents"] = training_latents(model)
             seconds = time.perf_counter() - clock
             stems[name] = checkpoint.save_model(model, Path(scratch) / name, extra=extra)
-            entry = checkpoint.pretrained_info(name)
+            entry = pretrained.pretrained_info(name)
             fields[name] = {key: value for key, value in entry.items() if key not in COMPUTED}
             fields[name]["expression_latents"] = (
                 "added by scripts/store_fvae_latents.py from these weights (facelib.train.fvae.training_latents, "
                 f"{seconds:.1f} s); the recipe now stores them at the end of training")
             print(f"{name}: latents of {sorted(extra['expression_latents']['values'])} in {seconds:.1f} s")
-        checkpoint.ship_models(stems, fields, weights_dir=folder)
+        pretrained.ship_models(stems, fields, weights_dir=folder)
 
 
 if __name__ == "__main__":

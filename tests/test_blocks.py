@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from facelib.checkpoint import _shipped_files, _weights_folder, available_pretrained, load_pretrained, pretrained_info
+from facelib.pretrained import available_pretrained, load_pretrained, pretrained_files
 from facelib.models.blocks import (
     ConvEncoder,
     ConvTrunk,
@@ -187,7 +187,7 @@ def test_conv_trunk_feature_maps(size):
 def test_every_shipped_checkpoint_still_loads_strictly(name):
     # The FVAE and evaluator trunks moved to blocks.py: their state_dict keys must not change.
     model = load_pretrained(name)  # load_state_dict(strict=True) inside
-    weights_path, _ = _shipped_files(_weights_folder(None), name, pretrained_info(name))
+    weights_path, _ = pretrained_files(name)
     with safe_open(str(weights_path), "pt") as stored:
         stored_keys = set(stored.keys())
     assert set(model.state_dict()) == stored_keys

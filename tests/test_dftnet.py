@@ -30,7 +30,7 @@ def test_generator_returns_every_map_of_eq_2_to_5(switches):
     assert parts.flow.shape == (2, 2, 16, 16) and parts.attention.shape == (2, 1, 16, 16)
     assert 0 <= parts.attention.min() and parts.attention.max() <= 1 and parts.texture.abs().max() <= 1
     assert parts.flow.abs().max() <= config.max_flow * 16
-    # Eq. 3: X_a is the source sampled along Phi (DESIGN.md's backward flow)
+    # Eq. 3: X_a is the source sampled along Phi (facelib.conventions' backward flow)
     assert torch.allclose(parts.aligned, warp(images, parts.flow), atol=1e-6)
     # Eq. 5: X_t = (1 - A) B + A X_a, A on the aligned source's side
     expected = (1 - parts.attention) * parts.texture + parts.attention * parts.aligned

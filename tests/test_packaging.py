@@ -13,6 +13,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text(encoding="utf-8")
+#: The install details the README links (GPU, offline mirrors, Binder).
+INSTALL = (REPO / "docs" / "install.md").read_text(encoding="utf-8")
 CI = REPO / ".ci" / "run"
 VENV_PREFIX = "python3.11 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt && "
 
@@ -110,7 +112,8 @@ def test_the_readme_install_command_gets_cpu_torch():
     # about 8 s each): CI allows one immediate retry, before it installs
     retries = script.index('export PIP_RETRIES="${PIP_RETRIES:-1}"')
     assert retries < script.index("pip install -r requirements.txt")
-    assert "PIP_RETRIES=1" in README and "pip uninstall -y torch && pip install torch==2.13.0" in README
+    assert "PIP_RETRIES=1" in INSTALL and "pip uninstall -y torch && pip install torch==2.13.0" in INSTALL
+    assert "docs/install.md" in README
 
 
 def test_binder_pins_agree_with_requirements():
@@ -135,6 +138,13 @@ def test_binder_pins_agree_with_requirements():
     assert install and set(install[0]) >= {"pip", "install", "--no-deps", "-e", "."}
 
 
+def test_readme_is_short_and_links_every_docs_page():
+    """A newcomer reads the README to the end; the measurements and details live in docs/, linked from it."""
+    assert len(README.splitlines()) <= 250, f"README.md has {len(README.splitlines())} lines; move details to docs/"
+    for page in sorted((REPO / "docs").glob("*.md")):
+        assert f"(docs/{page.name})" in README, f"README.md does not link docs/{page.name}"
+
+
 def test_readme_mentions_every_notebook_and_claims_none_that_is_missing():
     mentioned = {}
     for line in README.splitlines():
@@ -150,7 +160,7 @@ def test_readme_mentions_every_notebook_and_claims_none_that_is_missing():
             )
 
 
-@pytest.mark.parametrize("path", ["README.md", ".ci/run", "binder/postBuild", "binder/requirements.txt"])
+@pytest.mark.parametrize("path", ["README.md", "docs/install.md", ".ci/run", "binder/postBuild", "binder/requirements.txt"])
 def test_no_machine_paths_in_release_files(path):
     text = (REPO / path).read_text(encoding="utf-8")
     assert not re.search(r"(?<![\w.])/(work|root|home|tmp)/", text), f"{path} names a path of one machine"
@@ -234,3 +244,68 @@ def test_voila_serves_under_jupyter_server_so_the_binder_urlpath_works():
     extensions = json.loads(config.read_text(encoding="utf-8"))["ServerApp"]["jpserver_extensions"]
     assert any(name.startswith("voila") and enabled for name, enabled in extensions.items()), extensions
     assert "voila notebooks/09_face_editor.ipynb" in README
+
+
+# --------------------------------------------------------------------------- the repository stands alone
+
+#: Folders of one machine (a developer's or CI's), never part of a clone.
+MACHINE_PATH = re.compile(r"(?<![\w.])/(work|root|home|tmp|Users|mnt)/")
+#: A path that starts by climbing out of the folder it is written in.
+CLIMBING_PATH = re.compile(r"(?:\.\./)+[^\s'\"`)\]}>,;]*")
+#: A Markdown file named in prose or code (each must be a file of this repository).
+MARKDOWN_NAME = re.compile(r"(?<![\w.-])[\w./-]*?([\w-]+\.md)\b")
+#: A relative link in a Markdown page: [text](target).
+MARKDOWN_LINK = re.compile(r"\]\((?!https?://|mailto:|#)([^)\s]+)\)")
+#: The paper texts of the workspace this repository was written in ("pap" "ers/": this file
+#: must not match itself).
+WORKSPACE_FOLDERS = re.compile(r"\b(?:pap" r"ers|shar" r"ed)/")
+
+
+def tracked_text_files() -> dict[str, str]:
+    """``path -> text`` of every file a clone holds (git's list; every file where git is absent), binaries left out."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+        paths = [REPO / name for name in listed.decode().split("\0") if name]
+    except (OSError, subprocess.CalledProcessError):
+        skip = {".git", ".venv", "build", "__pycache__", ".ipynb_checkpoints", "runs"}
+        paths = [p for p in REPO.rglob("*") if p.is_file() and not skip & set(p.relative_to(REPO).parts)]
+    texts = {}
+    for path in paths:
+        if not path.is_file():
+            continue  # deleted in the working tree
+        data = path.read_bytes()
+        if b"\0" in data[:8192]:
+            continue
+        try:
+            texts[path.relative_to(REPO).as_posix()] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return texts
+
+
+def test_no_tracked_file_names_a_path_outside_the_repository():
+    """A fresh clone is all a reader has: every path a file names must lie inside it."""
+    texts = tracked_text_files()
+    names = {Path(path).name for path in texts}
+    problems = []
+    for path, text in texts.items():
+        folder = (REPO / path).parent
+        for number, line in enumerate(text.splitlines(), 1):
+            where = f"{path}:{number}"
+            if MACHINE_PATH.search(line):
+                problems.append(f"{where} names a folder of one machine: {line.strip()[:120]}")
+            if WORKSPACE_FOLDERS.search(line):
+                problems.append(f"{where} names a folder outside the repository: {line.strip()[:120]}")
+            for match in CLIMBING_PATH.finditer(line):
+                target = (folder / match[0]).resolve()
+                if not target.is_relative_to(REPO):
+                    problems.append(f"{where}: {match[0]!r} leads outside the repository")
+            for name in MARKDOWN_NAME.findall(line):
+                if name not in names:
+                    problems.append(f"{where} names {name}, which is not a file of the repository")
+            if path.endswith(".md"):
+                for link in MARKDOWN_LINK.findall(line):
+                    target = (folder / link.split("#")[0]).resolve()
+                    if not (target.is_relative_to(REPO) and target.exists()):
+                        problems.append(f"{where} links to {link}, which is not in the repository")
+    assert not problems, "\n".join(problems)

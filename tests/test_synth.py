@@ -168,7 +168,7 @@ def test_int32_hash_equals_the_int64_reference_bit_for_bit():
     ids = torch.cat([torch.randint(-2**62, 2**62, (300,), generator=g), torch.arange(-5, 5),
                      torch.tensor([2**31 - 1, 2**31, 2**32 - 1, 2**32, -2**31, -2**63])])
     for salt in (0, 101, 0xFFFFFF):
-        fast = synth._hash_uniform(ids, 3001, salt=salt)
+        fast = synth.hash_uniform(ids, 3001, salt=salt)
         assert torch.equal(fast, _hash_uniform_int64(ids, 3001, salt=salt))
         assert 0 <= float(fast.min()) and float(fast.max()) <= 1
     noise = synth._Draw(4, None, torch.tensor([1, 2, 3, 4])).normal((3, 40, 40), salt=103)

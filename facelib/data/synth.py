@@ -54,7 +54,8 @@ from ..utils import keep_freed_memory
 
 __all__ = [
     "render", "render_pair", "emotion_aus", "emotion_asymmetry", "identity_params", "landmark_box_mask",
-    "LANDMARK_NAMES", "EYE_LANDMARKS", "MOUTH_LANDMARKS", "PROTOTYPES", "YAW_LIMIT", "BACKGROUNDS", "HAIR_STYLES", "FACIAL_HAIR",
+    "hash_uniform",
+    "LANDMARK_NAMES", "EYE_LANDMARKS", "MOUTH_LANDMARKS", "PROTOTYPES", "PROTOTYPE_AUS", "YAW_LIMIT", "BACKGROUNDS", "HAIR_STYLES", "FACIAL_HAIR",
 ]
 
 #: Largest head yaw in degrees (LEED edits profiles; the 2.5-D face model holds up to here).
@@ -116,10 +117,11 @@ PROTOTYPES: dict[str, dict[int, float]] = {
     "scream": {4: 4.0, 6: 3.5, 7: 4.0, 9: 3.5, 10: 4.0, 20: 3.5, 25: 5.0, 26: 5.0},
 }
 assert set(PROTOTYPES) == set(EXPRESSIONS)
-_PROTO = torch.zeros(len(EXPRESSIONS), NUM_AUS)
+#: The prototypes as a table: ``[len(EXPRESSIONS), 17]`` peak intensities, rows in EXPRESSIONS order.
+PROTOTYPE_AUS = torch.zeros(len(EXPRESSIONS), NUM_AUS)
 for _name, _aus in PROTOTYPES.items():
     for _code, _value in _aus.items():
-        _PROTO[expression_index(_name), _A[_code]] = _value
+        PROTOTYPE_AUS[expression_index(_name), _A[_code]] = _value
 
 # ----------------------------------------------------------------------------------------------
 # identity parameters: a counter-based hash of (id, parameter index) -> uniform [0, 1)
@@ -135,7 +137,7 @@ def _int32_bits(value):
     return (value - (value >= 1 << 31).long() * (1 << 32)).int()
 
 
-def _hash_uniform(ids: Tensor, count: int, salt: int = 0) -> Tensor:
+def hash_uniform(ids: Tensor, count: int, salt: int = 0) -> Tensor:
     """``[N, count]`` uniforms in ``[0, 1)``, a pure function of (id, index, salt).
 
     A 32-bit hash computed in int32, whose multiplication and addition wrap modulo 2**32 as
@@ -186,8 +188,8 @@ def identity_params(identity: Tensor) -> dict[str, Tensor]:
     style/volume/length/hairline, facial hair, glasses. Expression: per-AU gains and asymmetry.
     """
     ids = identity.long().reshape(-1)
-    r = _hash_uniform(ids, _N_UNIFORMS)
-    g = _hash_uniform(ids, 2 * NUM_AUS, salt=1)
+    r = hash_uniform(ids, _N_UNIFORMS)
+    g = hash_uniform(ids, 2 * NUM_AUS, salt=1)
     masc = r[:, 0]  # 0: feminine-looking features, 1: masculine-looking
     p: dict[str, Tensor] = {}
     p["masc"] = masc
@@ -289,7 +291,7 @@ def emotion_aus(emotion, intensity=5.0, identity=None) -> Tensor:
     n = max(n, len(ids))
     if ((intensity < 0) | (intensity > AU_MAX)).any():
         raise ValueError(f"intensity must lie in [0, {AU_MAX}]; got values in [{intensity.min():.3g}, {intensity.max():.3g}]")
-    aus = _PROTO[ids].expand(n, -1) * (intensity.expand(n) / AU_MAX)[:, None]
+    aus = PROTOTYPE_AUS[ids].expand(n, -1) * (intensity.expand(n) / AU_MAX)[:, None]
     if ident is not None:
         aus = aus * identity_params(ident.expand(n))["au_gain"]
     return aus.clamp(0, AU_MAX)
@@ -1216,7 +1218,7 @@ class _Draw:
     def uniform(self, count: int, salt: int) -> Tensor:
         if self.seeds is None:
             return torch.rand(self.n, count, generator=self.generator)
-        return _hash_uniform(self.seeds, count, salt=salt)
+        return hash_uniform(self.seeds, count, salt=salt)
 
     def normal(self, shape: tuple, salt: int) -> Tensor:
         if self.seeds is None:
@@ -1225,7 +1227,7 @@ class _Draw:
         out = torch.empty(self.n, m)
         rows = max(1, (1 << 18) // (2 * m))  # a block of items at a time: the work stays in cache
         for start in range(0, self.n, rows):
-            u = _hash_uniform(self.seeds[start:start + rows], 2 * m, salt=salt)
+            u = hash_uniform(self.seeds[start:start + rows], 2 * m, salt=salt)
             radius = u[:, :m].neg().log1p_().mul_(-2).sqrt_()  # Box-Muller
             torch.mul(radius, u[:, m:].mul(2 * math.pi).cos_(), out=out[start:start + rows])
         return out.reshape(self.n, *shape)
@@ -1587,7 +1589,7 @@ def render_pair(identity, source_aus, target_aus, yaw=None, size: int = 64, *, l
     """Render two expressions of the same faces (same pose, light and background) with true flow.
 
     Returns ``source``, ``target`` [N, 3, S, S]; ``flow`` [N, 2, S, S], the backward flow in
-    pixels with ``target[p] ~= source[p + flow[p]]`` (DESIGN.md's convention, so
+    pixels with ``target[p] ~= source[p + flow[p]]`` (facelib.conventions' convention, so
     ``facelib.warp.warp(source, flow) ~= target``), finite and bounded everywhere: where the
     source position is not found (the Newton solve does not converge) the flow is 0, and every
     source position is clamped into the image (``|flow| <= size``), and ``visible`` is 0 at both;

@@ -113,7 +113,7 @@ class SynthFaces(Dataset):
         return out[::-1]
 
     def _uniforms(self, index: Tensor, count: int, salt: int) -> Tensor:
-        return synth._hash_uniform(index, count, salt=(self._salt + salt * 7919) & 0xFFFFFF)
+        return synth.hash_uniform(index, count, salt=(self._salt + salt * 7919) & 0xFFFFFF)
 
     def _labels(self, index: Tensor) -> dict[str, Tensor]:
         """Everything about items ``index`` except the pixels."""
@@ -231,6 +231,12 @@ class SynthFaces(Dataset):
         return {"identity": lab["identity"], "emotion": lab[f"{key}_emotion"], "intensity": lab[f"{key}_intensity"],
                 "aus": lab[f"{key}_aus"], "yaw": lab["yaw"]}
 
+    def render_parameters(self, indices) -> dict[str, Tensor]:
+        """Everything the renderer needs for items ``indices``, pixels aside: what :meth:`labels`
+        summarises, plus both sides' AUs and asymmetry of every item and the ``seed`` of each item's
+        light and background, so that a held-out face can be rendered again with other AUs."""
+        return self._labels(self._check_indices(indices))
+
     def _check_indices(self, indices) -> Tensor:
         index = torch.as_tensor(list(indices) if not isinstance(indices, Tensor) else indices).long().reshape(-1)
         n = len(self)
@@ -320,7 +326,7 @@ def _onset(t: Tensor) -> Tensor:
 
 def _nearest_expression(aus: Tensor) -> Tensor:
     """The expression whose prototype is closest in direction to ``aus`` (neutral if all are weak)."""
-    proto = synth._PROTO
+    proto = synth.PROTOTYPE_AUS
     cos = torch.nn.functional.normalize(aus, dim=1) @ torch.nn.functional.normalize(proto + 1e-9, dim=1).T
     cos[:, EXPRESSIONS.index("neutral")] = -1
     label = cos.argmax(1)

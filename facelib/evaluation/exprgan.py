@@ -96,7 +96,7 @@ def intensity_table(model: ExprGAN, images: torch.Tensor, regressor: nn.Module |
                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fig. 3 measured: (per class and level 0..d the mean and std of the measured intensity; per
     class Spearman's rho over levels 1..d and over 0..d, and the rise from level 1 to d)."""
-    from facelib.checkpoint import load_pretrained
+    from facelib.pretrained import load_pretrained
 
     regressor = regressor if regressor is not None else load_pretrained("au_regressor")
     d = model.config.code_dim
@@ -147,7 +147,8 @@ def augmentation_table(model: ExprGAN, train_images: torch.Tensor, train_labels:
     Labels are class indices into :data:`CLASSES`. Each row trains a fresh classifier for ``steps``
     Adam steps on mini-batches drawn from real and synthesised images together (the same seed).
     """
-    from facelib.metrics import classification_accuracy, train_classifier
+    from facelib.metrics import classification_accuracy
+    from facelib.train.classifier import train_classifier
 
     rows = []
     # one draw of the largest count; each row takes the first `count` faces of every class from it

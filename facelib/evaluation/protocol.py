@@ -46,7 +46,7 @@ from facelib import metrics as _metrics
 from facelib.conventions import AU_MAX, EXPRESSIONS, check_images
 from facelib.editors import TARGET_KINDS, Editor, Target
 from facelib.metrics import FD_NAME, VERIFICATION_NAME, VERIFICATION_REAL_NAME
-from facelib.utils import get_device
+from facelib.utils import apply_in_batches, eval_mode, get_device
 
 __all__ = [
     "EVALUATOR_NAMES", "COLUMNS", "Bundle", "HeldOutPairs", "MetricInfo", "metric", "register_metric",
@@ -285,9 +285,9 @@ def _expression(bundle: Bundle) -> list[dict]:
     ]
     if not hasattr(classifier, "features"):
         return rows + [row(FD_NAME, math.nan, 0, "skipped: the expression classifier has no .features(x)")]
-    with _metrics._EvalMode(classifier):
-        edited = _metrics._batched(classifier.features, bundle.edited, size, device)
-        real = _metrics._batched(classifier.features, bundle.target, size, device)
+    with eval_mode(classifier):
+        edited = apply_in_batches(classifier.features, bundle.edited, size, device)
+        real = apply_in_batches(classifier.features, bundle.target, size, device)
     return rows + [row(FD_NAME, _metrics.frechet_distance(edited, real), count,
                        f"edited vs real targets, {edited.shape[1]}-d penultimate features; not FID; biased upwards at small n")]
 
@@ -309,8 +309,8 @@ def au_table(bundle: Bundle, regressor: torch.nn.Module | None = None) -> pd.Dat
     bundle's ``"au_regressor"`` unless one is given.
     """
     regressor = bundle.evaluators["au_regressor"] if regressor is None else regressor
-    with _metrics._EvalMode(regressor):
-        predicted = _metrics._batched(regressor, bundle.edited, bundle.batch_size, bundle.device).clamp(0, AU_MAX)
+    with eval_mode(regressor):
+        predicted = apply_in_batches(regressor, bundle.edited, bundle.batch_size, bundle.device).clamp(0, AU_MAX)
     return _metrics.au_mse_pcc(predicted, bundle.target_aus.float())
 
 
@@ -355,8 +355,8 @@ def verification_pairs(bundle: Bundle) -> Verification | None:
     different, with the threshold best on the real pairs (source, real target); ``None`` when every
     pair shows one identity (no different pairs exist)."""
     embedder, count, size, device = bundle.evaluators["identity_embedder"], bundle.count, bundle.batch_size, bundle.device
-    with _metrics._EvalMode(embedder):
-        source, target, edited = (_metrics._batched(embedder, images, size, device)
+    with eval_mode(embedder):
+        source, target, edited = (apply_in_batches(embedder, images, size, device)
                                   for images in (bundle.source, bundle.target, bundle.edited))
     partner = _different_identity_partner(bundle.identity.long(), bundle.seed)
     has_partner = partner >= 0

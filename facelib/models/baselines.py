@@ -17,7 +17,7 @@ Interpolation between two photos (Sec. 6.2, Fig. 6):
 - :func:`optical_flow_morph` - morphing along optical flow between the two photos
   (in the spirit of the paper's [15]).
 
-Images are ``[B, 3, H, W]`` in ``[-1, 1]``; flows are backward pixel flows (DESIGN.md).
+Images are ``[B, 3, H, W]`` in ``[-1, 1]``; flows are backward pixel flows (:mod:`facelib.conventions`).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import torch
 from scipy.spatial import Delaunay
 from torch import nn
 
-from facelib.conventions import EXPRESSIONS, check_images
+from facelib.conventions import EXPRESSIONS, check_image_shape, check_images
 from facelib.editors import Editor, EditResult, Target
 from facelib.warp import warp
 
@@ -110,7 +110,7 @@ class AverageFlow(nn.Module):
 
     def forward(self, source: torch.Tensor, source_expression, target_expression) -> torch.Tensor:
         """Warp ``source`` ``[B, 3, H, W]`` by the average flow; returns ``[B, 3, H, W]``."""
-        source = check_images(source, "source", size=self.config.image_size)
+        source = check_image_shape(source, "source", size=self.config.image_size)
         flow = self.flow(source_expression, target_expression).to(source)
         return warp(source, flow.expand(len(source), -1, -1, -1))
 
@@ -153,7 +153,7 @@ class AverageFlowEditor(Editor):
 
 def load_average_flow_editor(device="cpu") -> AverageFlowEditor:
     """``facelib.load_editor("average_flow")``: the shipped average flows of the multipie training pairs."""
-    from facelib.checkpoint import load_pretrained
+    from facelib.pretrained import load_pretrained
 
     return AverageFlowEditor(load_pretrained("average_flow", device=device))
 

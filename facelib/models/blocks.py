@@ -23,7 +23,7 @@ block                              used by
 =================================  ==================================================
 
 Settings the papers leave out come from the public code of StarGAN and GANimation (see the
-comments); no code is copied.
+comments and docs/reference_notes.md); no code is copied.
 """
 from __future__ import annotations
 

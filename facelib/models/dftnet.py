@@ -4,7 +4,7 @@ DFT-Net is GANimation (:mod:`facelib.models.ganimation`) with the decoder split 
 
 - a **flow decoder** F gives an appearance flow Phi and the attention mask A (Eq. 2); the source
   sampled along Phi is the *aligned* image X_a = f(Phi, X_s) (Eq. 3, :func:`facelib.warp.warp`,
-  DESIGN.md's backward flow in pixels);
+  facelib.conventions' backward flow in pixels);
 - a **texture decoder** T, with skip connections from the encoder (Sec. 2.1), gives the texture
   image B (Eq. 4): shading, creases and what the source hides (the mouth's interior);
 - the output blends them, X_t = (1 - A) B + A X_a (Eq. 5): A weights the aligned *source*, the
@@ -16,7 +16,10 @@ blocks) and the critic is GANimation's PatchGAN with its AU head (Sec. 2.2). Two
 :class:`DFTNetConfig` give the ablations of notebook 04: ``flow=False`` (X_a = X_s: GANimation
 with a skip-connected texture decoder) and ``texture=False`` (A = 1: a pure warp).
 
-Where the paper is computed (file: function); text: ``shared/papers/dftnet_wang2019.txt``:
+Paper: Wang, Zhang, Lu, Shan, "DFT-Net: Disentanglement of Face Deformation and Texture Synthesis
+for Expression Editing", IEEE ICIP 2019, pp. 3881-3885 (docs/reference_notes.md).
+
+Where the paper is computed (file: function):
 
 ==================================  =========================================================
 Eq. 1 (encoder c = E(X_s, y_t))     facelib/models/dftnet.py: DFTNetGenerator.encode
@@ -29,7 +32,7 @@ Sec. 2.2 (critic)                   facelib/models/ganimation.py: GANimationCrit
 Sec. 3.1 (optimisation)             facelib/train/dftnet.py: DFTNetTask, train_recipe
 ==================================  =========================================================
 
-The paper's Fig. 2 (layer table) is a picture without text here: the decoders' depth mirrors
+The paper gives its layers only as a picture (Fig. 2): the decoders' depth mirrors
 the encoder (two stride-2 transposed convs, 7x7 heads, as GANimation's), which is facelib's
 reading, not a published number.
 """
@@ -41,13 +44,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facelib.editors import EditResult, Target, check_images
+from facelib.conventions import check_images
+from facelib.editors import EditResult, Target
 from facelib.models.blocks import ResidualBlock, conv_norm_act, down_block, tile_condition, up_block
 # PRESET: DFT-Net is trained and measured on GANimation's data (EmotioNet's 200,000 faces, Sec. 3.1).
 from facelib.models.ganimation import (
     PRESET, GANimationConfig, GANimationCritic, GANimationEditor, check_generator_inputs, compose,
 )
-from facelib.warp import upsample_flow, warp
+from facelib.warp import upsample_flow, warp, warp_kernel
 
 __all__ = ["DFTNetConfig", "DFTNetGenerator", "DFTNetCritic", "DFTNetOutput", "DFTNetEditor", "load_dftnet_editor",
            "PRESET"]
@@ -142,7 +146,7 @@ class DFTNetGenerator(nn.Module):
         if self.config.flow:
             flow = torch.tanh(heads[:, :2]) * (self.config.max_flow * self.config.image_size)  # pixels
             # Eq. 3: X_a = f(Phi, X_s), bilinear sampling along the backward flow
-            aligned = warp(images, flow)
+            aligned = warp_kernel(images, flow)  # warp without value checks (forward checks shapes only)
         else:
             flow, aligned = torch.zeros_like(images[:, :2]), images
         if self.config.texture:
@@ -204,6 +208,6 @@ class DFTNetEditor(GANimationEditor):
 
 def load_dftnet_editor(device="cpu") -> DFTNetEditor:
     """``facelib.load_editor("dftnet")``: the shipped generator (``python -m facelib train dftnet --ship``)."""
-    from facelib.checkpoint import load_pretrained
+    from facelib.pretrained import load_pretrained
 
     return DFTNetEditor(load_pretrained("dftnet", device=device))

@@ -19,8 +19,10 @@ All three share one trunk (:class:`ConvTrunk`: a stride-1 stem and four
 residual stages that halve the resolution) and one feature layer (the last
 4x4 map flattened into a fully connected layer of ``feature_dim`` units: faces
 are aligned, so where a pattern sits matters); each adds its own linear head.
-Inputs are ``[B, 3, H, W]`` in ``[-1, 1]`` (checked by
-:func:`facelib.conventions.check_images`); the networks are trained at
+Inputs are ``[B, 3, H, W]`` in ``[-1, 1]``. Calling an evaluator (``classifier(images)``) or its
+``features`` measures: that is the boundary, where :func:`facelib.conventions.check_images`
+checks the values too. ``forward`` and ``feature_maps`` (which runs inside perceptual losses,
+every training step) check the shape only. The networks are trained at
 ``config.image_size`` (64). Another size is still accepted: it is resized to
 ``image_size`` (area averaging to shrink, bilinear to enlarge) with a warning,
 because the features are scale-dependent: a 128x128 face must look to the
@@ -48,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..conventions import AU_MAX, EXPRESSIONS, NUM_AUS, check_images
+from ..conventions import AU_MAX, EXPRESSIONS, NUM_AUS, check_image_shape, check_images
 from .blocks import ConvTrunk
 
 
@@ -72,21 +74,30 @@ class Evaluator(nn.Module):
             nn.ReLU(inplace=True),
         )
 
-    def _input(self, x: Tensor) -> Tensor:
-        """Check ``x`` and bring it to the training size; another size is resized with a warning."""
+    def _input(self, x: Tensor, *, check_values: bool = True) -> Tensor:
+        """Check ``x`` and bring it to the training size; another size is resized with a warning.
+
+        ``check_values=False``: the shape only (no device synchronisation), for inputs already checked.
+        """
         who, size = type(self).__name__, self.config.image_size
-        resized = check_images(x, f"{who} input", size=size, resize=True)
+        check = check_images if check_values else check_image_shape
+        resized = check(x, f"{who} input", size=size, resize=True)
         if resized is not x:
             warnings.warn(f"{who} was trained on {size}x{size} images; resizing {x.shape[-2]}x{x.shape[-1]} "
                           f"input to {size}x{size}", stacklevel=3)
         return resized
 
+    def __call__(self, x: Tensor, *args, **kwargs):
+        """Measure ``x``: the instrument's boundary, where its values are checked before ``forward``."""
+        return super().__call__(self._input(x), *args, **kwargs)
+
     def _features(self, x: Tensor) -> Tensor:
-        return self.feature_layer(self.trunk(self._input(x)))  # [B, feature_dim]
+        check_image_shape(x, f"{type(self).__name__} input", size=self.config.image_size)
+        return self.feature_layer(self.trunk(x))  # [B, feature_dim]
 
     def feature_maps(self, x: Tensor) -> list[Tensor]:
-        """Trunk feature maps at every depth (see :class:`PerceptualFeatures`)."""
-        return self.trunk.feature_maps(self._input(x))
+        """Trunk feature maps at every depth (see :class:`PerceptualFeatures`); checks the shape only."""
+        return self.trunk.feature_maps(self._input(x, check_values=False))
 
 
 # --------------------------------------------------------------------------- the three evaluators
@@ -111,10 +122,10 @@ class ExpressionClassifier(Evaluator):
 
     def features(self, x: Tensor) -> Tensor:
         """Penultimate features ``[B, D]`` (LEED's Psi; the Fréchet-distance features)."""
-        return self._features(x)
+        return self._features(self._input(x))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))  # [B, len(expressions)]
+        return self.head(self._features(x))  # [B, len(expressions)]
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:
@@ -200,7 +211,7 @@ class PerceptualFeatures(nn.Module):
     def __init__(self, network: Evaluator | str = "identity_embedder", depths: tuple[int, ...] | None = None):
         super().__init__()
         if isinstance(network, str):
-            from ..checkpoint import load_pretrained
+            from ..pretrained import load_pretrained
 
             network = load_pretrained(network)
         if not isinstance(network, Evaluator):

@@ -9,8 +9,9 @@ target block set to 1 (the others -1) picks one of d intensity levels (Fig. 3), 
 block at -1 gives a neutral face, a class the model never saw. Trained on the ``oulu`` preset
 (Oulu-CASIA's six expressions, the last three frames of each onset sequence).
 
-Paper: ``../shared/papers/exprgan_ding2018.txt``. Settings the paper leaves out follow its
-public code (``../shared/REFERENCE_NOTES.md``).
+Paper: Ding, Sricharan, Chellappa, "ExprGAN: Facial Expression Editing with Controllable
+Expression Intensity", AAAI 2018, arXiv:1709.03842. Settings the paper leaves out follow its
+public code (HuiDingUMD/ExprGAN; docs/reference_notes.md).
 
 Where the paper is computed (file: function):
 
@@ -37,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facelib.conventions import check_images
+from facelib.conventions import check_image_shape
 from facelib.data.presets import get_preset
 from facelib.editors import Editor, EditResult, Target
 from facelib.models.blocks import LatentCritic, conv_norm_act, tile_condition
@@ -159,7 +160,7 @@ class ExprGAN(nn.Module):
         self.register_buffer("intensity_order", default_order)  # [K, d], saved with the weights
 
     def encode(self, images: Tensor) -> Tensor:
-        check_images(images, "images", size=self.config.image_size)
+        check_image_shape(images, "images", size=self.config.image_size)
         return torch.tanh(self.encoder(images))  # g(x): [B, identity_dim], the U(-1, 1) prior's range
 
     def decode(self, identity: Tensor, code: Tensor) -> Tensor:
@@ -245,7 +246,7 @@ class ExprGANCritic(nn.Module):
         self.latent_critic = LatentCritic(config.identity_dim, config.latent_critic_hidden, batch_norm=True)
 
     def image(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        check_images(images, "images", size=self.config.image_size)
+        check_image_shape(images, "images", size=self.config.image_size)
         one_hot = F.one_hot(labels.long(), self.config.num_classes).to(images.dtype)
         h = self.features(torch.cat([self.trunk(tile_condition(images, one_hot)), one_hot], 1))  # [B, hidden]
         q = self.q_trunk(h)
@@ -334,7 +335,7 @@ class ExprGANEditor(Editor):
 
 def load_exprgan_editor(device="cpu") -> ExprGANEditor:
     """``facelib.load_editor("exprgan")``: the shipped G, D_img's Q and facelib's expression classifier."""
-    from facelib.checkpoint import load_pretrained
+    from facelib.pretrained import load_pretrained
 
     editor = ExprGANEditor(load_pretrained("exprgan"), load_pretrained("exprgan_critic"),
                            load_pretrained("expression_classifier"))
@@ -343,6 +344,6 @@ def load_exprgan_editor(device="cpu") -> ExprGANEditor:
 
 def load_caae_editor(device="cpu") -> ExprGANEditor:
     """``facelib.load_editor("exprgan_caae")``: the CAAE-style baseline (no controller, Q or D_img)."""
-    from facelib.checkpoint import load_pretrained
+    from facelib.pretrained import load_pretrained
 
     return ExprGANEditor(load_pretrained("exprgan_caae"), name="exprgan_caae").to(device)

@@ -1,5 +1,7 @@
 """FVAE: Semantic Facial Expression Editing using Autoencoded Flow (Yeh et al. 2016).
 
+Paper: Yeh, Liu, Goldman, Agarwala, arXiv:1611.09961, 2016 (docs/reference_notes.md).
+
 A VAE whose decoder does not paint pixels: it predicts a dense *flow field* and
 builds the output by sampling the source image along it (paper Sec. 3, Fig. 3).
 
@@ -14,7 +16,7 @@ builds the output by sampling the source image along it (paper Sec. 3, Fig. 3).
 
 All three networks share :class:`FVAEConfig`; ``FVAEConfig()`` is the 64x64 CPU configuration
 and ``FVAEConfig.paper()`` the paper's 128x128 one (4x4x1024 latent). Images are ``[B, 3, H, W]``
-in ``[-1, 1]``; flows are backward pixel displacements ``[B, 2, H, W]`` (DESIGN.md).
+in ``[-1, 1]``; flows are backward pixel displacements ``[B, 2, H, W]`` (:mod:`facelib.conventions`).
 
 Where the paper is computed (file: function):
 
@@ -47,10 +49,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from facelib.conventions import check_images
+from facelib.conventions import check_image_shape, check_images
 from facelib.editors import Editor, EditResult, Target
 from facelib.models.blocks import ConvEncoder, SkipDecoder, init_truncated_normal
-from facelib.warp import upsample_flow, warp
+from facelib.warp import upsample_flow, warp, warp_kernel
 
 #: The SynthFaces preset the FVAE is trained and measured on (Multi-PIE's six expressions, as in the paper).
 PRESET = "multipie"
@@ -131,7 +133,7 @@ class _LatentVariableModel(nn.Module):
 
     def encode(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """f(T) -> (mu, logvar), each ``[B, latent_channels, latent_size, latent_size]``."""
-        check_images(target, "target", size=self.config.image_size)
+        check_image_shape(target, "target", size=self.config.image_size)
         mu, logvar = self.to_latent(self.target_encoder(target)[-1]).chunk(2, dim=1)
         return mu, logvar
 
@@ -168,7 +170,7 @@ class FVAE(_LatentVariableModel):
 
     def flow(self, source: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The decoder's flow field in pixels, ``[B, 2, H, W]`` (ch 0 = dx, ch 1 = dy)."""
-        check_images(source, "source", size=self.config.image_size)
+        check_image_shape(source, "source", size=self.config.image_size)
         raw = self.decoder(source, self.source_encoder(source), z)  # [B, 2, H, W]
         # Sec. 5.3: the flow head ends in tanh because it outputs normalised coordinates.
         # Departure: tanh gives the displacement from the pixel's own normalised position rather than
@@ -179,9 +181,9 @@ class FVAE(_LatentVariableModel):
     def decode(self, source: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """g(S, Z): the flow and the source warped by it."""
         flow = self.flow(source, z)
-        # FVAE Eq. 5 (bilinear sampling of S at x + F(x)) through the grid_sample fast path,
-        # facelib.warp.warp, equal to the written-out facelib.warp.bilinear_sample within 1e-5.
-        return {"output": warp(source, flow), "flow": flow}
+        # FVAE Eq. 5 (bilinear sampling of S at x + F(x)) through the grid_sample fast path (facelib.warp's
+        # warp_kernel: warp without value checks), equal to the written-out bilinear_sample within 1e-5.
+        return {"output": warp_kernel(source, flow), "flow": flow}
 
 
 class PixelVAE(_LatentVariableModel):
@@ -193,7 +195,7 @@ class PixelVAE(_LatentVariableModel):
     out_channels = 3
 
     def decode(self, source: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        check_images(source, "source", size=self.config.image_size)
+        check_image_shape(source, "source", size=self.config.image_size)
         rgb = self.decoder(source, self.source_encoder(source), z)  # [B, 3, H, W]
         return {"output": torch.tanh(rgb)}
 
@@ -216,7 +218,7 @@ class ConfidenceNet(nn.Module):
         init_truncated_normal(self)  # Sec. 5.3: truncated Gaussian, std 0.01
 
     def forward(self, source: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        check_images(source, "source", size=self.config.image_size)
+        check_image_shape(source, "source", size=self.config.image_size)
         return self.decoder(source, self.source_encoder(source), z)  # [B, 1, H, W] logits
 
     def mask(self, source: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -342,7 +344,7 @@ def flow_upsample(highres_source: torch.Tensor, flow: torch.Tensor) -> torch.Ten
 
 def _load_latent_editor(name: str, device) -> FVAEEditor:
     """A shipped FVAE or pixel VAE with the expression latents its checkpoint stores."""
-    from facelib.checkpoint import load_pretrained, pretrained_metadata
+    from facelib.pretrained import load_pretrained, pretrained_metadata
 
     model = load_pretrained(name, device=device)
     stored = pretrained_metadata(name).get("extra", {}).get("expression_latents")

@@ -16,9 +16,8 @@ DFT-Net (Wang et al. 2019) is this generator plus a flow decoder.
 AUs enter the networks divided by ``facelib.AU_MAX`` (5), in ``[0, 1]`` (the paper's
 normalisation); editor targets stay on the 0-5 scale of ``facelib.editors.Target``.
 
-Where the paper is computed (file: function). The GANimation paper is not among the texts in
-``shared/papers``; its equation numbers are those of the ECCV 2018 paper, and DFT-Net's
-Eq. 6-8 restate Eq. 2, 4 and 5 (``dftnet_wang2019.txt``):
+Where the paper is computed (file: function). Equation numbers are those of Pumarola et al.,
+ECCV 2018, arXiv:1807.09251 (docs/reference_notes.md); DFT-Net's Eq. 6-8 restate Eq. 2, 4 and 5:
 
 ==================================  =========================================================
 Eq. 1 (composition with A and C)    facelib/models/ganimation.py: compose

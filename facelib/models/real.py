@@ -161,7 +161,7 @@ KERAS_LAYERS = {
 @lru_cache(maxsize=1)
 def fer_classifier() -> MiniXception:
     """The shipped FER2013 mini-Xception (sha256-checked), in eval mode."""
-    from ..checkpoint import load_pretrained
+    from ..pretrained import load_pretrained
 
     return load_pretrained("fer2013_mini_xception")
 

@@ -6,9 +6,9 @@ real/fake patches and classifies the domain with an auxiliary head. Here the dom
 RaFD's eight emotions (``facelib.EMOTIONS``), trained on the ``rafd`` preset. It is the
 baseline of LEED and EGGAN, and LEED's "pre-trained GAN" neutraliser (``expression="neutral"``).
 
-The StarGAN paper is not among ``../shared/papers``; its equations are cited from the published
-paper (Choi et al., CVPR 2018), and the settings the paper leaves out from its public code
-(``../shared/REFERENCE_NOTES.md``).
+Paper: Choi, Choi, Kim, Ha, Kim, Choo, "StarGAN: Unified Generative Adversarial Networks for
+Multi-Domain Image-to-Image Translation", CVPR 2018, arXiv:1711.09020; settings it leaves out
+follow its public code (yunjey/stargan; docs/reference_notes.md).
 
 Where the paper is computed (file: function):
 
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from facelib.conventions import EMOTIONS, check_images
+from facelib.conventions import EMOTIONS, check_image_shape
 from facelib.editors import Editor, EditResult, Target
 from facelib.models.blocks import PatchCritic, ResidualBlock, conv_norm_act, down_block, tile_condition, up_block
 from facelib.models.ganimation import compose
@@ -142,7 +142,7 @@ class StarGANGenerator(nn.Module):
 
     def translate(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(edited [B, 3, S, S], attention [B, 1, S, S] or None)``; the mask exists with ``output="attention"``."""
-        check_images(images, "images", size=self.config.image_size)
+        check_image_shape(images, "images", size=self.config.image_size)
         if labels.dim() != 2 or labels.shape != (len(images), self.config.num_domains):
             raise ValueError(f"labels must be [B, {self.config.num_domains}] (one target domain per image), "
                              f"got {list(labels.shape)}")

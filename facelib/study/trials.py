@@ -193,7 +193,7 @@ def _prepare_folder(folder: Path) -> None:
 
 
 def _save(folder: Path, name: str, image: torch.Tensor) -> str:
-    from facelib.widgets import image_png
+    from facelib.photo import image_png
 
     relative = f"images/{name}.png"
     atomic_write_bytes(folder / relative, image_png(image))

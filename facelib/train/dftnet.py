@@ -18,7 +18,7 @@ budget as GANimation's recipe does (``DFTNetTask``'s own default stays the paper
 Measured (2 CPU cores, seed 0, ``python -m facelib train dftnet``): 8,000 steps in 2,507 s
 (41.8 min) with evaluation; on 512 held-out emotionet pairs AU PCC 0.42, identity verification
 0.96, mean attention 0.92 (it rose to 0.98 by step 1,200 and settled): below the PCC floor of 0.8,
-so the model is not shipped (README, "Not shipped yet").
+so the model is not shipped (docs/training_runs.md).
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """GANimation training (Pumarola et al. 2018): WGAN-GP + AU regression + cycle + attention losses.
 
-Equation numbers are those of the GANimation paper (ECCV 2018; its text is not in
-``shared/papers``): DFT-Net's paper (``dftnet_wang2019.txt``) restates Eq. 2, 4 and 5 as its own
-Eq. 6, 7 and 8. The settings the paper leaves out follow the public code (REFERENCE_NOTES):
+Equation numbers are those of the GANimation paper (ECCV 2018, arXiv:1807.09251): DFT-Net's paper
+restates Eq. 2, 4 and 5 as its own Eq. 6, 7 and 8. The settings the paper leaves out follow the
+public code (albertpumarola/GANimation; docs/reference_notes.md):
 lambda_gp 10, lambda_cond 4000 on the MSE divided again by the batch size, lambda_cyc 10 (L1),
 attention lambda 0.1 on mean(A) plus 1e-5 TV, Adam 1e-4 (0.5, 0.999), 5 critic steps per
 generator step, AUs divided by 5, target AUs another sample's AUs plus U(-0.1, 0.1).

@@ -41,8 +41,8 @@ def expression_region_mask(landmarks: torch.Tensor, size: int, margin: float = 4
 
 @dataclass
 class StarGANTrainConfig:
-    """StarGAN's loss weights and optimisation: the defaults are the paper's schedule (its public code),
-    :meth:`cpu` the CPU recipe, whose departures are listed there one per line."""
+    """StarGAN's loss weights and optimisation: the defaults are the paper's schedule (its public code;
+    docs/reference_notes.md), :meth:`cpu` the CPU recipe, whose departures are listed there one per line."""
 
     lambda_cls: float = 1.0
     lambda_rec: float = 10.0

@@ -116,7 +116,7 @@ progress=True, ddp_kwargs=None, early_stopping=None)``
   during ``fit``; a second run on that folder raises ``FolderLockedError`` at once, naming the
   folder and the other run's PID.
 - Checkpoints: ``out_dir/checkpoints/step_00001000.json`` (+ the versioned weights it names) through
-  ``facelib.checkpoint.save_training_state`` (weights, optimiser state, ``task.stateful()``,
+  ``facelib.train.state.save_training_state`` (weights, optimiser state, ``task.stateful()``,
   RNG states, elapsed seconds, early stopping's best; no pickle), every ``checkpoint_every``
   steps (0: only at the end) and always at the end; the newest ``keep_checkpoints`` are kept.
   Other attributes of the task are not saved unless ``stateful()`` exposes them.
@@ -164,26 +164,16 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..checkpoint import (
-    TRAINING_STATE_FORMAT,
-    CheckpointError,
-    _unwrap,
-    capture_rng_state,
-    checkpoint_files,
-    clean_folder,
-    load_rng_state,
-    load_training_state,
-    read_metadata,
-    restore_rng_state,
-    save_rng_state,
-    save_training_state,
-)
+from ..checkpoint import clean_folder, read_metadata
 from ..data.loader import default_num_workers, step_batches
-from ..utils import atomic_write_text, get_device, lock_folder, remove_temporary_files, set_seed
+from ..utils import atomic_write_text, get_device, lock_folder, remove_temporary_files, set_seed, unwrap_module
+from .state import (
+    CHECKPOINT_FOLDER, TRAINING_STATE_FORMAT, capture_rng_state, checkpoint_stems, delete_checkpoint, latest_checkpoint,
+    load_rng_state, load_training_state, rank_rng_path, restore_rng_state, save_rng_state, save_training_state,
+)
 
 LOG_NAME = "log.jsonl"
 _FLOAT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
-CHECKPOINT_FOLDER = "checkpoints"
 EARLY_STOPPING_STATE = "trainer.early_stopping"  # its name among a checkpoint's stateful objects
 
 __all__ = [
@@ -222,7 +212,7 @@ class TrainingTask:
         """The plain module ``name`` (inside its DistributedDataParallel wrapper under torchrun)."""
         if name not in self.modules:
             raise KeyError(f"no module {name!r}; this task built {sorted(self.modules)}")
-        return _unwrap(self.modules[name])
+        return unwrap_module(self.modules[name])
 
 
 @dataclass
@@ -279,7 +269,7 @@ class EarlyStopping:
         """Record ``step`` as the best, with a CPU copy of the modules' weights."""
         self.best_step, self.best_value = int(step), float(value)
         self.best_state = {name: {key: tensor.detach().to("cpu", copy=True)
-                                  for key, tensor in _unwrap(module).state_dict().items()}
+                                  for key, tensor in unwrap_module(module).state_dict().items()}
                            for name, module in modules.items()}
 
     def reset(self) -> None:
@@ -291,7 +281,7 @@ class EarlyStopping:
         if self.best_state is None:
             return
         for name, module in modules.items():
-            _unwrap(module).load_state_dict(self.best_state[name])
+            unwrap_module(module).load_state_dict(self.best_state[name])
 
     def state_dict(self) -> dict[str, Any]:
         return {"monitor": self.monitor, "mode": self.mode, "best_step": self.best_step,
@@ -404,52 +394,9 @@ def _read_log_records(path: Path) -> list[dict]:
     return records
 
 
-def _checkpoint_step(stem: Path) -> int | None:
-    name = stem.name
-    if not name.startswith("step_") or "." in name:
-        return None
-    digits = name[len("step_"):]
-    return int(digits) if digits.isdigit() else None
-
-
-def _checkpoint_stems(out_dir: Path) -> list[tuple[int, Path]]:
-    folder = out_dir / CHECKPOINT_FOLDER
-    if not folder.is_dir():
-        return []
-    stems = []
-    for json_path in folder.glob("step_*.json"):
-        stem = json_path.with_suffix("")
-        step = _checkpoint_step(stem)
-        if step is not None:
-            stems.append((step, stem))
-    return sorted(stems)
-
-
-def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """Stem of the newest complete training checkpoint in ``out_dir/checkpoints`` (None when there is none)."""
-    for _, stem in reversed(_checkpoint_stems(Path(out_dir))):
-        try:
-            if checkpoint_files(stem)[1].exists():
-                return stem
-        except CheckpointError:
-            continue  # an unreadable JSON: fall back to the checkpoint before it
-    return None
-
-
-def _rank_rng_path(stem: Path, rank: int) -> Path:
-    return stem.with_name(f"{stem.name}.rank{rank}.rng.safetensors")
-
-
 def _destroy_process_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def _delete_checkpoint(stem: Path) -> None:
-    """JSON first: a deletion killed midway leaves unreferenced weights (cleaned later), never a JSON without them."""
-    stem.with_name(stem.name + ".json").unlink(missing_ok=True)
-    for path in stem.parent.glob(stem.name + ".*"):
-        path.unlink(missing_ok=True)
 
 
 # Settings a caller (the CLI) imposes on every Trainer built inside ``run_options``, and the
@@ -645,15 +592,15 @@ class Trainer:
                       "tensor_dtypes": {k: str(v.dtype).removeprefix("torch.") for k, v in window["sums"].items()
                                         if isinstance(v, torch.Tensor)}}
         if self.rank != 0:
-            save_rng_state(_rank_rng_path(stem, self.rank))
+            save_rng_state(rank_rng_path(stem, self.rank))
         if self.world_size > 1:
             dist.barrier()  # every rank's RNG file exists before rank 0 writes the JSON that marks completion
         if self.rank == 0:
             extra = {"seconds": seconds, "seed": self.seed, "batch_size": self.batch_size,
                      "world_size": self.world_size, "task": type(self.task).__name__, "log_window": log_window}
             save_training_state(stem, modules, optimizers, step, stateful=stateful, extra=extra)
-            for _, old in _checkpoint_stems(self.out_dir)[:-self.keep_checkpoints]:
-                _delete_checkpoint(old)
+            for _, old in checkpoint_stems(self.out_dir)[:-self.keep_checkpoints]:
+                delete_checkpoint(old)
         return stem
 
     def _resume(self, stem: Path, modules, optimizers, stateful) -> tuple[int, float, dict | None]:
@@ -672,7 +619,7 @@ class Trainer:
                 warnings.warn(f"resuming {stem.name} with {key}={now}, but it was trained with {key}={extra[key]}; "
                               "the continuation will not match an uninterrupted run", stacklevel=3)
         if self.rank != 0:
-            rng_path = _rank_rng_path(stem, self.rank)
+            rng_path = rank_rng_path(stem, self.rank)
             if rng_path.exists():
                 restore_rng_state(load_rng_state(rng_path))
             else:
@@ -766,8 +713,8 @@ class Trainer:
             remove_temporary_files(self.out_dir)  # left by a run killed mid-write
             clean_folder(self.checkpoint_dir)
             if resume_from is None:
-                for _, old in _checkpoint_stems(self.out_dir):
-                    _delete_checkpoint(old)
+                for _, old in checkpoint_stems(self.out_dir):
+                    delete_checkpoint(old)
             partial = window is not None and window["count"] > 0 and start < self.steps
             self._restart_log(start if resume_from is not None else None, drop_partial_row=partial)
         if self.world_size > 1:
