@@ -325,7 +325,7 @@ class EditorInfo:
         ``None`` when it has no floors or is not shipped. A floor's metric missing from the entry fails."""
         if not self.floors or not self.weights or not self.weights_shipped():
             return None
-        from .checkpoint import pretrained_info
+        from .pretrained import pretrained_info
 
         metrics = pretrained_info(self.weights[0]).get("metrics", {})
         return all(isinstance(metrics.get(metric), (int, float))

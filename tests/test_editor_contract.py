@@ -12,6 +12,7 @@ import torch
 import facelib
 from facelib.data import SynthFaces, expression_aus
 from facelib.editors import TARGET_KINDS, Editor, EditResult, Target, editor_info, list_editors, register_editor
+from facelib.pretrained import pretrained_info
 
 NAMES = list(list_editors()["name"])
 
@@ -44,11 +45,27 @@ def targets_for(editor: Editor, count: int) -> dict[str, Target]:
 
 def test_registry_lists_every_editor_with_its_paper_and_targets():
     table = list_editors()
-    assert list(table.columns) == ["name", "paper", "accepts", "weights_shipped"]
+    assert list(table.columns) == ["name", "paper", "accepts", "weights_shipped", "meets_floors"]
     assert {"fvae", "fvae_pixel_vae", "average_flow"} <= set(table["name"])
     assert table["weights_shipped"].all(), table  # every registered editor ships its weights
     with pytest.raises(ValueError, match="unknown editor 'stargan_v9'; registered editors are"):
         facelib.load_editor("stargan_v9")
+
+
+def test_meets_floors_reads_the_shipped_models_measured_figures(monkeypatch):
+    from facelib import editors
+
+    monkeypatch.setattr(editors, "_EDITORS", dict(editors._EDITORS))
+    pcc = pretrained_info("au_regressor")["metrics"]["mean_pcc"]  # a shipped checkpoint's measured figure
+    for floors, expected in (({"mean_pcc": (pcc - 0.01, None)}, True), ({"mean_pcc": (pcc + 0.01, None)}, False),
+                             ({"mean_pcc": (None, pcc - 0.01)}, False), ({"not_measured": (0.0, None)}, False),
+                             ({}, None)):
+        info = register_editor("floored", lambda device="cpu": None, paper="a test", accepts=("aus",),
+                               weights=("au_regressor",), floors=floors, replace=True)
+        assert info.meets_floors() is expected, floors
+    with pytest.raises(ValueError, match=r"floor 'x': expected \(lowest, highest\)"):
+        register_editor("floored", lambda device="cpu": None, paper="a test", accepts=("aus",), floors={"x": 0.5},
+                        replace=True)
 
 
 def test_attributes_match_the_registry(editor):
