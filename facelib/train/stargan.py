@@ -247,12 +247,13 @@ def train_stargan(name: str, config: StarGANConfig, train: StarGANTrainConfig, *
     total = SMOKE_STEPS if smoke else (default_steps if steps is None else steps)
     task = StarGANTask(config, train, dataset, curve=learning_curve(smoke))
     every = 2 if smoke else CURVE_EVERY * train.n_critic
-    Trainer(task, steps=total, batch_size=4 if smoke else train.batch_size, seed=seed, out_dir=out_dir / name,
-            device=device, log_every=1 if smoke else 50, checkpoint_every=0 if smoke else 1000, validate_every=every,
-            progress=not smoke).fit()
+    fit = Trainer(task, steps=total, batch_size=4 if smoke else train.batch_size, seed=seed, out_dir=out_dir / name,
+                  device=device, log_every=1 if smoke else 50, checkpoint_every=0 if smoke else 500,
+                  validate_every=every, progress=not smoke).fit()
     generator = task.shipped_generator().cpu().eval()
     stem = save_model(generator, out_dir / f"{name}_generator")
-    metrics = measure(StarGANEditor(generator), n=8 if smoke else 256, seed=seed)
+    metrics = {**measure(StarGANEditor(generator), n=8 if smoke else 256, seed=seed), "train_seconds": fit.seconds,
+               "generator_updates": task.generator_updates_done(total)}
     return {"checkpoints": {name: stem}, "metrics": {name: metrics}, "preset": PRESET, "steps": total}
 
 
