@@ -54,8 +54,8 @@ def ganimation_task(objective: str):
     from facelib.train.ganimation import GANimationTask
 
     batch = SynthFaces(PRESET, "train", size=IMAGE_SIZE, seed=0).batch(range(BATCH_SIZE))
-    return GANimationTask(GANimationConfig(), **ganimation_options(objective)), {"image": batch["image"],
-                                                                               "aus": batch["aus"]}
+    batch = {key: batch[key] for key in ("image", "aus", "landmarks")}
+    return GANimationTask(GANimationConfig(), **ganimation_options(objective)), batch
 
 
 def ganimation_editor():

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
+from facelib.models.ganimation import GANimationConfig, GANimationEditor
 from facelib.models.stargan import StarGANConfig
+from facelib.train.ganimation import CPU_RECIPE, LR, GANimationTask, GANimationWeights, train_au_editor
 from facelib.train.stargan import StarGANTrainConfig, train_stargan
 
 PAPER, CPU = StarGANTrainConfig(), StarGANTrainConfig.cpu()
@@ -32,12 +34,20 @@ VARIANTS = {
     "stargan_cpu_one_map": (dataclasses.replace(StarGANConfig.cpu(), per_domain_critic=False), CPU),
     "stargan_cpu_image_output": (dataclasses.replace(StarGANConfig.cpu(), output="image"), CPU),
     "stargan_cpu_400_ids": (StarGANConfig.cpu(), dataclasses.replace(CPU, identities=400)),
+    "stargan_cpu_g_lr_5e-4": (StarGANConfig.cpu(), dataclasses.replace(CPU, lr=5e-4, critic_lr=2e-4)),
+}
+#: GANimation's variants: name -> a function making the task
+GANIMATION_VARIANTS = {
+    "ganimation_paper": lambda: GANimationTask(GANimationConfig(), lr=LR),
+    "ganimation_cpu": lambda: GANimationTask(GANimationConfig(), lr=LR, **CPU_RECIPE),
+    "ganimation_cpu_identity_start_keep": lambda: GANimationTask(
+        GANimationConfig(attention_start=4.0), weights=GANimationWeights(keep=10.0), lr=LR, **CPU_RECIPE),
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variant", choices=sorted(VARIANTS))
+    parser.add_argument("variant", choices=sorted(VARIANTS) + sorted(GANIMATION_VARIANTS))
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -45,10 +55,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    config, train = VARIANTS[args.variant]
     start = time.perf_counter()
-    result = train_stargan(args.variant, config, train, steps=args.steps, seed=args.seed, out_dir=args.out,
-                           device="cpu", smoke=False, default_steps=args.steps)
+    if args.variant in GANIMATION_VARIANTS:
+        result = train_au_editor(args.variant, GANIMATION_VARIANTS[args.variant](), GANimationEditor, steps=args.steps,
+                                 seed=args.seed, out_dir=args.out, device="cpu", smoke=False)
+    else:
+        config, train = VARIANTS[args.variant]
+        result = train_stargan(args.variant, config, train, steps=args.steps, seed=args.seed, out_dir=args.out,
+                               device="cpu", smoke=False, default_steps=args.steps)
     summary = {"variant": args.variant, "steps": args.steps, "threads": args.threads,
                "wall_time_s": round(time.perf_counter() - start, 1), **result["metrics"][args.variant]}
     (args.out / f"{args.variant}.json").write_text(json.dumps(summary, indent=1))

@@ -150,3 +150,33 @@ def test_recipe_smoke_run_returns_the_documented_keys(tmp_path):
     assert 0 < result["metrics"]["ganimation"]["attention_mean"] < 1
     assert 0 < result["metrics"]["ganimation"]["attention_mean_test"] < 1
     assert isinstance(load_model(result["checkpoints"]["ganimation"]), GANimationGenerator)
+
+
+def test_the_cpu_recipes_identity_start_and_keep_loss():
+    """attention_start: every mask starts at sigmoid(start), the edit is the source; keep: the change
+    outside the landmarks' expression regions, weighted; the AU head's warm-up is Eq. 4 on real faces."""
+    from facelib.data import SynthFaces
+
+    config = GANimationConfig(image_size=64, base_channels=4, residual_blocks=1, critic_base_channels=4,
+                              attention_start=4.0)
+    generator = GANimationGenerator(config)
+    faces = SynthFaces("emotionet", "val", size=64).batch(range(3))
+    colour, attention = generator(faces["image"], torch.rand(3, 17))
+    torch.testing.assert_close(attention, torch.full_like(attention, torch.sigmoid(torch.tensor(4.0)).item()))
+    assert generator.attention_head.bias is not None and GANimationGenerator(TINY).attention_head.bias is None
+    task = GANimationTask(config, weights=GANimationWeights(keep=10.0), n_critic=1, decay_steps=0,
+                          objective="non-saturating", warmup_steps=1)
+    task.total_steps = 2
+    task.modules, task.optimizers = task.build(torch.device("cpu"))
+    task.device = torch.device("cpu")
+    batch = task.prepare({key: faces[key] for key in ("image", "aus", "landmarks")}, 0)
+    assert batch["keep"].shape == (3, 1, 64, 64) and 0.3 < batch["keep"].mean() < 0.9
+    terms = task.generator_losses(batch, 1)
+    edit = task.translate(batch["image"], batch["target_aus01"])["output"]
+    expected = 10.0 * ((edit - batch["image"]).abs() * batch["keep"]).mean()
+    torch.testing.assert_close(terms["keep"], expected)
+    _, real_aus = task.modules["critic"](batch["image"])
+    torch.testing.assert_close(task.warmup_losses(batch, 0)["loss"],
+                               task.weights.au * au_regression_loss(real_aus, batch["aus01"]))
+    with pytest.raises(ValueError, match="attention_start must be a number"):
+        GANimationConfig(attention_start="high")

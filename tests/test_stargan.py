@@ -146,7 +146,7 @@ def test_the_cpu_network_starts_near_the_identity_and_its_critic_has_a_map_per_d
 def test_the_keep_mask_covers_brows_eyes_nose_and_mouth_and_nothing_far_from_them():
     from facelib.data import SynthFaces
     from facelib.data.synth import LANDMARK_NAMES
-    from facelib.train.stargan import expression_region_mask
+    from facelib.data.synth import expression_region_mask
 
     faces = SynthFaces("rafd", "val", size=64).batch(torch.arange(0, 40, 7))
     mask = expression_region_mask(faces["landmarks"].float(), 64)

@@ -55,7 +55,8 @@ from ..utils import keep_freed_memory
 __all__ = [
     "render", "render_pair", "emotion_aus", "emotion_asymmetry", "identity_params", "landmark_box_mask",
     "hash_uniform",
-    "LANDMARK_NAMES", "EYE_LANDMARKS", "MOUTH_LANDMARKS", "PROTOTYPES", "PROTOTYPE_AUS", "YAW_LIMIT", "BACKGROUNDS", "HAIR_STYLES", "FACIAL_HAIR",
+    "LANDMARK_NAMES", "EYE_LANDMARKS", "MOUTH_LANDMARKS", "EXPRESSION_REGIONS", "expression_region_mask",
+    "PROTOTYPES", "PROTOTYPE_AUS", "YAW_LIMIT", "BACKGROUNDS", "HAIR_STYLES", "FACIAL_HAIR",
 ]
 
 #: Largest head yaw in degrees (LEED edits profiles; the 2.5-D face model holds up to here).
@@ -99,6 +100,21 @@ def landmark_box_mask(landmarks: Tensor, names, size: int, margin: float = 3.0) 
     inside_x = (grid >= low[:, :1]) & (grid <= high[:, :1])  # [N, size] over x
     inside_y = (grid >= low[:, 1:]) & (grid <= high[:, 1:])  # [N, size] over y
     return (inside_y[:, :, None] & inside_x[:, None, :]).unsqueeze(1).to(landmarks.dtype)
+
+
+#: The landmarks whose boxes hold what an expression moves (brows and eyes, nose, mouth and chin);
+#: the GAN CPU recipes' keep loss weighs changes outside them (StarGAN's and GANimation's).
+EXPRESSION_REGIONS: tuple[tuple[str, ...], ...] = (
+    tuple(n for n in LANDMARK_NAMES if n.startswith(("brow_", "eye_"))),
+    ("nose_bridge", "nose_tip", "nostril_left", "nostril_right"),
+    tuple(n for n in LANDMARK_NAMES if n.startswith(("mouth_", "lip_"))) + ("chin", "jaw_left_mid", "jaw_right_mid"),
+)
+
+
+def expression_region_mask(landmarks: Tensor, size: int, margin: float = 4.0) -> Tensor:
+    """``[B, 1, size, size]`` in {0, 1}: the union of the :data:`EXPRESSION_REGIONS` boxes (landmarks ``[B, K, 2]``)."""
+    boxes = [landmark_box_mask(landmarks, names, size, margin=margin) for names in EXPRESSION_REGIONS]
+    return torch.stack(boxes).amax(0)
 
 
 _A = {code: au_index(code) for code in AU_CODES}

@@ -63,6 +63,9 @@ class GANimationConfig:
     residual_blocks: residual blocks at the bottleneck (6 in the paper).
     critic_base_channels, critic_layers, critic_max_channels: the PatchGAN critic.
     num_aus: the condition's length (17 AUs, ``facelib.AU_CODES``).
+    attention_start: 0 for the paper's bias-free attention head; otherwise the head starts with zero
+        weights and this bias, so every mask starts at sigmoid(attention_start) (the CPU recipe: 4,
+        A = 0.98: the generator starts as the identity mapping).
     """
 
     image_size: int = 64
@@ -72,8 +75,11 @@ class GANimationConfig:
     critic_layers: int = 5
     critic_max_channels: int = 2048
     num_aus: int = NUM_AUS
+    attention_start: float = 0.0  # the paper's bias-free head; CPU recipe: 4.0 (a departure)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.attention_start, (int, float)) or isinstance(self.attention_start, bool):
+            raise ValueError(f"GANimationConfig.attention_start must be a number, got {self.attention_start!r}")
         for name in ("base_channels", "residual_blocks", "critic_base_channels", "critic_layers",
                      "critic_max_channels", "num_aus"):
             value = getattr(self, name)
@@ -142,7 +148,11 @@ class GANimationGenerator(nn.Module):
         self.body = nn.Sequential(*layers)
         # Both heads without a bias, as the public code.
         self.colour_head = nn.Conv2d(width, 3, 7, padding=3, bias=False)
-        self.attention_head = nn.Conv2d(width, 1, 7, padding=3, bias=False)
+        self.attention_head = nn.Conv2d(width, 1, 7, padding=3, bias=bool(self.config.attention_start))
+        if self.config.attention_start:
+            # Departure (CPU recipe): every mask starts at sigmoid(attention_start), the source kept
+            nn.init.zeros_(self.attention_head.weight)
+            nn.init.constant_(self.attention_head.bias, float(self.config.attention_start))
 
     def forward(self, images: torch.Tensor, aus01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_generator_inputs(self, images, aus01)

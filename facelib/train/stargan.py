@@ -15,28 +15,13 @@ from facelib.data.presets import get_preset
 from facelib.evaluation.curves import LearningCurve
 from facelib.metrics import VERIFICATION_NAME
 from facelib.models.stargan import StarGANConfig, StarGANCritic, StarGANEditor, StarGANGenerator
-from facelib.data.synth import LANDMARK_NAMES, landmark_box_mask
+from facelib.data.synth import expression_region_mask
 from facelib.train.gan import GANTask, diff_augment
 from facelib.train.trainer import Trainer
 
 PRESET = "rafd"
 #: First renderer id of the extra training people (no preset uses ids from here to 3,000,000).
 POOL_OFFSET = 2_500_000
-
-
-#: The landmarks whose boxes hold what an expression moves (brows and eyes, nose, mouth and chin);
-#: the CPU recipe's keep loss weighs changes outside them (``StarGANTrainConfig.lambda_keep``).
-EXPRESSION_REGIONS: tuple[tuple[str, ...], ...] = (
-    tuple(n for n in LANDMARK_NAMES if n.startswith(("brow_", "eye_"))),
-    ("nose_bridge", "nose_tip", "nostril_left", "nostril_right"),
-    tuple(n for n in LANDMARK_NAMES if n.startswith(("mouth_", "lip_"))) + ("chin", "jaw_left_mid", "jaw_right_mid"),
-)
-
-
-def expression_region_mask(landmarks: torch.Tensor, size: int, margin: float = 4.0) -> torch.Tensor:
-    """``[B, 1, size, size]`` in {0, 1}: the union of the :data:`EXPRESSION_REGIONS` boxes (landmarks ``[B, K, 2]``)."""
-    boxes = [landmark_box_mask(landmarks, names, size, margin=margin) for names in EXPRESSION_REGIONS]
-    return torch.stack(boxes).amax(0)
 
 
 @dataclass
