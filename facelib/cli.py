@@ -184,6 +184,8 @@ def _ship(args: argparse.Namespace, result: dict) -> list[Path]:
         fields[name] = dict(
             command=_reproducing_command(args), preset=result["preset"], steps=result["steps"], seed=args.seed,
             wall_time_s=result["wall_time_s"], metrics=result["metrics"].get(name, {}), device=args.device,
+            # the Trainer's own clock, summed over stages; it counts the time before a --resume too
+            train_seconds=round(sum(fit.seconds for fit in result.get("fits", [])), 1),
             threads=torch.get_num_threads(), code_version=result["code_version"], recipe=args.name,
             **({"kept_step": kept} if kept is not None else {}),
         )
@@ -239,7 +241,7 @@ def _train(args: argparse.Namespace) -> int:
                                     device=args.device, smoke=args.smoke)
     files = _files_written(args.out, started_ns)
     if args.ship:
-        files += _ship(args, {**result, "code_version": code_version})
+        files += _ship(args, {**result, "code_version": code_version, "fits": fits})
     _print_summary(args, result, fits, files)
     return 0
 
