@@ -18,7 +18,7 @@ import torch
 
 from facelib.models.ganimation import GANimationConfig, GANimationEditor
 from facelib.models.stargan import StarGANConfig
-from facelib.train.ganimation import CPU_RECIPE, LR, GANimationTask, GANimationWeights, train_au_editor
+from facelib.train.ganimation import CPU_CONFIG, CPU_RECIPE, CPU_WEIGHTS, LR, GANimationTask, train_au_editor
 from facelib.train.stargan import StarGANTrainConfig, train_stargan
 
 PAPER, CPU = StarGANTrainConfig(), StarGANTrainConfig.cpu()
@@ -35,13 +35,14 @@ VARIANTS = {
     "stargan_cpu_image_output": (dataclasses.replace(StarGANConfig.cpu(), output="image"), CPU),
     "stargan_cpu_400_ids": (StarGANConfig.cpu(), dataclasses.replace(CPU, identities=400)),
     "stargan_cpu_g_lr_5e-4": (StarGANConfig.cpu(), dataclasses.replace(CPU, lr=5e-4, critic_lr=2e-4)),
+    "stargan_cpu_g_lr_5e-4_cycle_2.5": (StarGANConfig.cpu(), dataclasses.replace(CPU, lr=5e-4, critic_lr=2e-4,
+                                                                                  lambda_rec=2.5)),
 }
 #: GANimation's variants: name -> a function making the task
 GANIMATION_VARIANTS = {
     "ganimation_paper": lambda: GANimationTask(GANimationConfig(), lr=LR),
-    "ganimation_cpu": lambda: GANimationTask(GANimationConfig(), lr=LR, **CPU_RECIPE),
-    "ganimation_cpu_identity_start_keep": lambda: GANimationTask(
-        GANimationConfig(attention_start=4.0), weights=GANimationWeights(keep=10.0), lr=LR, **CPU_RECIPE),
+    "ganimation_cpu_v2": lambda: GANimationTask(GANimationConfig(), lr=LR, **CPU_RECIPE),
+    "ganimation_cpu_identity_start_keep": lambda: GANimationTask(CPU_CONFIG, weights=CPU_WEIGHTS, lr=LR, **CPU_RECIPE),
 }
 
 

@@ -33,6 +33,7 @@ from facelib.train.trainer import Trainer, read_log
 
 __all__ = ["GANimationWeights", "GANimationTask", "au_regression_loss", "attention_loss", "other_sample_aus",
            "train_recipe", "train_paper_recipe", "train_au_editor", "DEFAULT_STEPS", "CPU_STEPS", "CPU_RECIPE",
+           "CPU_CONFIG", "CPU_WEIGHTS",
            "BATCH_SIZE"]
 
 
@@ -209,6 +210,10 @@ CPU_RECIPE = dict(
     augment="colour",  # departure: DiffAugment colour on every critic input
     warmup_steps=3000,  # departure: the critic's AU head starts as a trained regressor of real faces
 )
+#: The CPU recipe's network: the mask starts at A = 0.98, the generator as the identity mapping (a departure).
+CPU_CONFIG = GANimationConfig(attention_start=4.0)
+#: The CPU recipe's loss weights: the paper's, plus the keep loss outside the expression regions (a departure).
+CPU_WEIGHTS = GANimationWeights(keep=10.0)
 #: The learning curve: AU PCC and identity on held-out emotionet pairs, every CURVE_EVERY generator updates.
 CURVE_METRICS = ("AU PCC (facelib AU regressor)", VERIFICATION_NAME)
 CURVE_PAIRS, CURVE_EVERY = 192, 100
@@ -219,7 +224,8 @@ def train_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: b
 
     See :func:`train_au_editor` for what is measured.
     """
-    return train_au_editor("ganimation", GANimationTask(GANimationConfig(), lr=LR, **CPU_RECIPE), GANimationEditor,
+    return train_au_editor("ganimation", GANimationTask(CPU_CONFIG, weights=CPU_WEIGHTS, lr=LR, **CPU_RECIPE),
+                           GANimationEditor,
                            steps=steps, seed=seed, out_dir=out_dir, device=device, smoke=smoke,
                            default_steps=CPU_STEPS)
 
