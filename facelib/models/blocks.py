@@ -121,13 +121,24 @@ def down_block(in_channels: int, out_channels: int, track_running_stats: bool = 
                          track_running_stats=track_running_stats)
 
 
-def up_block(in_channels: int, out_channels: int, track_running_stats: bool = True) -> nn.Sequential:
-    """4x4 stride-2 transposed conv + instance norm + ReLU, ``[B, C_in, H, W] -> [B, C_out, 2H, 2W]``.
+def up_block(in_channels: int, out_channels: int, track_running_stats: bool = True,
+             mode: str = "transposed") -> nn.Sequential:
+    """Up-sampling by 2 + instance norm + ReLU, ``[B, C_in, H, W] -> [B, C_out, 2H, 2W]``.
 
-    The up-sampling layers of StarGAN's and GANimation's generators (LEED, DFT-Net).
+    The up-sampling layers of StarGAN's and GANimation's generators (LEED, DFT-Net). ``mode``:
+    ``"transposed"``, the published 4x4 stride-2 transposed convolution; ``"resize"``, nearest
+    up-sampling then a 3x3 convolution, which cannot paint the checkerboard a transposed
+    convolution's uneven overlap paints (Odena et al. 2016, "Deconvolution and Checkerboard
+    Artifacts"; the CPU recipes, whose early edits showed it).
     """
-    return conv_norm_act(in_channels, out_channels, 4, 2, norm="instance", padding=1, transposed=True,
-                         track_running_stats=track_running_stats)
+    if mode == "transposed":
+        return conv_norm_act(in_channels, out_channels, 4, 2, norm="instance", padding=1, transposed=True,
+                             track_running_stats=track_running_stats)
+    if mode == "resize":
+        return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                             *conv_norm_act(in_channels, out_channels, 3, norm="instance",
+                                            track_running_stats=track_running_stats))
+    raise ValueError(f"up_block: mode must be 'transposed' or 'resize', got {mode!r}")
 
 
 def tile_condition(images: Tensor, condition: Tensor) -> Tensor:

@@ -76,8 +76,11 @@ class GANimationConfig:
     critic_max_channels: int = 2048
     num_aus: int = NUM_AUS
     attention_start: float = 0.0  # the paper's bias-free head; CPU recipe: 4.0 (a departure)
+    upsample: str = "transposed"  # the paper's; "resize": nearest + 3x3 conv, no checkerboard (CPU recipe)
 
     def __post_init__(self) -> None:
+        if self.upsample not in ("transposed", "resize"):
+            raise ValueError(f"GANimationConfig.upsample must be 'transposed' (the paper) or 'resize', got {self.upsample!r}")
         if not isinstance(self.attention_start, (int, float)) or isinstance(self.attention_start, bool):
             raise ValueError(f"GANimationConfig.attention_start must be a number, got {self.attention_start!r}")
         for name in ("base_channels", "residual_blocks", "critic_base_channels", "critic_layers",
@@ -143,7 +146,7 @@ class GANimationGenerator(nn.Module):
             width *= 2
         layers += [ResidualBlock(width, track_running_stats=False) for _ in range(self.config.residual_blocks)]
         for _ in range(2):
-            layers.append(up_block(width, width // 2, track_running_stats=False))
+            layers.append(up_block(width, width // 2, track_running_stats=False, mode=self.config.upsample))
             width //= 2
         self.body = nn.Sequential(*layers)
         # Both heads without a bias, as the public code.

@@ -64,6 +64,7 @@ class StarGANConfig:
     output: str = "image"  # "image": StarGAN's tanh face; "attention": GANimation's colour + mask (CPU recipe)
     per_domain_critic: bool = False  # True: one real/fake map per domain, as StarGAN v2's D (CPU recipe)
     fake_class: bool = False  # True: the domain head has a ninth class, "generated" (CPU recipe)
+    upsample: str = "transposed"  # StarGAN's; "resize": nearest + 3x3 conv, no checkerboard (CPU recipe)
 
     def __post_init__(self) -> None:
         for name in ("image_size", "base_channels", "residual_blocks", "critic_channels", "critic_layers", "num_domains"):
@@ -78,6 +79,8 @@ class StarGANConfig:
         for name in ("per_domain_critic", "fake_class"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.upsample not in ("transposed", "resize"):
+            raise ValueError(f"upsample must be 'transposed' (StarGAN) or 'resize', got {self.upsample!r}")
         if self.image_size % 4 or self.image_size % 2**self.critic_layers:
             raise ValueError(f"image_size must be divisible by 4 and by 2**critic_layers; got image_size="
                              f"{self.image_size}, critic_layers={self.critic_layers} (e.g. 64 with 5, or 128 with 6)")
@@ -87,13 +90,14 @@ class StarGANConfig:
         """The CPU recipe's network: the 64x64 CPU width, with two departures from StarGAN."""
         return cls(output="attention",  # departure: GANimation's colour + mask, starting near the identity
                    per_domain_critic=True,  # departure: StarGAN v2's one real/fake map per domain
-                   fake_class=True)  # departure: the domain head also learns to name generated faces
+                   fake_class=True,  # departure: the domain head also learns to name generated faces
+                   upsample="resize")  # departure: nearest up-sampling + 3x3 conv (no checkerboard)
 
     @classmethod
     def paper(cls) -> "StarGANConfig":
         """The published 128x128 network: 64 channels, 6 residual blocks, a 6-layer critic from 64 channels."""
         return cls(image_size=128, base_channels=64, residual_blocks=6, critic_channels=64, critic_layers=6, skips=0,
-                   output="image", per_domain_critic=False, fake_class=False)
+                   output="image", per_domain_critic=False, fake_class=False, upsample="transposed")
 
 
 class StarGANGenerator(nn.Module):
@@ -127,7 +131,8 @@ class StarGANGenerator(nn.Module):
         self.stem = conv_norm_act(3 + self.config.num_domains, c, 7, norm="instance", **keep)
         self.down = nn.Sequential(down_block(c, 2 * c, **keep), down_block(2 * c, 4 * c, **keep))
         self.bottleneck = nn.Sequential(*[ResidualBlock(4 * c, **keep) for _ in range(self.config.residual_blocks)])
-        self.up = nn.Sequential(up_block(4 * c, 2 * c, **keep), up_block(2 * c, c, **keep))
+        up = {**keep, "mode": self.config.upsample}
+        self.up = nn.Sequential(up_block(4 * c, 2 * c, **up), up_block(2 * c, c, **up))
         self.head = nn.Conv2d(c, 3, 7, padding=3, bias=False)  # bias-free, as the public code
         if self.config.output == "attention":
             # Departure (CPU recipe): GANimation's mask beside the colour head. Its bias starts at 4
