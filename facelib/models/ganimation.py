@@ -77,6 +77,7 @@ class GANimationConfig:
     num_aus: int = NUM_AUS
     attention_start: float = 0.0  # the paper's bias-free head; CPU recipe: 4.0 (a departure)
     upsample: str = "transposed"  # the paper's; "resize": nearest + 3x3 conv, no checkerboard (CPU recipe)
+    residual_colour: bool = False  # the paper's painted colour map; True: the source + a change (CPU recipe)
 
     def __post_init__(self) -> None:
         if self.upsample not in ("transposed", "resize"):
@@ -156,11 +157,18 @@ class GANimationGenerator(nn.Module):
             # Departure (CPU recipe): every mask starts at sigmoid(attention_start), the source kept
             nn.init.zeros_(self.attention_head.weight)
             nn.init.constant_(self.attention_head.bias, float(self.config.attention_start))
+        if self.config.residual_colour:
+            nn.init.zeros_(self.colour_head.weight)  # the change starts at 0
 
     def forward(self, images: torch.Tensor, aus01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_generator_inputs(self, images, aus01)
         features = self.body(tile_condition(images, aus01))  # [B, base, H, W]
-        return torch.tanh(self.colour_head(features)), torch.sigmoid(self.attention_head(features))
+        colour = torch.tanh(self.colour_head(features))
+        if self.config.residual_colour:
+            # departure (CPU recipe): the colour map is the source plus a change, not a face painted from
+            # scratch (an untrained colour map paints smears where the mask lets it in)
+            colour = (images + colour).clamp(-1, 1)
+        return colour, torch.sigmoid(self.attention_head(features))
 
     def animate(self, images: torch.Tensor, aus01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(output, colour, attention)``: the generator's maps composed with the source (Eq. 1)."""

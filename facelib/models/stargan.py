@@ -65,6 +65,7 @@ class StarGANConfig:
     per_domain_critic: bool = False  # True: one real/fake map per domain, as StarGAN v2's D (CPU recipe)
     fake_class: bool = False  # True: the domain head has a ninth class, "generated" (CPU recipe)
     upsample: str = "transposed"  # StarGAN's; "resize": nearest + 3x3 conv, no checkerboard (CPU recipe)
+    residual_colour: bool = False  # output="attention" only: the colour map is the source + a change (CPU recipe)
 
     def __post_init__(self) -> None:
         for name in ("image_size", "base_channels", "residual_blocks", "critic_channels", "critic_layers", "num_domains"):
@@ -76,7 +77,7 @@ class StarGANConfig:
         if self.output not in ("image", "attention"):
             raise ValueError(f"output must be 'image' (StarGAN) or 'attention' (GANimation's colour and mask "
                              f"composed with the source), got {self.output!r}")
-        for name in ("per_domain_critic", "fake_class"):
+        for name in ("per_domain_critic", "fake_class", "residual_colour"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.upsample not in ("transposed", "resize"):
@@ -91,13 +92,15 @@ class StarGANConfig:
         return cls(output="attention",  # departure: GANimation's colour + mask, starting near the identity
                    per_domain_critic=True,  # departure: StarGAN v2's one real/fake map per domain
                    fake_class=True,  # departure: the domain head also learns to name generated faces
-                   upsample="resize")  # departure: nearest up-sampling + 3x3 conv (no checkerboard)
+                   upsample="resize",  # departure: nearest up-sampling + 3x3 conv (no checkerboard)
+                   residual_colour=True)  # departure: the colour map is the source plus a learned change
 
     @classmethod
     def paper(cls) -> "StarGANConfig":
         """The published 128x128 network: 64 channels, 6 residual blocks, a 6-layer critic from 64 channels."""
         return cls(image_size=128, base_channels=64, residual_blocks=6, critic_channels=64, critic_layers=6, skips=0,
-                   output="image", per_domain_critic=False, fake_class=False, upsample="transposed")
+                   output="image", per_domain_critic=False, fake_class=False, upsample="transposed",
+                   residual_colour=False)
 
 
 class StarGANGenerator(nn.Module):
@@ -140,6 +143,8 @@ class StarGANGenerator(nn.Module):
             self.attention_head = nn.Conv2d(c, 1, 7, padding=3)
             nn.init.zeros_(self.attention_head.weight)
             nn.init.constant_(self.attention_head.bias, 4.0)
+            if self.config.residual_colour:
+                nn.init.zeros_(self.head.weight)  # the change starts at 0: the edit starts as the source
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The edited faces ``[B, 3, S, S]`` in [-1, 1]."""
@@ -162,6 +167,10 @@ class StarGANGenerator(nn.Module):
         painted = torch.tanh(self.head(x))  # [B, 3, S, S]
         if self.config.output == "image":
             return painted, None
+        if self.config.residual_colour:
+            # departure (CPU recipe): where the mask lets colour in, it is the source plus a change, not a
+            # face painted from scratch (an untrained colour map paints smears and speckles there)
+            painted = (images + painted).clamp(-1, 1)
         attention = torch.sigmoid(self.attention_head(x))  # [B, 1, S, S]
         # GANimation Eq. 1 (facelib.models.ganimation.compose): A keeps the source, 1 - A takes the colour
         return compose(images, painted, attention), attention

@@ -210,9 +210,10 @@ CPU_RECIPE = dict(
     augment="colour",  # departure: DiffAugment colour on every critic input
     warmup_steps=3000,  # departure: the critic's AU head starts as a trained regressor of real faces
 )
-#: The CPU recipe's network, two departures: the mask starts at A = 0.98 (the generator starts as the
-#: identity mapping), and nearest up-sampling + 3x3 convs replace the transposed convs (no checkerboard).
-CPU_CONFIG = GANimationConfig(attention_start=4.0, upsample="resize")
+#: The CPU recipe's network, three departures: the mask starts at A = 0.98 (the generator starts as the
+#: identity mapping), nearest up-sampling + 3x3 convs replace the transposed convs (no checkerboard), and
+#: the colour map is the source plus a learned change.
+CPU_CONFIG = GANimationConfig(attention_start=4.0, upsample="resize", residual_colour=True)
 #: The CPU recipe's loss weights: the paper's, plus the keep loss outside the expression regions (a departure).
 CPU_WEIGHTS = GANimationWeights(keep=10.0)
 #: The learning curve: AU PCC and identity on held-out emotionet pairs, every CURVE_EVERY generator updates.
