@@ -191,3 +191,21 @@ def test_every_shipped_checkpoint_still_loads_strictly(name):
     with safe_open(str(weights_path), "pt") as stored:
         stored_keys = set(stored.keys())
     assert set(model.state_dict()) == stored_keys
+
+
+def test_resize_up_sampling_doubles_the_size_and_paints_no_checkerboard():
+    """A transposed 4x4 stride-2 conv of a constant map gives a periodic pattern at the borders of its
+    overlaps; nearest up-sampling + a 3x3 conv gives a constant map away from the image border."""
+    from facelib.models.blocks import up_block
+
+    torch.manual_seed(0)
+    constant = torch.ones(1, 4, 8, 8)
+    resize = up_block(4, 3, track_running_stats=False, mode="resize")[:2]  # up-sampling and the conv, no norm
+    out = resize(constant)
+    assert out.shape == (1, 3, 16, 16)
+    inner = out[..., 1:-1, 1:-1]
+    torch.testing.assert_close(inner, inner[..., :1, :1].expand_as(inner))
+    transposed = up_block(4, 3, track_running_stats=False)[0]
+    assert transposed(constant).shape == (1, 3, 16, 16)
+    with pytest.raises(ValueError, match="mode must be 'transposed' or 'resize'"):
+        up_block(4, 3, mode="bilinear")

@@ -192,3 +192,21 @@ def test_edits_use_each_images_own_statistics_in_eval_mode_too():
         evaluated = generator.eval()(x, labels)
     torch.testing.assert_close(evaluated, trained)
     assert not any("running" in name for name, _ in generator.named_buffers())
+
+
+def test_the_residual_colour_map_starts_at_the_source_and_edits_only_where_the_mask_opens():
+    config = StarGANConfig(image_size=16, base_channels=4, residual_blocks=1, critic_channels=8, critic_layers=3,
+                           output="attention", residual_colour=True, upsample="resize")
+    generator = StarGANGenerator(config)
+    faces = images(2, 16)
+    edited, attention = generator.translate(faces, one_hot(["happy", "sad"]))
+    torch.testing.assert_close(edited, faces)  # the change head starts at zero
+    torch.nn.init.normal_(generator.head.weight, std=0.5)
+    edited, attention = generator.translate(faces, one_hot(["happy", "sad"]))
+    captured = []
+    generator.head.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    edited, attention = generator.translate(faces, one_hot(["happy", "sad"]))
+    colour = (faces + torch.tanh(captured[-1])).clamp(-1, 1)
+    # GANimation Eq. 1 with the colour map source + change: edit - source = (1 - A) (colour - source)
+    torch.testing.assert_close(edited - faces, (1 - attention) * (colour - faces))
+    assert (edited - faces).abs().max() > 0
