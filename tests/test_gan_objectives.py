@@ -7,22 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from facelib.losses import gan_discriminator_loss, gan_generator_loss, hinge_critic_loss, r1_penalty
-from facelib.train import Trainer, read_log
+from facelib.train import read_log
 from facelib.train.gan import GANTask, diff_augment
-from toy_training import Killed, ToyGAN, parameter_digest
+from test_gan_task import run as fit
+from toy_training import ToyGAN, parameter_digest
 
 torch.set_num_threads(1)
-
-
-def fit(out_dir, steps, kill_at=None, resume=False, **options):
-    task = ToyGAN(kill_at=kill_at, **options)
-    trainer = Trainer(task, steps=steps, batch_size=4, seed=0, out_dir=out_dir, log_every=1, resume=resume,
-                      checkpoint_every=kill_at or 0, progress=False)
-    if kill_at is None:
-        return task, trainer.fit()
-    with pytest.raises(Killed):
-        trainer.fit()
-    return task, None
 
 
 def test_hinge_and_non_saturating_losses_match_their_formulas():
