@@ -51,6 +51,7 @@ from .utils import apply_in_batches, eval_mode, get_device
 
 __all__ = [
     "QUALITY_METRICS", "COST_METRICS", "COLUMNS", "EditScores", "BenchmarkResult", "shipped_editors",
+    "takes_targets", "edits_preset",
     "score_edits", "interval", "paired_test", "costs", "run", "expression_grid",
 ]
 
@@ -277,6 +278,24 @@ def shipped_editors() -> list[str]:
     return list(table.loc[table["weights_shipped"], "name"])
 
 
+def takes_targets(editor: Editor, kind: str, preset: str) -> bool:
+    """Whether ``editor`` can edit every held-out pair of ``preset`` toward ``kind`` targets: it accepts
+    the kind, and for ``"expression"`` it knows every expression of the preset (StarGAN knows rafd's
+    eight emotions, not multipie's squint and scream)."""
+    from .data.presets import get_preset
+
+    if kind not in editor.accepts:
+        return False
+    return kind != "expression" or set(get_preset(preset).expressions) <= set(editor.expressions)
+
+
+def edits_preset(editor: str | Editor, preset: str) -> bool:
+    """Whether ``editor`` (an Editor or a registered name) takes some kind of target for every held-out
+    pair of ``preset`` (:func:`takes_targets`): who can be compared on that preset's pairs."""
+    editor = load_editor(editor) if isinstance(editor, str) else editor
+    return any(takes_targets(editor, kind, preset) for kind in TARGET_KINDS)
+
+
 @dataclass
 class BenchmarkResult:
     """What :func:`run` measured: ``table`` (tidy, :data:`COLUMNS`) and the per-edit ``scores``
@@ -373,7 +392,10 @@ def run(editors: Sequence[str | Editor] | None = None, *, target_kinds: Sequence
         module.to(device)
     pairs_by_size: dict[int, protocol.HeldOutPairs] = {}
     rows, scores = [], {}
-    jobs = [(editor, kind) for editor in loaded for kind in target_kinds if kind in editor.accepts]
+    jobs = [(editor, kind) for editor in loaded for kind in target_kinds if takes_targets(editor, kind, preset)]
+    skipped = [f"{editor.name}: {kind} targets (it does not know every expression of {preset})"
+               for editor in loaded for kind in target_kinds
+               if kind in editor.accepts and not takes_targets(editor, kind, preset)]
     for editor, kind in tqdm(jobs, desc="benchmark", disable=not progress):
         if editor.image_size not in pairs_by_size:
             pairs_by_size[editor.image_size] = protocol.held_out_pairs(
@@ -390,7 +412,7 @@ def run(editors: Sequence[str | Editor] | None = None, *, target_kinds: Sequence
         rows += [{"editor": editor.name, "target": kind, **r} for r in measured]
     description = next(iter(pairs_by_size.values())).description if pairs_by_size else ""
     table = pd.DataFrame(rows, columns=COLUMNS)
-    table.attrs.update(description=description, n=n, resamples=resamples)
+    table.attrs.update(description=description, n=n, resamples=resamples, skipped=skipped)
     return BenchmarkResult(table, scores, description)
 
 

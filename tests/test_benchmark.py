@@ -159,3 +159,20 @@ def test_plots_refuse_a_table_without_the_metric():
         viz.plot_metric_bars(table, ["PSNR"])
     with pytest.raises(ValueError, match="lacks the columns"):
         viz.plot_quality_speed(table.drop(columns="low"), "SSIM")
+
+
+def test_an_editor_that_does_not_know_a_presets_expressions_is_skipped_with_a_note():
+    from facelib.models.stargan import StarGANConfig, StarGANEditor, StarGANGenerator
+
+    stargan = StarGANEditor(StarGANGenerator(StarGANConfig()))  # rafd's eight emotions: no squint, no scream
+    assert benchmark.takes_targets(stargan, "expression", "rafd")
+    assert not benchmark.takes_targets(stargan, "expression", "multipie")
+    assert not benchmark.takes_targets(stargan, "aus", "rafd")  # it does not accept AUs at all
+    assert not benchmark.edits_preset(stargan, "multipie") and benchmark.edits_preset(stargan, "rafd")
+    result = benchmark.run([stargan], target_kinds=("expression",), preset="rafd", n=16, resamples=100,
+                           progress=False)
+    assert set(result.table["editor"]) == {"stargan"} and result.table.attrs["skipped"] == []
+    result = benchmark.run([stargan], preset="multipie", n=16, resamples=100, progress=False)
+    assert result.table.empty
+    assert result.table.attrs["skipped"] == ["stargan: expression targets (it does not know every expression of "
+                                             "multipie)"]
