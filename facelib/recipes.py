@@ -52,8 +52,8 @@ RECIPES: dict[str, str] = {
     "average_flow": "facelib.train.fvae:train_average_flow_recipe",  # FVAE Sec. 6.1 average-flow baseline
     "stargan": "facelib.train.stargan:train_recipe",  # StarGAN, CPU recipe, rafd's eight emotions (shipped)
     "stargan_paper": "facelib.train.stargan:train_paper_recipe",  # StarGAN, the paper's schedule (WGAN-GP, n_critic 5)
-    "ganimation": "facelib.train.ganimation:train_recipe",  # GANimation (Eq. 2-6), CPU recipe, emotionet (shipped)
-    "ganimation_paper": "facelib.train.ganimation:train_paper_recipe",  # GANimation, the paper's schedule
+    "ganimation": "facelib.train.ganimation:train_recipe",  # GANimation (Eq. 2-6), the paper's schedule (shipped)
+    "ganimation_cpu": "facelib.train.ganimation:train_cpu_recipe",  # GANimation, the CPU recipe (measured worse)
     "dftnet": "facelib.train.dftnet:train_recipe",  # DFT-Net (Eq. 1-10): GANimation + flow decoder, emotionet
     "dftnet_no_flow": "facelib.train.dftnet:train_no_flow_recipe",  # DFT-Net's ablation: X_a = X_s
     "dftnet_no_texture": "facelib.train.dftnet:train_no_texture_recipe",  # DFT-Net's ablation: A = 1 (a pure warp)

@@ -26,9 +26,9 @@ PAPER, CPU = StarGANTrainConfig(), StarGANTrainConfig.cpu()
 VARIANTS = {
     "stargan_paper": (StarGANConfig(), PAPER),
     "stargan_cpu": (StarGANConfig.cpu(), CPU),
-    "stargan_cpu_transposed": (dataclasses.replace(StarGANConfig.cpu(), upsample="transposed", residual_colour=False),
-                               CPU),
-    "stargan_cpu_painted_colour": (dataclasses.replace(StarGANConfig.cpu(), residual_colour=False), CPU),
+    "stargan_cpu_resize": (dataclasses.replace(StarGANConfig.cpu(), upsample="resize"), CPU),
+    "stargan_cpu_resize_residual_colour": (dataclasses.replace(StarGANConfig.cpu(), upsample="resize",
+                                                               residual_colour=True), CPU),
     "stargan_cpu_no_fake_class": (dataclasses.replace(StarGANConfig.cpu(), fake_class=False), CPU),
     "stargan_cpu_no_keep": (StarGANConfig.cpu(), dataclasses.replace(CPU, lambda_keep=0.0)),
     "stargan_cpu_no_augment": (StarGANConfig.cpu(), dataclasses.replace(CPU, augment="")),
@@ -38,18 +38,17 @@ VARIANTS = {
     "stargan_cpu_image_output": (dataclasses.replace(StarGANConfig.cpu(), output="image"), CPU),
     "stargan_cpu_400_ids": (StarGANConfig.cpu(), dataclasses.replace(CPU, identities=400)),
     "stargan_cpu_g_lr_5e-4": (StarGANConfig.cpu(), dataclasses.replace(CPU, lr=5e-4, critic_lr=2e-4)),
-    "stargan_cpu_g_lr_5e-4_cycle_2.5": (dataclasses.replace(StarGANConfig.cpu(), upsample="transposed",
-                                                            residual_colour=False),
-                                        dataclasses.replace(CPU, lr=5e-4, critic_lr=2e-4, lambda_rec=2.5)),
+    "stargan_cpu_g_lr_5e-4_cycle_2.5": (StarGANConfig.cpu(), dataclasses.replace(CPU, lr=5e-4, critic_lr=2e-4,
+                                                                                  lambda_rec=2.5)),
 }
 #: GANimation's variants: name -> a function making the task
 GANIMATION_VARIANTS = {
-    "ganimation_paper": lambda: GANimationTask(GANimationConfig(), lr=LR),
+    "ganimation": lambda: GANimationTask(GANimationConfig(), lr=LR),  # the paper's schedule (shipped)
     "ganimation_cpu_v2": lambda: GANimationTask(GANimationConfig(), lr=LR, **CPU_RECIPE),
     "ganimation_cpu_identity_start_keep": lambda: GANimationTask(
         dataclasses.replace(CPU_CONFIG, upsample="transposed", residual_colour=False), weights=CPU_WEIGHTS, lr=LR,
         **CPU_RECIPE),
-    "ganimation_cpu_painted_colour": lambda: GANimationTask(
+    "ganimation_cpu_resize": lambda: GANimationTask(
         dataclasses.replace(CPU_CONFIG, residual_colour=False), weights=CPU_WEIGHTS, lr=LR, **CPU_RECIPE),
     "ganimation_cpu": lambda: GANimationTask(CPU_CONFIG, weights=CPU_WEIGHTS, lr=LR, **CPU_RECIPE),
 }

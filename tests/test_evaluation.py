@@ -261,3 +261,17 @@ def test_spread_pairs_cover_several_identities_where_the_first_n_show_one():
     spread = held_out_pairs("rafd", "test", 16, 8, spread=True, progress=False)
     ids = lambda pairs: torch.cat([b["identity"] for b in pairs.batches]).unique().numel()  # noqa: E731
     assert ids(first) == 1 and ids(spread) >= 6
+
+
+def test_a_learning_curve_point_is_evaluate_on_the_same_pairs():
+    from facelib import load_editor
+    from facelib.evaluation import LearningCurve, evaluate
+
+    metrics = ["expression accuracy (facelib classifier)", "SSIM"]
+    curve = LearningCurve("multipie", "expression", metrics=metrics, n=12)
+    editor = load_editor("average_flow")
+    point = curve(editor)
+    table = evaluate(editor, "expression", preset="multipie", n=12, spread=True, metrics=metrics, progress=False)
+    assert point == pytest.approx(dict(zip(table.metric, table.value)))
+    with pytest.raises(ValueError, match="at least one metric"):
+        LearningCurve("multipie", "expression", metrics=[])

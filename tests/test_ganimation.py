@@ -11,6 +11,7 @@ from facelib.models.fvae import FVAE, FVAEConfig
 from facelib.models.ganimation import (
     GANimationConfig, GANimationCritic, GANimationEditor, GANimationGenerator, compose,
 )
+from facelib.train import read_log
 from facelib.train.ganimation import GANimationTask, GANimationWeights, au_regression_loss, other_sample_aus
 
 torch.set_num_threads(1)
@@ -145,11 +146,14 @@ def test_recipe_smoke_run_returns_the_documented_keys(tmp_path):
     per_au = {f"au_pcc_AU{code}" for code in AU_CODES}
     metrics = set(result["metrics"]["ganimation"])
     assert metrics - per_au == {"au_pcc", "au_mse", "identity_verification", "psnr_db", "ssim", "fd", "attention_mean",
-                                "attention_mean_test", "n_test_pairs"}
+                                "attention_mean_test", "n_test_pairs", "train_seconds", "generator_updates"}
     assert metrics & per_au  # an AU without variance among 20 smoke pairs has no PCC and is left out
     assert 0 < result["metrics"]["ganimation"]["attention_mean"] < 1
     assert 0 < result["metrics"]["ganimation"]["attention_mean_test"] < 1
     assert isinstance(load_model(result["checkpoints"]["ganimation"]), GANimationGenerator)
+    cpu = run_recipe("ganimation_cpu", out_dir=tmp_path, smoke=True, device="cpu")  # the CPU recipe, with its curve
+    assert load_model(cpu["checkpoints"]["ganimation_cpu"]).config.residual_colour
+    assert "AU PCC (facelib AU regressor)" in read_log(tmp_path / "ganimation_cpu", kind="val").columns
 
 
 def test_the_cpu_recipes_identity_start_and_keep_loss():

@@ -214,3 +214,24 @@ def test_plot_losses_separate_gives_each_loss_its_own_labelled_axis():
     _, two = plt.subplots(1, 2)
     with pytest.raises(ValueError, match="one Axes per loss"):
         plot_losses(rows, separate=True, ax=two)
+
+
+def test_learning_curves_are_drawn_against_updates_and_wall_time(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from facelib.viz import plot_learning_curves
+
+    run = pd.DataFrame({"kind": ["train", "val", "val"], "step": [1, 5, 10], "seconds": [1.0, 60.0, 120.0],
+                        "generator_updates": [None, 1, 2], "accuracy": [None, 0.2, 0.4]})
+    axes = plot_learning_curves({"a": run, "b": run.assign(accuracy=run["accuracy"] / 2)}, ["accuracy"],
+                                floors={"accuracy": 0.85})
+    assert axes.shape == (2, 1)
+    top, bottom = axes[0, 0], axes[1, 0]
+    assert list(top.lines[0].get_xdata()) == [1, 2] and list(top.lines[0].get_ydata()) == [0.2, 0.4]
+    assert list(bottom.lines[0].get_xdata()) == [1.0, 2.0]  # minutes
+    assert any(line.get_linestyle() == "--" for line in top.lines)  # the floor
+    with pytest.raises(ValueError, match=r"no learning-curve column\(s\) \['generator_updates'\]"):
+        plot_learning_curves({"a": run.drop(columns="generator_updates")}, ["accuracy"])

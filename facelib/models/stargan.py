@@ -91,9 +91,8 @@ class StarGANConfig:
         """The CPU recipe's network: the 64x64 CPU width, with two departures from StarGAN."""
         return cls(output="attention",  # departure: GANimation's colour + mask, starting near the identity
                    per_domain_critic=True,  # departure: StarGAN v2's one real/fake map per domain
-                   fake_class=True,  # departure: the domain head also learns to name generated faces
-                   upsample="resize",  # departure: nearest up-sampling + 3x3 conv (no checkerboard)
-                   residual_colour=True)  # departure: the colour map is the source plus a learned change
+                   fake_class=True)  # departure: the domain head also learns to name generated faces
+        # upsample="resize" and residual_colour=True were tried on top (docs/gan_training.md) and stopped early
 
     @classmethod
     def paper(cls) -> "StarGANConfig":
