@@ -42,6 +42,7 @@ class DFTNetWeights:
     attention: float = 1.0  # lambda_att, on Eq. 10
     flow_tv: float = 1e-4  # lambda_tv, on Eq. 9
     target_noise: float = 0.1  # GANimation's code: target AUs = another sample's + U(-0.1, 0.1)
+    keep: float = 0.0  # the CPU recipes' L1 outside the landmarks' expression regions (0: the paper)
 
 
 class DFTNetTask(GANimationTask):
