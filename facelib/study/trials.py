@@ -116,12 +116,19 @@ class Study:
         return [(self.trials[i], tuple(int(k) for k in rng.permutation(len(self.trials[i].images)))) for i in order]
 
 
-def study_target_kind(editor: Editor) -> str:
-    """The target kind a study asks of ``editor``: ``expression`` where accepted, else ``reference``, else ``aus``."""
+def study_target_kind(editor: Editor, preset: str | None = None) -> str:
+    """The target kind a study asks of ``editor``: ``expression`` where accepted, else ``reference``, else ``aus``.
+
+    With ``preset``, only a kind the editor can take for every held-out pair of that preset
+    (:func:`facelib.benchmark.takes_targets`: GANimation knows eight expressions, not multipie's scream,
+    so it is asked for the AUs there)."""
+    from facelib.benchmark import takes_targets
+
     for kind in _KIND_PREFERENCE:
-        if kind in editor.accepts:
+        if kind in editor.accepts and (preset is None or takes_targets(editor, kind, preset)):
             return kind
-    raise ValueError(f"{editor.name} accepts none of the target kinds {list(_KIND_PREFERENCE)}")
+    where = "" if preset is None else f" for every pair of {preset}"
+    raise ValueError(f"{editor.name} takes none of the target kinds {list(_KIND_PREFERENCE)}{where}")
 
 
 def obvious_failure(image: torch.Tensor, style: str, seed: int = 0, tiles: int = 4) -> torch.Tensor:
@@ -245,7 +252,7 @@ def build_study(editors: Sequence[Editor | str], folder: str | Path, *, sources:
     _check_counts(sources, checks, side_by_side, len(resolved))
     folder = Path(folder)
     _check_folder(folder, overwrite)
-    kinds = {editor.name: study_target_kind(editor) for editor in resolved}
+    kinds = {editor.name: study_target_kind(editor, preset) for editor in resolved}
     pairs = held_out_pairs(preset, "test", resolved[0].image_size, sources, seed=seed, spread=True, progress=progress)
     edits = {editor.name: run_editor(editor, kinds[editor.name], pairs, progress=progress).edited
              for editor in resolved}
