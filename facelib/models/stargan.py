@@ -88,11 +88,14 @@ class StarGANConfig:
 
     @classmethod
     def cpu(cls) -> "StarGANConfig":
-        """The CPU recipe's network: the 64x64 CPU width, with two departures from StarGAN."""
+        """The CPU recipe's network: the 64x64 CPU width, with three departures from StarGAN.
+
+        ``upsample="resize"`` and ``residual_colour=True`` were tried on top and stopped early
+        (docs/gan_training.md, rows S5 and S7).
+        """
         return cls(output="attention",  # departure: GANimation's colour + mask, starting near the identity
                    per_domain_critic=True,  # departure: StarGAN v2's one real/fake map per domain
                    fake_class=True)  # departure: the domain head also learns to name generated faces
-        # upsample="resize" and residual_colour=True were tried on top (docs/gan_training.md) and stopped early
 
     @classmethod
     def paper(cls) -> "StarGANConfig":
