@@ -425,7 +425,7 @@ register_editor("stargan", "facelib.models.stargan:load_stargan_editor",
                                              "identity_verification": (0.95, None),
                                              "neutraliser_accuracy": (0.90, None)})
 register_editor("ganimation", "facelib.models.ganimation:load_ganimation_editor",
-                paper="GANimation (Pumarola et al. 2018), the base of DFT-Net", accepts=("aus", "expression"),
+                paper="GANimation (Pumarola et al. 2018), Eq. 1", accepts=("aus", "expression"),
                 weights=("ganimation",), floors={"au_pcc": (0.75, None), "identity_verification": (0.95, None),
                                                 "attention_mean_test": (0.05, 0.95)})
 register_editor("optical_flow", "facelib.models.baselines:load_optical_flow_editor",

@@ -112,7 +112,7 @@ def target_from_controls(kind: str, expression: str, intensity: float, aus, refe
     if kind == "expression":
         return Target(expression=expression, intensity=float(intensity), source_expression=source_expression)
     if kind == "aus":
-        return Target(aus=torch.as_tensor(aus, dtype=torch.float32).reshape(1, NUM_AUS))
+        return Target(aus=torch.as_tensor(aus, dtype=torch.float32).reshape(1, NUM_AUS), intensity=float(intensity))
     if kind == "reference":
         if reference is None:
             raise ValueError("a reference target needs a reference image; pass references={name: image} to editor_widget")

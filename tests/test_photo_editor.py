@@ -84,6 +84,10 @@ def test_the_editor_starts_on_a_shipped_photo_and_every_shipped_method_edits_it(
             editor.controls.kind.value = kind
             if kind == "reference":
                 editor.controls.reference.value = "SynthFaces, happy"
+            if kind == "aus":  # every AU starts at 0, which no intensity scales: raise the smile first
+                before = editor.result.value
+                editor.controls.aus[AU_CODES.index(12)].value = 4.0
+                assert not is_error(editor) and editor.result.value != before, f"{name}: AU12 did not change the photo"
             before = editor.result.value
             editor.controls.intensity.value = 0.5 if editor.controls.intensity.value != 0.5 else 1.0
             assert not is_error(editor), editor.message.value

@@ -202,9 +202,9 @@ def _expression_aus() -> dict[str, torch.Tensor]:
 class GANimationEditor(Editor):
     """GANimation behind :class:`facelib.editors.Editor`: ``aus`` or ``expression`` targets.
 
-    An ``aus`` target ``[B, 17]`` on the 0-5 scale is what the generator is conditioned on (divided
-    by 5). An ``expression`` target takes that expression's mean AUs over the ``rafd`` preset's
-    training identities (DFT-Net Sec. 3.2 takes its expression AUs from RaFD;
+    An ``aus`` target ``[B, 17]`` on the 0-5 scale, times the intensity, is what the generator is
+    conditioned on (divided by 5). An ``expression`` target takes that expression's mean AUs over the
+    ``rafd`` preset's training identities (DFT-Net Sec. 3.2 takes its expression AUs from RaFD;
     :func:`facelib.data.expression_aus`) times the intensity. The AUs are absolute, not a change:
     intensity 0 asks for a face with every AU at 0 (a neutral face), not for the source.
     The result carries the attention mask (A = 1 keeps the source) and the colour map as ``texture``.
@@ -232,9 +232,10 @@ class GANimationEditor(Editor):
     def target_aus(self, target: Target, batch: int) -> torch.Tensor:
         """The AUs ``[batch, 17]`` on the 0-5 scale that ``target`` asks for."""
         if target.kind == "aus":
-            return target.au_targets(batch).float()
-        means = torch.stack([self.expression_aus[name] for name in target.expressions(batch)])  # [B, 17]
-        return (target.intensities(batch)[:, None] * means).clamp(0, AU_MAX)
+            wanted = target.au_targets(batch).float()
+        else:
+            wanted = torch.stack([self.expression_aus[name] for name in target.expressions(batch)])  # [B, 17]
+        return (target.intensities(batch)[:, None].to(wanted) * wanted).clamp(0, AU_MAX)
 
     def target_aus01(self, target: Target, images: torch.Tensor) -> torch.Tensor:
         """The generator's condition for ``images``: :meth:`target_aus` divided by 5, ``[B, 17]`` in [0, 1]."""
