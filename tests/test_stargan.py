@@ -211,3 +211,11 @@ def test_the_residual_colour_map_starts_at_the_source_and_edits_only_where_the_m
     # GANimation Eq. 1 with the colour map source + change: edit - source = (1 - A) (colour - source)
     torch.testing.assert_close(edited - faces, (1 - attention) * (colour - faces))
     assert (edited - faces).abs().max() > 0
+
+
+def test_the_editor_returns_the_mask_of_an_attention_generator():
+    config = StarGANConfig(image_size=16, base_channels=4, residual_blocks=1, critic_channels=8, critic_layers=3,
+                           output="attention")
+    result = StarGANEditor(StarGANGenerator(config)).edit(images(2, 16), Target(expression="happy"))
+    assert result.attention.shape == (2, 1, 16, 16)
+    assert StarGANEditor(StarGANGenerator(TINY)).edit(images(2, 16), Target(expression="happy")).attention is None

@@ -247,7 +247,8 @@ class StarGANEditor(Editor):
         sources = target.source_expressions(batch) or ["neutral"] * batch
         t = target.intensities(batch).to(images).view(-1, 1)
         labels = t * one_hot(target.expressions(batch), images.device) + (1 - t) * one_hot(sources, images.device)
-        return EditResult(output=self.generator(images, labels))
+        output, attention = self.generator.translate(images, labels)
+        return EditResult(output=output, attention=attention)  # the mask exists with output="attention"
 
 
 def load_stargan_editor(device="cpu") -> StarGANEditor:
