@@ -451,11 +451,12 @@ def expression_grid(editors: Sequence[str | Editor] | None = None, *, faces: int
         aus, reference_aus = emotion_aus(name, identity=people), emotion_aus(name, identity=partners)
         columns["truth"].append(render(people, aus, yaw, size=size, asymmetry=emotion_asymmetry(name, people))["image"])
         reference = render(partners, reference_aus, yaw, size=size, asymmetry=emotion_asymmetry(name, partners))["image"]
+        known = {"identity": people, "yaw": yaw, "reference_identity": partners, "reference_yaw": yaw}
         for editor in loaded:
             if "expression" in editor.accepts and name in editor.expressions:
-                target = Target(expression=name, intensity=1.0, source_expression="neutral")
+                target = Target(expression=name, intensity=1.0, source_expression="neutral", known=known)
             elif "reference" in editor.accepts:
-                target = Target(reference=reference)
+                target = Target(reference=reference, known=known)
             else:
                 columns[editor.name].append(torch.full_like(neutral, 1.0))  # cannot edit to it: a blank tile
                 continue

@@ -35,19 +35,21 @@ import importlib
 import numbers
 import re
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
 from .conventions import AU_MAX, EXPRESSIONS, NUM_AUS, check_images
 
 __all__ = [
-    "TARGET_KINDS", "Target", "EditResult", "Editor", "EditorInfo",
+    "TARGET_KINDS", "KNOWN_FIELDS", "Target", "EditResult", "Editor", "EditorInfo",
     "register_editor", "list_editors", "load_editor", "editor_info",
 ]
 
 #: The kinds of target an editor may accept.
 TARGET_KINDS = ("expression", "aus", "reference")
+#: What ``Target.known`` may carry about SynthFaces images (the render parameters oracle editors read).
+KNOWN_FIELDS = ("identity", "yaw", "reference_identity", "reference_yaw")
 
 
 def _names(value, what: str) -> tuple[str, ...]:
@@ -72,6 +74,10 @@ class Target:
     source_expression: the source's expression where it is known (a name or one per image). FVAE's
         Algorithm 1 moves along Z_target - Z_source and uses it; other editors ignore it. ``None``:
         unknown (a user's photo), and an editor that needs it says what it assumes.
+    known: what the renderer knows about SynthFaces images, for *oracle* editors only: ``identity`` and
+        ``yaw`` ``[B]`` of the sources and, for a reference target, ``reference_identity`` and
+        ``reference_yaw``. LEED's ``true_render`` neutraliser renders the neutral faces from them
+        (``facelib.models.leed``); every other editor ignores them. A photo has none.
     """
 
     expression: str | Sequence[str] | None = None
@@ -79,6 +85,7 @@ class Target:
     aus: torch.Tensor | None = None
     reference: torch.Tensor | None = None
     source_expression: str | Sequence[str] | None = None
+    known: Mapping[str, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         given = [kind for kind in TARGET_KINDS if getattr(self, kind) is not None]
@@ -100,6 +107,13 @@ class Target:
                 raise ValueError(f"aus must be finite intensities in [0, {AU_MAX:g}], got values in "
                                  f"[{float(aus.min()):.3g}, {float(aus.max()):.3g}]")
             object.__setattr__(self, "aus", aus)
+        if self.known is not None:
+            if not isinstance(self.known, Mapping) or not all(
+                    name in KNOWN_FIELDS and isinstance(value, torch.Tensor) and value.dim() == 1
+                    for name, value in self.known.items()):
+                raise ValueError(f"known must map names from {list(KNOWN_FIELDS)} to 1-D tensors (one value per "
+                                 f"image), got {self.known!r}")
+            object.__setattr__(self, "known", dict(self.known))
         intensity = self.intensity
         if isinstance(intensity, bool) or not isinstance(intensity, (numbers.Real, torch.Tensor, Sequence)):
             raise TypeError(f"intensity must be a number or one number per image, got {type(intensity).__name__}")
@@ -313,6 +327,8 @@ class EditorInfo:
     factory: str | Callable  # "module:function" (or the function) returning a ready Editor
     #: the issue's floors on its first checkpoint's manifest metrics: metric -> (lowest, highest), None = open
     floors: tuple[tuple[str, tuple[float | None, float | None]], ...] = ()
+    #: it needs ``Target.known`` (render parameters only SynthFaces has): measured, never offered for photos
+    oracle: bool = False
 
     def weights_shipped(self) -> bool:
         from .pretrained import available_pretrained
@@ -337,10 +353,12 @@ _EDITORS: dict[str, EditorInfo] = {}
 
 
 def register_editor(name: str, factory: str | Callable, *, paper: str, accepts: Sequence[str],
-                    weights: Sequence[str] = (), floors: dict | None = None, replace: bool = False) -> EditorInfo:
+                    weights: Sequence[str] = (), floors: dict | None = None, oracle: bool = False,
+                    replace: bool = False) -> EditorInfo:
     """Add an editor: ``factory(device=...) -> Editor`` builds it ready to edit (``"module:function"``
     keeps listing cheap). ``weights`` names the shipped checkpoints it needs; ``floors`` maps metrics
-    of the first one's manifest entry to ``(lowest, highest)`` (``None``: open), shown by :func:`list_editors`."""
+    of the first one's manifest entry to ``(lowest, highest)`` (``None``: open), shown by :func:`list_editors`.
+    ``oracle``: it reads ``Target.known`` (SynthFaces' render parameters), so the photo editor leaves it out."""
     if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ValueError(f"editor names are lower-case identifiers, got {name!r}")
     if name in _EDITORS and not replace:
@@ -355,7 +373,7 @@ def register_editor(name: str, factory: str | Callable, *, paper: str, accepts: 
         if not (isinstance(bounds, tuple) and len(bounds) == 2
                 and all(b is None or isinstance(b, (int, float)) for b in bounds)):
             raise ValueError(f"floor {metric!r}: expected (lowest, highest) numbers or None, got {bounds!r}")
-    info = EditorInfo(name, paper, tuple(accepts), tuple(weights), factory, tuple(floors.items()))
+    info = EditorInfo(name, paper, tuple(accepts), tuple(weights), factory, tuple(floors.items()), bool(oracle))
     _EDITORS[name] = info
     return info
 
@@ -368,17 +386,18 @@ def editor_info(name: str) -> EditorInfo:
 
 
 def list_editors():
-    """Every registered editor: ``name, paper, accepts, weights_shipped, meets_floors`` as a ``pandas.DataFrame``.
+    """Every registered editor: ``name, paper, accepts, weights_shipped, meets_floors, oracle`` as a ``pandas.DataFrame``.
 
     ``meets_floors``: whether the shipped model's measured figures (its manifest entry) meet the
     floors its issue set, ``None`` where it has none or is not shipped (:meth:`EditorInfo.meets_floors`).
+    ``oracle``: it needs ``Target.known``, SynthFaces' render parameters (no photo has them).
     """
     import pandas as pd
 
     rows = [{"name": info.name, "paper": info.paper, "accepts": ", ".join(info.accepts),
-             "weights_shipped": info.weights_shipped(), "meets_floors": info.meets_floors()}
+             "weights_shipped": info.weights_shipped(), "meets_floors": info.meets_floors(), "oracle": info.oracle}
             for info in _EDITORS.values()]
-    return pd.DataFrame(rows, columns=["name", "paper", "accepts", "weights_shipped", "meets_floors"])
+    return pd.DataFrame(rows, columns=["name", "paper", "accepts", "weights_shipped", "meets_floors", "oracle"])
 
 
 def load_editor(name: str, device: str | torch.device = "cpu") -> Editor:
@@ -428,5 +447,12 @@ register_editor("ganimation", "facelib.models.ganimation:load_ganimation_editor"
                 paper="GANimation (Pumarola et al. 2018), Eq. 1", accepts=("aus", "expression"),
                 weights=("ganimation",), floors={"au_pcc": (0.75, None), "identity_verification": (0.95, None),
                                                 "attention_mean_test": (0.05, 0.95)})
+register_editor("leed", "facelib.models.leed:load_leed_editor",
+                paper="LEED (Wu & Lu 2020), Fig. 1, oracle neutral faces (SynthFaces' true renders)",
+                accepts=("expression", "reference"), weights=("leed",), oracle=True,
+                floors={"expression_accuracy": (0.80, None), "identity_verification": (0.95, None)})
+register_editor("leed_fvae", "facelib.models.leed:load_leed_fvae_editor",
+                paper="LEED (Wu & Lu 2020), Fig. 1, neutral faces by the shipped FVAE",
+                accepts=("expression", "reference"), weights=("leed", "fvae"))
 register_editor("optical_flow", "facelib.models.baselines:load_optical_flow_editor",
                 paper="FVAE (Yeh et al. 2016), Table 1 optical-flow row (DIS, standing in for EpicFlow)", accepts=("reference",), weights=())

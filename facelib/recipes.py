@@ -57,6 +57,10 @@ RECIPES: dict[str, str] = {
     "dftnet": "facelib.train.dftnet:train_recipe",  # DFT-Net (Eq. 1-10): GANimation + flow decoder, emotionet
     "dftnet_no_flow": "facelib.train.dftnet:train_no_flow_recipe",  # DFT-Net's ablation: X_a = X_s
     "dftnet_no_texture": "facelib.train.dftnet:train_no_texture_recipe",  # DFT-Net's ablation: A = 1 (a pure warp)
+    "leed": "facelib.train.leed:train_recipe",  # LEED (Eq. 1-16), the CPU recipe, oracle neutral faces (shipped)
+    "leed_paper": "facelib.train.leed:train_paper_recipe",  # LEED as written: D(C), perceptual loss, WGAN-GP x5
+    "leed_no_q": "facelib.train.leed:train_no_q_recipe",  # LEED Fig. 3 ablation: without Eq. 3's Q
+    "leed_no_s": "facelib.train.leed:train_no_s_recipe",  # LEED Fig. 3 ablation: without Eq. 11's siamese loss
     "exprgan": "facelib.train.exprgan:train_recipe",  # ExprGAN (Eq. 3-10), three stages, oulu preset
     "exprgan_caae": "facelib.train.exprgan:train_caae_recipe",  # ExprGAN Fig. 2's CAAE-style baseline
     "exprgan_no_q": "facelib.train.exprgan:train_no_q_recipe",  # ExprGAN ablation: without Q

@@ -483,14 +483,17 @@ def held_out_target(kind: str, batch: dict[str, torch.Tensor], *, oracle: bool =
     expression (not used with ``oracle=True``, where the reference is the true target).
     """
     _check_kind(kind, oracle)
+    # the render parameters of the faces: only oracle editors read them (Target.known)
+    known = {"identity": batch["identity"].long(), "yaw": batch["yaw"].float()}
     if kind == "expression":
         names = [EXPRESSIONS[int(i)] for i in batch["target_emotion"]]
         sources = [EXPRESSIONS[int(i)] for i in batch["source_emotion"]]
-        return Target(expression=names, intensity=1.0, source_expression=sources)
+        return Target(expression=names, intensity=1.0, source_expression=sources, known=known)
     if kind == "aus":
-        return Target(aus=batch["target_aus"].float())
+        return Target(aus=batch["target_aus"].float(), known=known)
     if oracle:
-        return Target(reference=batch["target"])
+        return Target(reference=batch["target"],
+                      known={**known, "reference_identity": known["identity"], "reference_yaw": known["yaw"]})
     from facelib.data import emotion_asymmetry, render
 
     if partners is None or len(partners) != len(batch["target"]):
@@ -499,7 +502,7 @@ def held_out_target(kind: str, batch: dict[str, torch.Tensor], *, oracle: bool =
     asymmetry = emotion_asymmetry(batch["target_emotion"], partners)
     reference = render(partners, batch["target_aus"].float(), batch["yaw"].float(), size=batch["target"].shape[-1],
                        asymmetry=asymmetry)["image"]
-    return Target(reference=reference)
+    return Target(reference=reference, known={**known, "reference_identity": partners.long(), "reference_yaw": known["yaw"]})
 
 
 def _check_kind(kind: str, oracle: bool) -> None:
