@@ -14,6 +14,7 @@ from facelib.models.evaluators import AURegressor, ExpressionClassifier, Identit
 from facelib.models.exprgan import ExprGAN, ExprGANConfig, ExprGANCritic
 from facelib.models.fvae import FVAE, ConfidenceNet, FVAEConfig, PixelVAE
 from facelib.models.ganimation import GANimationConfig, GANimationCritic, GANimationGenerator
+from facelib.models.leed import LEEDConfig, LEEDDecoder, LEEDEncoder, SiameseNetwork
 from facelib.models.stargan import StarGANConfig, StarGANCritic, StarGANGenerator
 from facelib.warp import warp, warp_kernel
 
@@ -45,6 +46,7 @@ def forward_passes():
                             critic_channels=(4, 8), critic_hidden=16, q_hidden=8, q_class_hidden=4,
                             latent_critic_hidden=(8, 4))
     aus = torch.rand(2, 17)
+    leed = LEEDConfig(image_size=16, channels=(4, 8), code_dim=8, latent_channels=2)
     return [
         ("FVAE", FVAE(fvae), (x32, x32)),
         ("PixelVAE", PixelVAE(fvae), (x32, x32)),
@@ -56,6 +58,9 @@ def forward_passes():
         ("DFTNetGenerator", DFTNetGenerator(DFTNetConfig(**gan)), (x16, aus)),
         ("ExprGAN", ExprGAN(exprgan), (x16, torch.zeros(2, exprgan.code_size))),
         ("ExprGANCritic", ExprGANCritic(exprgan), (x16, torch.tensor([0, 3]))),
+        ("LEEDEncoder", LEEDEncoder(leed), (x16,)),
+        ("LEEDDecoder", LEEDDecoder(leed), (torch.zeros(2, 8), x16)),
+        ("SiameseNetwork", SiameseNetwork(leed), (x16,)),
         ("ExpressionClassifier.forward", ExpressionClassifier(), (x64,)),
         ("AURegressor.forward", AURegressor(), (x64,)),
         ("IdentityEmbedder.forward", IdentityEmbedder(), (x64,)),
@@ -75,6 +80,8 @@ def test_forward_passes_still_refuse_wrong_shapes():
         if name == "PerceptualFeatures":
             continue  # resizes another size, with a warning (an instrument, see its docstring)
         wrong = (inputs[0][:, :, :8, :8],) + inputs[1:]
+        if name == "LEEDDecoder":  # (codes, neutral): the neutral face is the image
+            wrong = (inputs[0], inputs[1][:, :, :8, :8])
         with pytest.raises(ValueError, match=r"8x8|\[B, 3, |expects images|built for 16 px"):
             module.forward(*wrong)
 

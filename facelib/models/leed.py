@@ -34,8 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from facelib.conventions import check_image_shape
 from facelib.editors import EditResult, Editor, Target
-from facelib.models.blocks import ConvEncoder, LatentCritic, SkipDecoder, up_block
+from facelib.models.blocks import ConvEncoder, LatentCritic, conv_norm_act, up_block
+from facelib.warp import warp_kernel
 
 __all__ = [
     "LEEDConfig", "LEED", "LEEDEncoder", "LEEDDecoder", "Extractor", "MutualInformationQ", "Interpolator",
@@ -54,17 +56,18 @@ class LEEDConfig:
     image_size: int = 64
     code_dim: int = 128  # C, the latent code of Eq. 1
     channels: tuple[int, ...] = (16, 32, 64, 128)  # stride-2 stages of E (and of D's view of I_N)
-    latent_channels: int = 16  # D reshapes C into [latent_channels, s, s] at the coarsest stage
+    latent_channels: int = 32  # D: the code's channels tiled at every scale (the code decoder: [.., s, s])
     hidden: int = 256  # width of the MLPs X, Q, I
     feature_dim: int = 256  # F_RB: the expression classifier's penultimate features (Psi)
     siamese_dim: int = 64  # S's output
-    decoder: str = "residual"  # "residual": I_N + D(C, I_N) (departure); "code": D(C), the paper's
+    decoder: str = "residual"  # "residual": I_N + r; "flow": warp(I_N, flow) + r (departures); "code": D(C), the paper's
+    max_flow: float = 0.25  # decoder "flow": the largest displacement, as a fraction of the image side
     expressions: tuple[str, ...] = RAFD_EXPRESSIONS  # the stored references of ``expression`` targets
 
     def __post_init__(self) -> None:
         self.channels, self.expressions = tuple(self.channels), tuple(self.expressions)
-        if self.decoder not in ("residual", "code"):
-            raise ValueError(f"decoder must be 'residual' or 'code', got {self.decoder!r}")
+        if self.decoder not in ("residual", "flow", "code"):
+            raise ValueError(f"decoder must be 'residual', 'flow' or 'code', got {self.decoder!r}")
         if self.image_size % 2 ** len(self.channels):
             raise ValueError(f"image_size {self.image_size} must be divisible by 2**{len(self.channels)} "
                              f"(one halving per encoder stage)")
@@ -72,6 +75,11 @@ class LEEDConfig:
     @property
     def bottom_size(self) -> int:
         return self.image_size // 2 ** len(self.channels)
+
+    @classmethod
+    def cpu(cls) -> "LEEDConfig":
+        """The CPU recipe's decoder: a flow that moves I_N's pixels plus a residual (departure, measured)."""
+        return cls(decoder="flow")
 
     @classmethod
     def paper(cls) -> "LEEDConfig":
@@ -95,16 +103,19 @@ class LEEDEncoder(nn.Module):
         super().__init__()
         self.stages = ConvEncoder(config.channels, first_kernel=3)
         self.code = nn.Linear(config.channels[-1] * config.bottom_size ** 2, config.code_dim)
+        self.image_size = config.image_size
 
     def forward(self, images: Tensor) -> Tensor:
+        check_image_shape(images, "images", size=self.image_size)
         return self.code(self.stages(images)[-1].flatten(1))
 
 
 class LEEDDecoder(nn.Module):
     """D: code C (and the neutral face I_N it belongs to) -> image.
 
-    ``residual`` (departure): FVAE's skip decoder reads I_N at every scale and paints a residual on it,
-    D(C, I_N) = I_N + r, so the identity is I_N's and the code carries what differs from neutral.
+    ``residual`` (departure): reads I_N at every scale (FVAE's skip connections) with the code tiled
+    beside it at every scale, so each place of the face can read the expression from the code and
+    where it is from I_N; it paints a residual on I_N, D(C, I_N) = I_N + r, which starts at zero.
     ``code`` (the paper's D(C)): transposed-conv stages from the code alone, tanh.
     """
 
@@ -112,24 +123,47 @@ class LEEDDecoder(nn.Module):
         super().__init__()
         self.config = config
         side = config.bottom_size
-        self.unflatten = nn.Sequential(nn.Linear(config.code_dim, config.latent_channels * side * side),
-                                       nn.Unflatten(1, (config.latent_channels, side, side)))
-        if config.decoder == "residual":
-            self.neutral_features = ConvEncoder(config.channels, first_kernel=3)
-            self.skip = SkipDecoder(config.channels, config.latent_channels, 3)
-        else:
+        if config.decoder == "code":
+            self.unflatten = nn.Sequential(nn.Linear(config.code_dim, config.latent_channels * side * side),
+                                           nn.Unflatten(1, (config.latent_channels, side, side)))
             widths = (config.latent_channels, *config.channels[::-1])
             self.up = nn.Sequential(*[up_block(a, b) for a, b in zip(widths[:-1], widths[1:])],
                                     nn.Conv2d(widths[-1], 3, 3, padding=1))
+            return
+        skips = config.channels[::-1]  # coarsest first: I_N's features at 4, 8, 16, 32 px (for 64 px images)
+        self.neutral_features = ConvEncoder(config.channels, first_kernel=3)
+        self.code = nn.Linear(config.code_dim, config.latent_channels)  # what is tiled at every scale
+        stages, width = [], 0
+        for skip in skips:
+            stages.append(conv_norm_act(width + skip + config.latent_channels, skip, 3))
+            width = skip
+        self.stages = nn.ModuleList(stages)
+        # the residual's 3 channels, then (decoder "flow") 2 channels of a flow that moves I_N's pixels
+        self.head = nn.Conv2d(width + 3, 5 if config.decoder == "flow" else 3, 3, padding=1)
+        # the residual starts at zero: before training, D(C, I_N) = I_N (a random residual is noise to unlearn)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
     def forward(self, codes: Tensor, neutral: Tensor | None = None) -> Tensor:
-        z = self.unflatten(codes)  # [B, latent_channels, s, s]
         if self.config.decoder == "code":
-            return torch.tanh(self.up(z))
+            return torch.tanh(self.up(self.unflatten(codes)))
         if neutral is None:
             raise ValueError("the residual decoder paints on the neutral face: pass neutral=[B, 3, S, S]")
-        residual = self.skip(neutral, self.neutral_features(neutral), z)
-        return (neutral + residual).clamp(-1, 1)
+        check_image_shape(neutral, "neutral", size=self.config.image_size)
+        code = self.code(codes)[:, :, None, None]  # [B, latent_channels, 1, 1]
+        x = None
+        for stage, skip in zip(self.stages, self.neutral_features(neutral)[::-1]):
+            if x is not None:
+                x = F.interpolate(x, scale_factor=2, mode="nearest")
+            parts = [skip, code.expand(-1, -1, *skip.shape[-2:])] + ([] if x is None else [x])
+            x = stage(torch.cat(parts, dim=1))
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        out = self.head(torch.cat([x, neutral], dim=1))
+        if self.config.decoder == "flow":
+            # the flow in pixels, at most max_flow of the image side (FVAE Sec. 5.3's tanh output)
+            flow = torch.tanh(out[:, 3:]) * self.config.max_flow * self.config.image_size
+            return (warp_kernel(neutral, flow) + out[:, :3]).clamp(-1, 1)
+        return (neutral + out).clamp(-1, 1)
 
 
 class Extractor(nn.Module):
@@ -176,8 +210,10 @@ class SiameseNetwork(nn.Module):
         channels = tuple(c // 2 for c in config.channels)
         self.stages = ConvEncoder(channels, first_kernel=3)
         self.out = nn.Linear(channels[-1] * config.bottom_size ** 2, config.siamese_dim)
+        self.image_size = config.image_size
 
     def forward(self, images: Tensor) -> Tensor:
+        check_image_shape(images, "images", size=self.image_size)
         return self.out(self.stages(images)[-1].flatten(1))
 
 

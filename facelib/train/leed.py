@@ -36,7 +36,7 @@ from facelib.metrics import FD_NAME, VERIFICATION_NAME
 from facelib.models.evaluators import PerceptualFeatures
 from facelib.models.leed import LEED, LEEDConfig, LEEDCritic, LEEDEditor, Neutraliser, TrueRenderNeutraliser
 from facelib.train.gan import GANTask
-from facelib.train.trainer import Trainer
+from facelib.train.trainer import Trainer, read_log
 
 __all__ = ["LEEDTrainConfig", "NeutralFaces", "neutral_faces", "LEEDTask", "expression_references", "measure",
            "train_leed", "train_recipe", "train_paper_recipe", "train_no_q_recipe", "train_no_s_recipe", "CPU_STEPS"]
@@ -64,6 +64,7 @@ class LEEDTrainConfig:
     lambda_gp: float = 10.0
     batch_size: int = 16
     identities: int | None = None  # training people (None: rafd's 50; more come from a disjoint id range)
+    autoencoder_steps: int = 0  # a warm start: E and D learn Eq. 14-15 alone for these first steps
 
     @classmethod
     def cpu(cls) -> "LEEDTrainConfig":
@@ -74,6 +75,7 @@ class LEEDTrainConfig:
             lambda_pixel=10.0,  # departure: an L1 reconstruction beside the perceptual loss
             change_weight=4.0,  # departure: the L1 weighs 5x where the face differs from its neutral face
             identities=150,  # departure: 100 more people rendered like rafd's (test identities stay rafd's)
+            autoencoder_steps=3000,  # departure: E and D first learn to reconstruct alone (a warm start)
         )
 
 
@@ -138,8 +140,8 @@ class LEEDTask(GANTask):
         if unexpected:
             raise ValueError(f"LEED trains without labels: its items carry {list(ITEM_FIELDS)}, got {sorted(unexpected)}")
         images, neutrals = batch["image"], batch["neutral"]
-        with torch.no_grad():
-            features = self.classifier.features(images.roll(1, 0))  # F_RB = Psi(R_B)
+        with torch.no_grad():  # F_RB = Psi(R_B), not needed while the autoencoder warms up
+            features = None if self.warming_up(step) else self.classifier.features(images.roll(1, 0))
         return {"input": images, "input_neutral": neutrals, "reference": images.roll(1, 0),
                 "reference_neutral": neutrals.roll(1, 0), "reference_features": features,
                 "alpha": torch.rand(len(images), device=images.device)}
@@ -152,7 +154,21 @@ class LEEDTask(GANTask):
         return {"c_ia": c_ia, "c_in": c_in, "c_rb": c_rb, "c_rn": c_rn,
                 "expression": model.extractor(c_rb, c_rn), "input_expression": model.extractor(c_ia, c_in)}
 
+    def warming_up(self, step: int) -> bool:
+        """Whether ``step`` belongs to the autoencoder's warm start (Eq. 14-15 alone; the critic waits)."""
+        return step < self.train.autoencoder_steps
+
+    def autoencoder_losses(self, batch) -> dict:
+        """The warm start: E and D reconstruct the input and its neutral face (Eq. 14-15, and the CPU recipe's L1)."""
+        model = self.modules["generator"]
+        image, neutral = batch["input"], batch["input_neutral"]
+        decoded = model.decoder(model.encoder(torch.cat([image, neutral])), torch.cat([neutral, neutral]))
+        recon = self.reconstruction(decoded, torch.cat([image, neutral]), torch.cat([neutral, neutral]))
+        return {"loss": recon["loss"], "recon_perceptual": recon["perceptual"], "recon_pixel": recon.get("pixel", 0.0)}
+
     def critic_losses(self, batch, step):
+        if self.warming_up(step):
+            return {"loss": torch.zeros((), device=batch["input"].device)}  # no gradient: the critic's step is skipped
         model = self.unwrap("generator")
         with torch.no_grad():
             codes = self.codes(batch)
@@ -174,6 +190,8 @@ class LEEDTask(GANTask):
         return terms
 
     def generator_losses(self, batch, step):
+        if self.warming_up(step):
+            return self.autoencoder_losses(batch)
         model, train = self.modules["generator"], self.train
         codes = self.codes(batch)
         image, neutral = batch["input"], batch["input_neutral"]
@@ -282,8 +300,8 @@ def reconstruction_accuracy(editor: LEEDEditor, batch: dict, classifier) -> floa
 
 CURVE_METRICS = ("expression accuracy (facelib classifier)", VERIFICATION_NAME)
 CURVE_PAIRS, CURVE_EVERY = 192, 250
-CPU_STEPS = 6_000
-PAPER_STEPS = 6_000
+CPU_STEPS = 5_000  # 3,000 of them the autoencoder's warm start
+PAPER_STEPS = 4_000
 SMOKE_STEPS = 6
 
 
@@ -294,6 +312,7 @@ def train_leed(name: str, config: LEEDConfig, train: LEEDTrainConfig, *, steps: 
     out_dir = Path(out_dir)
     if smoke:
         dataset = neutral_faces(size=config.image_size, limit=16)
+        train = dataclasses.replace(train, autoencoder_steps=min(train.autoencoder_steps, 2))
     else:
         dataset = neutral_faces(identities=train.identities, size=config.image_size, cache=out_dir / "cache")
     total = SMOKE_STEPS if smoke else (default_steps if steps is None else steps)
@@ -304,7 +323,10 @@ def train_leed(name: str, config: LEEDConfig, train: LEEDTrainConfig, *, steps: 
                   device=device, log_every=1 if smoke else 50, checkpoint_every=0 if smoke else 1000,
                   validate_every=3 if smoke else CURVE_EVERY * train.n_critic, progress=not smoke).fit()
     model = expression_references(task.shipped_generator().cpu().eval(), per_expression=4 if smoke else 100)
-    stem = save_model(model, out_dir / name, extra={"dataset": f"SynthFaces({PRESET!r}, 'train') with true neutral renders"})
+    # the learning curve travels with the checkpoint (notebook 05 draws the shipped models' curves)
+    curve = read_log(out_dir / name, kind="val").dropna(axis=1)
+    stem = save_model(model, out_dir / name, extra={"dataset": f"SynthFaces({PRESET!r}, 'train') with true neutral renders",
+                                                    "learning_curve": curve.to_dict("list")})
     editor = LEEDEditor(model, TrueRenderNeutraliser())
     metrics = {**measure(editor, n=8 if smoke else 256, seed=seed, split="val" if smoke else "test"),
                "train_seconds": fit.seconds, "generator_updates": task.generator_updates_done(total)}
@@ -313,7 +335,7 @@ def train_leed(name: str, config: LEEDConfig, train: LEEDTrainConfig, *, steps: 
 
 def train_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: bool) -> dict:
     """Recipe ``leed``: the CPU recipe (:meth:`LEEDTrainConfig.cpu`, the residual decoder), shipped as ``leed``."""
-    return train_leed("leed", LEEDConfig(), LEEDTrainConfig.cpu(), steps=steps, seed=seed, out_dir=out_dir,
+    return train_leed("leed", LEEDConfig.cpu(), LEEDTrainConfig.cpu(), steps=steps, seed=seed, out_dir=out_dir,
                       device=device, smoke=smoke, default_steps=CPU_STEPS)
 
 
@@ -325,11 +347,11 @@ def train_paper_recipe(*, steps: int | None, seed: int, out_dir, device: str, sm
 
 def train_no_q_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: bool) -> dict:
     """Recipe ``leed_no_q``: Fig. 3's "w/o Q", the CPU recipe without Eq. 3."""
-    return train_leed("leed_no_q", LEEDConfig(), dataclasses.replace(LEEDTrainConfig.cpu(), lambda_q=0.0),
+    return train_leed("leed_no_q", LEEDConfig.cpu(), dataclasses.replace(LEEDTrainConfig.cpu(), lambda_q=0.0),
                       steps=steps, seed=seed, out_dir=out_dir, device=device, smoke=smoke, default_steps=CPU_STEPS)
 
 
 def train_no_s_recipe(*, steps: int | None, seed: int, out_dir, device: str, smoke: bool) -> dict:
     """Recipe ``leed_no_s``: Fig. 3's "w/o S", the CPU recipe without Eq. 11."""
-    return train_leed("leed_no_s", LEEDConfig(), dataclasses.replace(LEEDTrainConfig.cpu(), lambda_s=0.0),
+    return train_leed("leed_no_s", LEEDConfig.cpu(), dataclasses.replace(LEEDTrainConfig.cpu(), lambda_s=0.0),
                       steps=steps, seed=seed, out_dir=out_dir, device=device, smoke=smoke, default_steps=CPU_STEPS)
