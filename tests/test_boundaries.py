@@ -79,9 +79,10 @@ def test_forward_passes_still_refuse_wrong_shapes():
     for name, module, inputs in forward_passes():
         if name == "PerceptualFeatures":
             continue  # resizes another size, with a warning (an instrument, see its docstring)
-        wrong = (inputs[0][:, :, :8, :8],) + inputs[1:]
         if name == "LEEDDecoder":  # (codes, neutral): the neutral face is the image
             wrong = (inputs[0], inputs[1][:, :, :8, :8])
+        else:
+            wrong = (inputs[0][:, :, :8, :8],) + inputs[1:]
         with pytest.raises(ValueError, match=r"8x8|\[B, 3, |expects images|built for 16 px"):
             module.forward(*wrong)
 

@@ -1,6 +1,7 @@
 """LEED (Wu & Lu 2020): the networks, the neutralisers, label-free training, the editor and its floors."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -65,7 +66,30 @@ def test_the_interpolator_starts_at_eq_5_and_the_edit_has_the_shapes_of_fig_1(fa
     code_only = LEED(LEEDConfig(decoder="code", channels=(4, 8, 8, 8), code_dim=8, hidden=16, latent_channels=2))
     assert code_only.decoder(torch.zeros(2, 8)).shape == (2, 3, 64, 64)
     with pytest.raises(ValueError, match="decoder must be"):
-        LEEDConfig(decoder="flow")
+        LEEDConfig(decoder="pixels")
+
+
+def test_the_decoders_start_at_the_neutral_face_and_the_code_decoder_ignores_it(faces):
+    neutral = faces["image"][:2]
+    for decoder in ("residual", "flow"):
+        model = LEED(LEEDConfig(decoder=decoder, channels=(4, 8, 8, 8), code_dim=8, hidden=16, latent_channels=2)).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(model.decoder(torch.randn(2, 8), neutral), neutral)  # r = 0, flow = 0
+    with pytest.raises(ValueError, match="paints on the neutral face"):
+        model.decoder(torch.zeros(2, 8))
+
+
+def test_the_warm_start_trains_the_autoencoder_alone_and_the_critic_waits():
+    data = neutral_faces(limit=8)
+    config = LEEDConfig(decoder="flow", channels=(4, 8, 8, 8), code_dim=8, hidden=16, latent_channels=2)
+    task = LEEDTask(config, LEEDTrainConfig(autoencoder_steps=2, n_critic=1), data)
+    task.modules, task.optimizers = task.build(torch.device("cpu"))
+    batch = task.prepare(next(iter(torch.utils.data.DataLoader(data, batch_size=4))), 0)
+    assert batch["reference_features"] is None  # Psi is not needed yet
+    assert not task.critic_losses(batch, 0)["loss"].requires_grad
+    assert set(task.generator_losses(batch, 1)) == {"loss", "recon_perceptual", "recon_pixel"}
+    after = task.prepare(next(iter(torch.utils.data.DataLoader(data, batch_size=4))), 2)
+    assert "siamese" in task.generator_losses(after, 2) and task.critic_losses(after, 2)["loss"].requires_grad
 
 
 def test_paper_config_is_128_pixels():
@@ -77,7 +101,8 @@ def test_paper_config_is_128_pixels():
 
 def test_one_step_trains_every_part_with_the_papers_losses():
     data = neutral_faces(limit=8)
-    task = LEEDTask(LEEDConfig(channels=(4, 8, 8, 8), code_dim=8, hidden=16, latent_channels=2), LEEDTrainConfig.cpu(), data)
+    train = dataclasses.replace(LEEDTrainConfig.cpu(), autoencoder_steps=0)
+    task = LEEDTask(LEEDConfig(decoder="flow", channels=(4, 8, 8, 8), code_dim=8, hidden=16, latent_channels=2), train, data)
     modules, _ = task.build(torch.device("cpu"))
     task.modules, task.optimizers = modules, _
     batch = task.prepare(next(iter(torch.utils.data.DataLoader(data, batch_size=4))), 0)
