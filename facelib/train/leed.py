@@ -62,6 +62,7 @@ class LEEDTrainConfig:
     objective: str = "wgan-gp"
     n_critic: int = 5
     lambda_gp: float = 10.0
+    r1_weight: float = 0.0  # gamma of R1 on real codes (non-saturating and hinge only)
     batch_size: int = 16
     identities: int | None = None  # training people (None: rafd's 50; more come from a disjoint id range)
     autoencoder_steps: int = 0  # a warm start: E and D learn Eq. 14-15 alone for these first steps
@@ -76,6 +77,8 @@ class LEEDTrainConfig:
             change_weight=4.0,  # departure: the L1 weighs 5x where the face differs from its neutral face
             identities=150,  # departure: 100 more people rendered like rafd's (test identities stay rafd's)
             autoencoder_steps=3000,  # departure: E and D first learn to reconstruct alone (a warm start)
+            objective="non-saturating", r1_weight=1.0,  # departure: bounded scores (WGAN's grew to +-300 on codes)
+            lambda_adv=0.1, lambda_s=0.1,  # departure: at 1 they pulled the codes off the decoder's (measured)
         )
 
 
@@ -124,7 +127,7 @@ class LEEDTask(GANTask):
 
     def __init__(self, config: LEEDConfig, train: LEEDTrainConfig, dataset, curve=None):
         super().__init__(objective=train.objective, n_critic=train.n_critic, lr=train.lr, betas=train.betas,
-                         gp_weight=train.lambda_gp)
+                         gp_weight=train.lambda_gp, r1_weight=train.r1_weight)
         self.config, self.train, self.dataset, self.curve = config, train, dataset, curve
 
     def build_players(self, device):
