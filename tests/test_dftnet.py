@@ -87,6 +87,27 @@ def test_regularisers_are_eq_9_and_10_with_the_papers_weights():
     assert terms["attention"].item() == pytest.approx(-(0.75 + 0.25))  # Eq. 10 rewards A on both passes
 
 
+def test_training_computes_eq_7_and_8_as_the_hand_reference():
+    """DFTNetTask's logged ``au`` and ``cycle`` are Eq. 7 (GANimation's code's scale) and Eq. 8, recomputed here by hand."""
+    torch.manual_seed(0)
+    task = DFTNetTask(DFTNetConfig(**TINY), n_critic=1)
+    task.total_steps, task.device = 1, torch.device("cpu")
+    task.modules, task.optimizers = task.build(task.device)
+    images, aus = _inputs(16, batch=3)
+    batch = task.prepare({"image": images, "aus": aus * 5}, 0)
+    logs = task.generator_losses(batch, 0)
+    generator, critic = task.modules["generator"], task.modules["critic"]
+    with torch.no_grad():
+        fake = generator(images, batch["target_aus01"]).output
+        _, predicted = critic(fake)
+        back = generator(fake, batch["aus01"]).output
+    # Eq. 7 written out: the squared error summed over the 17 AUs and the 3 images, / 17 AUs / 3 images / 3 (the code's / B)
+    squared = sum(float(predicted[b, k] - batch["target_aus01"][b, k]) ** 2 for b in range(3) for k in range(17))
+    assert logs["au"].item() == pytest.approx(squared / 17 / 3 / 3, rel=1e-5)
+    # Eq. 8: the mean absolute difference between the way back and the source
+    assert logs["cycle"].item() == pytest.approx(float((back - images).abs().sum()) / images.numel(), rel=1e-5)
+
+
 def test_generator_steps_lower_the_au_loss_and_move_the_flow():
     first, last = generator_losses_before_and_after(40, lambda **options: DFTNetTask(DFTNetConfig(**TINY), **options))
     assert last["au"] < 0.9 * first["au"]

@@ -6,8 +6,8 @@ regularisers are Eq. 9 (TV on the flow) and Eq. 10 (-||A||_1, pushing the mask t
 aligned source) instead of GANimation's Eq. 3. Weights of Sec. 3.1: lambda_gp 10, adv 1, att 1,
 tv 1e-4, cond 4000, cyc 10; 5 critic steps per generator step; Adam (0.5, 0.999) with a linear
 decay at the end. lambda_cond = 4000 is on GANimation's code's scale (the MSE over AUs divided
-again by the batch size: :func:`facelib.train.ganimation.au_regression_loss`), the code the
-paper's settings come from.
+again by the batch size: :func:`facelib.losses.au_regression_loss`, 17 * B times smaller than Eq. 7 as
+written), the code the paper's settings come from.
 
 Recipes ``dftnet``, ``dftnet_no_flow`` and ``dftnet_no_texture`` (the ablations) share GANimation's
 data, steps (8,000: 1,600 generator updates), batch (16) and learning rate
