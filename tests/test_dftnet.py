@@ -148,3 +148,33 @@ def test_recipe_smoke_runs_for_the_model_and_both_ablations(tmp_path):
         assert generator.config.texture == (name != "dftnet_no_texture")
         if name == "dftnet_no_texture":
             assert metrics["attention_mean_test"] == 1.0
+
+
+@pytest.mark.slow
+def test_shipped_dftnet_meets_the_floors_on_a_fresh_held_out_sample():
+    """A fresh held-out sample (seed 1; the recipe measured seed 0) reproduces the manifest's figures, and
+    they meet the floors (AU PCC >= 0.8 and >= the shipped GANimation's, identity >= 95 %, attention mean in
+    (0.05, 0.95)); a model shipped below them (recorded as such) is an expected failure, with its figures."""
+    import math
+
+    import facelib
+    from facelib.editors import editor_info
+    from facelib.evaluation import evaluate
+    from facelib.pretrained import available_pretrained, pretrained_info
+
+    if "dftnet" not in available_pretrained():
+        pytest.skip("dftnet is not shipped yet: python -m facelib train dftnet --ship")
+    editor = facelib.load_editor("dftnet")
+    table = evaluate(editor, "aus", preset="emotionet", split="test", n=128, seed=1, progress=False,
+                     metrics=["AU PCC (facelib AU regressor)", "identity verification (facelib embedder)"])
+    measured = dict(zip(table.metric, table.value))
+    pcc, identity = measured["AU PCC (facelib AU regressor)"], measured["identity verification (facelib embedder)"]
+    recorded = pretrained_info("dftnet")["metrics"]
+    assert math.isfinite(pcc) and abs(pcc - recorded["au_pcc"]) <= 0.1, (measured, recorded)
+    assert abs(identity - recorded["identity_verification"]) <= 0.1, (measured, recorded)
+    ganimation = pretrained_info("ganimation")["metrics"]["au_pcc"]
+    if not editor_info("dftnet").meets_floors() or recorded["au_pcc"] < ganimation:
+        pytest.xfail(f"dftnet ships below its floors (PCC 0.8 and GANimation's {ganimation:.3f}, identity 95 %, "
+                     f"attention in (0.05, 0.95)), as recorded: {recorded}; measured again: {measured}")
+    assert pcc >= max(0.8, ganimation) and identity >= 0.95, measured
+    assert 0.05 < recorded["attention_mean_test"] < 0.95, recorded
