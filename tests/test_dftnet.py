@@ -178,3 +178,28 @@ def test_shipped_dftnet_meets_the_floors_on_a_fresh_held_out_sample():
                      f"attention in (0.05, 0.95)), as recorded: {recorded}; measured again: {measured}")
     assert pcc >= max(0.8, ganimation) and identity >= 0.95, measured
     assert 0.05 < recorded["attention_mean_test"] < 0.95, recorded
+
+
+def test_the_notebooks_measurements_shapes_and_errors():
+    """facelib.evaluation.dftnet on two untrained 64x64 editors: Fig. 4's columns, Fig. 3's table, Fig. 5, timing."""
+    from facelib.evaluation.dftnet import EYELID_LEVELS, SCALES, eyelids, fig4, inference_seconds, interpolation
+
+    torch.manual_seed(0)
+    editors = {"DFT-Net": DFTNetEditor(DFTNetGenerator().eval()), "GANimation": GANimationEditor(GANimationGenerator().eval())}
+    grid, columns, rows = fig4(editors)
+    assert columns == ["source", "aligned X_a", "texture B", "attention A", "DFT-Net", "GANimation", "true render"]
+    assert grid.shape == (len(rows) * len(columns), 3, 64, 64)
+    table, picture, names = eyelids(editors, n=2)
+    assert list(table.index) == EYELID_LEVELS.tolist() and names == ["DFT-Net", "GANimation", "true render"]
+    assert {"PSNR DFT-Net", "AU45 GANimation", "AU45 true render", "PSNR source (no edit)"} <= set(table.columns)
+    assert table["AU45 true render"].iloc[-1] > table["AU45 true render"].iloc[0]  # the instrument sees the lid close
+    assert picture.shape[0] == len(names) * len(EYELID_LEVELS)
+    grid, columns, rows = interpolation(editors)
+    assert len(columns) == len(SCALES) + 2 and grid.shape[0] == len(columns) * len(rows)
+    assert (inference_seconds(editors, batch=2, repeats=1) > 0).all()
+    with pytest.raises(ValueError, match="must hold 'DFT-Net'"):
+        fig4({"GANimation": editors["GANimation"]})
+    with pytest.raises(TypeError, match="facelib Editors"):
+        eyelids({"DFT-Net": "dftnet"})
+    with pytest.raises(ValueError, match="positive number of faces"):
+        eyelids(editors, n=0)

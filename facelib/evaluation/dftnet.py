@@ -104,7 +104,8 @@ def eyelids(editors: dict[str, Editor], n: int = 64, faces: SynthFaces | None = 
 
     ``table`` (index AU45): ``PSNR <editor>`` the mean eye-crop PSNR (dB) of the edits against the true
     render of the same AUs, ``AU45 <editor>`` the mean AU45 the AU regressor reads on the edits, and
-    ``AU45 true render`` the same on the true renders (the instrument's own reading of the level).
+    ``AU45 true render`` the same on the true renders (the instrument's own reading of the level), and
+    ``PSNR source (no edit)`` the unedited source's eye-crop PSNR (what the PSNR gives an editor that does nothing).
     ``picture``: the first face's eye crops, one row per editor plus the true render, one column per level.
     """
     from facelib.pretrained import load_pretrained
@@ -129,6 +130,8 @@ def eyelids(editors: dict[str, Editor], n: int = 64, faces: SynthFaces | None = 
             row[f"PSNR {name}"] = float(psnr(edited, truth["image"], mask=mask))
             row[f"AU45 {name}"] = float(regressor(edited)[:, au45].mean())
             crops.append(_eye_crop(edited[:1], truth["landmarks"][:1]))
+        # the unedited source: what a crop PSNR gives an editor that changes nothing
+        row["PSNR source (no edit)"] = float(psnr(sources, truth["image"], mask=mask))
         row["AU45 true render"] = float(regressor(truth["image"])[:, au45].mean())
         crops.append(_eye_crop(truth["image"][:1], truth["landmarks"][:1]))
         rows.append(row)
@@ -192,11 +195,14 @@ def inference_seconds(editors: dict[str, Editor], batch: int = 16, repeats: int 
 
 
 def training_log_summary(run: str | Path) -> pd.DataFrame:
-    """A GAN run's log (a folder or ``log.jsonl``) reduced to one row per logged step: ``step``,
-    ``attention_mean`` (the mean mask of the edits), and the learning curve's metrics where measured."""
+    """A GAN run's log (a folder or ``log.jsonl``) reduced to one row per logged step: ``step``, ``seconds``,
+    ``attention_mean`` (the mean mask of the edits), the generator's logged terms (``attention``, ``au``,
+    ``cycle``, ``adversarial``, ``flow_magnitude`` where logged; unweighted except ``attention``) and the
+    learning curve's metrics where measured."""
     from facelib.train.trainer import read_log
 
     log = read_log(run, kind=None)
-    train = log[log["kind"] == "train"][["step", "seconds", "attention_mean"]]
+    kept = ["step", "seconds", "attention_mean", "attention", "au", "cycle", "adversarial", "flow_magnitude"]
+    train = log[log["kind"] == "train"][[name for name in kept if name in log.columns]]
     curve = log[log["kind"] == "val"].drop(columns=["kind", "seconds"]).dropna(axis=1, how="all")
     return train.merge(curve, on="step", how="outer").sort_values("step").reset_index(drop=True)
