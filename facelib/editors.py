@@ -454,5 +454,10 @@ register_editor("leed", "facelib.models.leed:load_leed_editor",
 register_editor("leed_fvae", "facelib.models.leed:load_leed_fvae_editor",
                 paper="LEED (Wu & Lu 2020), Fig. 1, neutral faces by the shipped FVAE",
                 accepts=("expression", "reference"), weights=("leed", "fvae"))
+register_editor("dftnet", "facelib.models.dftnet:load_dftnet_editor", paper="DFT-Net (Wang et al. 2019), Eq. 5",
+                accepts=("aus", "expression"), weights=("dftnet",),
+                # au_pcc: the 0.8, above the shipped GANimation's (tests/test_dftnet.py checks both)
+                floors={"au_pcc": (0.8, None), "identity_verification": (0.95, None),
+                        "attention_mean_test": (0.05, 0.95)})
 register_editor("optical_flow", "facelib.models.baselines:load_optical_flow_editor",
                 paper="FVAE (Yeh et al. 2016), Table 1 optical-flow row (DIS, standing in for EpicFlow)", accepts=("reference",), weights=())

@@ -18,7 +18,8 @@ Conventions shared by all functions:
 
 Shared pieces (one implementation serves every paper that uses them): :func:`gradient_penalty`,
 :func:`total_variation`, :func:`wgan_critic_loss` / :func:`wgan_generator_loss`,
-:func:`gan_discriminator_loss` / :func:`gan_generator_loss` and :func:`gaussian_nll`.
+:func:`gan_discriminator_loss` / :func:`gan_generator_loss`, :func:`gaussian_nll`, and GANimation's AU and cycle
+terms (:func:`au_regression_loss`, :func:`cycle_loss`), which DFT-Net restates as its Eq. 7 and 8.
 """
 from __future__ import annotations
 
@@ -38,14 +39,14 @@ __all__ = [
     # shared
     "gradient_penalty", "total_variation", "wgan_critic_loss", "wgan_generator_loss",
     "gan_discriminator_loss", "gan_generator_loss", "hinge_critic_loss", "r1_penalty", "gaussian_nll",
+    "au_regression_loss", "cycle_loss",
     # FVAE
     "fvae_kl", "fvae_reconstruction", "fvae_flow_coherence", "fvae_confidence_label", "fvae_confidence_loss",
     # ExprGAN
     "exprgan_q_loss", "exprgan_pixel", "exprgan_identity", "exprgan_latent_discriminator",
     "exprgan_latent_encoder", "exprgan_image_discriminator", "exprgan_image_generator", "exprgan_total_variation",
     # DFT-Net
-    "dftnet_critic", "dftnet_generator_adversarial", "dftnet_au_conditional", "dftnet_cycle", "dftnet_flow_tv",
-    "dftnet_attention",
+    "dftnet_flow_tv", "dftnet_attention",
     # LEED
     "leed_expression", "leed_q_loss", "leed_interpolation", "leed_identity", "leed_siamese", "leed_latent_critic",
     "leed_latent_generator", "leed_perceptual",
@@ -197,6 +198,27 @@ def r1_penalty(critic: Callable[[Tensor], Tensor], real: Tensor) -> Tensor:
                         "wrap a multi-head critic, e.g. lambda x: D(x)[0]")
     (grad,) = torch.autograd.grad(scores.sum(), points, create_graph=True)
     return grad.reshape(grad.shape[0], -1).square().sum(1).mean()
+
+
+def au_regression_loss(predicted: Tensor, aus01: Tensor) -> Tensor:
+    """GANimation Eq. 4 = DFT-Net Eq. 7, one term: ``||D_y(I) - y||_2^2``, on GANimation's public code's scale.
+
+    ``[B, 17]`` AUs in [0, 1] units. The critic gets it on real images with their own AUs, the generator
+    on its edit with the target AUs. The public code takes ``MSELoss`` (the mean over AUs and images) and
+    divides it again by the batch size; lambda_cond = 4000 (both papers' weight) is tuned on that scale.
+    The equation as written (summed over AUs, averaged over images) is 17 * B times larger.
+    """
+    _same_shape("predicted", predicted, "aus01", aus01, min_ndim=2)
+    # GANimation Eq. 4 / DFT-Net Eq. 7 (the code's scale): mean squared error over AUs and images, / B
+    return F.mse_loss(predicted, aus01) / len(predicted)
+
+
+def cycle_loss(source: Tensor, reconstructed: Tensor) -> Tensor:
+    """GANimation Eq. 5 = DFT-Net Eq. 8: ``||G(G(X_s | y_t) | y_s) - X_s||_1``, the mean absolute error
+    (the public code's reduction; lambda_cyc = 10 is tuned on it)."""
+    _same_shape("source", source, "reconstructed", reconstructed)
+    # GANimation Eq. 5 / DFT-Net Eq. 8: cycle consistency, L1 (mean over pixels and images)
+    return (reconstructed - source).abs().mean()
 
 
 def gaussian_nll(value: Tensor, mean: Tensor, logvar: Tensor | None = None) -> Tensor:
@@ -417,42 +439,6 @@ def exprgan_total_variation(image: Tensor) -> Tensor:
 
 
 # ============================================================================ DFT-Net (Wang et al. 2019)
-
-
-def dftnet_critic(real_scores: Tensor, fake_scores: Tensor, penalty: Tensor, gp_weight: float = 10.0) -> Tensor:
-    """DFT-Net Eq. 6, the critic's side: ``E[D_A(G(X_s|y_t))] - E[D_A(X_s)] + lambda_gp * GP``.
-
-    ``penalty = gradient_penalty(lambda x: D(x)[0], real, fake)``; lambda_gp = 10 (Sec. 3.1).
-    """
-    # DFT-Net Eq. 6: WGAN-GP critic loss
-    return wgan_critic_loss(real_scores, fake_scores, penalty, gp_weight)
-
-
-def dftnet_generator_adversarial(fake_scores: Tensor) -> Tensor:
-    """DFT-Net Eq. 6, the generator's side: ``-E[D_A(G(X_s|y_t))]``."""
-    # DFT-Net Eq. 6: the generator minimises -E[D_A(G(X_s | y_t))]
-    return wgan_generator_loss(fake_scores)
-
-
-def dftnet_au_conditional(predicted_aus: Tensor, aus: Tensor) -> Tensor:
-    """DFT-Net Eq. 7, one of its two terms: ``E[||D_C(X) - y||_2^2]``.
-
-    The critic gets it on real images with their AUs (``D_C(X_s)`` vs ``y_s``); the generator on its
-    output with the target AUs (``D_C(G(X_s|y_t))`` vs ``y_t``). ``[B, 17]``; summed over AUs as written,
-    averaged over the batch. GANimation's code, whose lambda_cond = 4000 the paper reuses, instead takes
-    the mean over AUs and divides by the batch size again: its loss is this one / (17 B).
-    """
-    _same_shape("predicted_aus", predicted_aus, "aus", aus, min_ndim=2)
-    # DFT-Net Eq. 7: ||D_C(X) - y||_2^2
-    return _per_sample_sum((predicted_aus - aus).square())
-
-
-def dftnet_cycle(source: Tensor, reconstructed: Tensor) -> Tensor:
-    """DFT-Net Eq. 8: ``E[||X_s - G(G(X_s|y_t)|y_s)||_1]``, as GANimation's code a mean absolute error
-    (the paper's lambda_cyc = 10 comes from that code)."""
-    _same_shape("source", source, "reconstructed", reconstructed)
-    # DFT-Net Eq. 8: cycle consistency, L1
-    return (source - reconstructed).abs().mean()
 
 
 def dftnet_flow_tv(flow: Tensor) -> Tensor:

@@ -1,20 +1,19 @@
 """DFT-Net against GANimation on held-out emotionet identities: figures and the comparison table.
 
-- ``dftnet_fig4.png`` (the paper's Fig. 4): one held-out face per discrete emotion (the ``rafd``
-  mean AUs of that emotion, DFT-Net Sec. 3.2): source, aligned image X_a, texture B, attention A
-  (white = the aligned source kept), DFT-Net's output, GANimation's, and the true render.
-- ``dftnet_eyelids.png`` (Fig. 3): AU45 from 0 to 5 on top of a face's own AUs, the eye crop of
-  each method and of the true render; the eye-crop PSNR per level over ``--n-eyelids`` faces is printed.
-- ``dftnet_interpolation.png`` (Fig. 5): another test face's AUs scaled by 0.5, 0.75, 1.0, 1.25.
-- ``dftnet_attention.png``: the mean attention over training, from each run's ``log.csv``.
-- the table: :func:`facelib.evaluation.evaluate` with ``aus`` targets (AU MSE / PCC, identity
-  verification, FD, PSNR whole / mouth / eyes, SSIM, sharpness), and each AU's PCC.
+The measurements are :mod:`facelib.evaluation.dftnet`'s (notebook 04 shows the same); this script saves
+them as PNGs and prints the tables, for any saved generators (a recipe's run, not only the shipped ones):
 
-    python scripts/dftnet_figures.py --dftnet runs/dftnet/dftnet/generator \\
-        [--ganimation runs/ganimation/ganimation/generator] [--extra NAME=CHECKPOINT ...] [--out build/figures]
+- ``dftnet_fig4.png`` (Fig. 4), ``dftnet_eyelids.png`` (Fig. 3, with the eye-crop PSNR and the AU45 read
+  on the edits printed), ``dftnet_interpolation.png`` (Fig. 5);
+- ``dftnet_attention.png``: the mean attention over training, from each run's log;
+- the table and each AU's PCC; ``--log-summary DIR`` also writes each run's log summary as ``NAME.csv``
+  (docs/training_logs/ holds the shipped models').
 
-A checkpoint is a recipe's saved generator (the stem without suffix); its ``log (the run folder of the same name) beside it
-gives the attention curve. The methods are edited through their editors only.
+    python scripts/dftnet_figures.py --dftnet runs/dftnet/dftnet \\
+        [--ganimation runs/ganimation/ganimation] [--extra NAME=CHECKPOINT ...] [--out build/figures]
+
+A checkpoint is a recipe's saved generator (the stem without suffix); the run folder of the same name
+beside it holds its log.
 """
 from __future__ import annotations
 
@@ -26,19 +25,8 @@ import torch
 
 import facelib
 from facelib.checkpoint import load_model
-from facelib.conventions import AU_CODES, AU_MAX, EMOTIONS
-from facelib.data import EYE_LANDMARKS, SynthFaces, landmark_box_mask, render
-from facelib.data.synth import LANDMARK_NAMES
-from facelib.editors import Target
-from facelib.metrics import psnr
+from facelib.evaluation.dftnet import comparison_table, eyelids, fig4, interpolation, test_faces, training_log_summary
 from facelib.viz import show_images
-
-PRESET = "emotionet"
-EYELID_LEVELS = torch.linspace(0, AU_MAX, 6)  # AU45 = 0, 1, ..., 5
-SCALES = (0.5, 0.75, 1.0, 1.25)  # Fig. 5's 0.5, 0.75, 1.0, and beyond
-ROWS = ["AU PCC (facelib AU regressor)", "AU MSE (facelib AU regressor)", "identity verification (facelib embedder)",
-        "FD (facelib expression features)", "PSNR (whole image, dB)", "PSNR (mouth crop, dB)", "PSNR (eye crop, dB)",
-        "SSIM", "sharpness (edited)"]
 
 
 def load_editor_from(checkpoint: Path):
@@ -59,113 +47,20 @@ def save(images: torch.Tensor, path: Path, **labels) -> Path:
     return path
 
 
-def true_render(faces: SynthFaces, index: torch.Tensor, aus: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The held-out faces ``index`` rendered with ``aus`` (same identity, pose, light, background)."""
-    labels = faces.render_parameters(index)  # also each item's seed for its light and background
-    return render(labels["identity"], aus, labels["yaw"], size=faces.size, light="random",
-                  background=faces.preset.background, noise=faces.preset.noise, seeds=labels["seed"])
-
-
-def to_image(mask: torch.Tensor) -> torch.Tensor:
-    return mask.expand(-1, 3, -1, -1) * 2 - 1
-
-
-def fig4(editors: dict, faces: SynthFaces, out: Path) -> Path:
-    dftnet = editors["DFT-Net"]
-    index = torch.arange(len(EMOTIONS)) * 37  # eight different test faces
-    sources = faces.batch(index)["image"]
-    target = Target(expression=list(EMOTIONS), intensity=1.0)
-    parts = dftnet.edit(sources, target)
-    truth = true_render(faces, index, dftnet.target_aus(target, len(EMOTIONS)))["image"]
-    columns = [sources, parts.aligned, parts.texture, to_image(parts.attention), parts.output]
-    names = ["source", "aligned X_a", "texture B", "attention A", "DFT-Net"]
-    for name, editor in editors.items():
-        if name != "DFT-Net":
-            columns.append(editor.edit(sources, target).output)
-            names.append(name)
-    columns.append(truth)
-    names.append("true render")
-    grid = torch.stack(columns, 1).flatten(0, 1)
-    return save(grid, out / "dftnet_fig4.png", nrow=len(columns), column_labels=names, row_labels=list(EMOTIONS))
-
-
-def eyelids(editors: dict, faces: SynthFaces, out: Path, n: int) -> tuple[Path, pd.DataFrame]:
-    index = torch.arange(n) * max(1, len(faces) // n)
-    sources = faces.batch(index)["image"]
-    own = faces.render_parameters(index)["target_aus"]
-    psnrs, picture = [], []
-    for level in EYELID_LEVELS:
-        aus = own.clone()
-        aus[:, AU_CODES.index(45)] = level
-        truth = true_render(faces, index, aus)
-        mask = landmark_box_mask(truth["landmarks"], EYE_LANDMARKS, faces.size)
-        row = {"AU45": float(level)}
-        for name, editor in editors.items():
-            edited = editor.edit(sources, Target(aus=aus)).output
-            row[name] = float(psnr(edited, truth["image"], mask=mask))
-            picture.append(eye_crop(edited[:1], truth["landmarks"][:1]))
-        picture.append(eye_crop(truth["image"][:1], truth["landmarks"][:1]))
-        psnrs.append(row)
-    names = [*editors, "true render"]
-    grid = torch.cat(picture).view(len(EYELID_LEVELS), len(names), *picture[0].shape[1:]).transpose(0, 1).flatten(0, 1)
-    path = save(grid, out / "dftnet_eyelids.png", nrow=len(EYELID_LEVELS), row_labels=names,
-                column_labels=[f"AU45 = {v:.0f}" for v in EYELID_LEVELS])
-    return path, pd.DataFrame(psnrs).set_index("AU45")
-
-
-def eye_crop(image: torch.Tensor, landmarks: torch.Tensor, height: int = 14, width: int = 40) -> torch.Tensor:
-    """A fixed-size box ``[1, 3, height, width]`` centred on both eyes (for the picture; PSNR uses the mask)."""
-    points = landmarks[0, [LANDMARK_NAMES.index(name) for name in EYE_LANDMARKS]]
-    cx, cy = points.mean(0).round().long().tolist()
-    size = image.shape[-1]
-    top, left = min(max(cy - height // 2, 0), size - height), min(max(cx - width // 2, 0), size - width)
-    crop = image[..., top:top + height, left:left + width]
-    return torch.nn.functional.interpolate(crop, scale_factor=2, mode="nearest")
-
-
-def interpolation(editors: dict, faces: SynthFaces, out: Path) -> Path:
-    index, partner = torch.tensor([5, 61, 117]), torch.tensor([400, 800, 1200])
-    sources, targets = faces.batch(index)["image"], faces.batch(partner)["image"]
-    target_aus = faces.render_parameters(partner)["target_aus"]
-    rows, names = [], []
-    for name, editor in editors.items():
-        edits = [editor.edit(sources, Target(aus=(scale * target_aus).clamp(0, AU_MAX))).output for scale in SCALES]
-        rows.append(torch.stack([sources, *edits, targets], 1).flatten(0, 1))
-        names += [f"{name}, face {i + 1}" for i in range(len(index))]
-    return save(torch.cat(rows), out / "dftnet_interpolation.png", nrow=len(SCALES) + 2, row_labels=names,
-                column_labels=["source", *[f"x {s}" for s in SCALES], "target"])
-
-
-def attention_curves(checkpoints: dict[str, Path], out: Path) -> Path:
+def attention_curves(summaries: dict[str, pd.DataFrame], out: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6, 3.2))
-    from facelib.train.trainer import read_log
-
-    for name, checkpoint in checkpoints.items():
-        run = Path(checkpoint).parent / Path(checkpoint).name.split(".")[0]  # the recipe's run folder, beside its model
-        curve = read_log(run)[["step", "attention_mean"]].dropna()
+    for name, summary in summaries.items():
+        curve = summary[["step", "attention_mean"]].dropna()
         axes.plot(curve["step"], curve["attention_mean"], label=name)
-    axes.set(xlabel="training step", ylabel="mean attention A (1 = source / aligned source kept)", ylim=(0, 1))
+    axes.set(xlabel="training step", ylabel="mean attention A", ylim=(0, 1))
     axes.legend()
     figure.savefig(out / "dftnet_attention.png", dpi=110, bbox_inches="tight")
     return out / "dftnet_attention.png"
-
-
-def comparison_table(editors: dict, n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from facelib.pretrained import load_pretrained
-    from facelib.evaluation import au_table, evaluate, held_out_pairs, run_editor
-
-    tables, per_au = {}, {}
-    pairs = held_out_pairs(PRESET, "test", 64, n, progress=False)
-    for name, editor in editors.items():
-        table = evaluate(editor, "aus", preset=PRESET, n=n, metrics=ROWS, progress=False)
-        tables[name] = table.set_index("metric")["value"]
-        per_au[name] = au_table(run_editor(editor, "aus", pairs, progress=False), load_pretrained("au_regressor"))["PCC"]
-    return pd.DataFrame(tables).loc[ROWS], pd.DataFrame(per_au)
 
 
 def main() -> None:
@@ -176,6 +71,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("build/figures"))
     parser.add_argument("--n", type=int, default=512, help="held-out pairs for the table (0: no table)")
     parser.add_argument("--n-eyelids", type=int, default=64, help="held-out faces per AU45 level")
+    parser.add_argument("--log-summary", type=Path, help="write each run's log summary here as NAME.csv")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     facelib.set_seed(0)
@@ -186,16 +82,26 @@ def main() -> None:
         name, _, path = item.partition("=")
         checkpoints[name] = Path(path)
     editors = {name: load_editor_from(path) for name, path in checkpoints.items()}
-    faces = SynthFaces(PRESET, "test", size=64, seed=0)
-    with torch.no_grad():
-        print(fig4(editors, faces, args.out))
-        path, table = eyelids(editors, faces, args.out, args.n_eyelids)
-        print(path, "\neye-crop PSNR (dB) against the true render, by AU45:\n", table.round(2).to_string())
-        print(interpolation(editors, faces, args.out))
-        print(attention_curves(checkpoints, args.out))
-        if not args.n:
-            return
-        rows, per_au = comparison_table(editors, args.n)
+    runs = {name: Path(path).parent / Path(path).name.split(".")[0] for name, path in checkpoints.items()}
+    summaries = {name: training_log_summary(run) for name, run in runs.items() if (run / "log.jsonl").exists()}
+    if args.log_summary:
+        args.log_summary.mkdir(parents=True, exist_ok=True)
+        for name, summary in summaries.items():
+            summary.to_csv(args.log_summary / f"{runs[name].name}.csv", index=False, float_format="%.5g")
+    faces = test_faces()
+    grid, columns, rows = fig4(editors, faces)
+    print(save(grid, args.out / "dftnet_fig4.png", nrow=len(columns), column_labels=columns, row_labels=rows))
+    table, picture, names = eyelids(editors, args.n_eyelids, faces)
+    print(save(picture, args.out / "dftnet_eyelids.png", nrow=len(table), row_labels=names,
+               column_labels=[f"AU45 = {v:.0f}" for v in table.index]))
+    print("eye-crop PSNR (dB) against the true render and AU45 read on the edits, by AU45:\n", table.round(2).to_string())
+    grid, columns, rows = interpolation(editors, faces)
+    print(save(grid, args.out / "dftnet_interpolation.png", nrow=len(columns), column_labels=columns, row_labels=rows))
+    if summaries:
+        print(attention_curves(summaries, args.out))
+    if not args.n:
+        return
+    rows, per_au = comparison_table(editors, args.n)
     pd.set_option("display.width", 200)
     print(f"held-out emotionet pairs (n = {args.n}), aus targets:\n", rows.round(4).to_string())
     print("per-AU PCC:\n", per_au.round(3).to_string())

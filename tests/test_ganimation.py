@@ -12,7 +12,8 @@ from facelib.models.ganimation import (
     GANimationConfig, GANimationCritic, GANimationEditor, GANimationGenerator, compose,
 )
 from facelib.train import read_log
-from facelib.train.ganimation import GANimationTask, GANimationWeights, au_regression_loss, other_sample_aus
+from facelib.losses import au_regression_loss
+from facelib.train.ganimation import GANimationTask, GANimationWeights, other_sample_aus
 
 torch.set_num_threads(1)
 

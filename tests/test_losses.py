@@ -59,10 +59,10 @@ def test_gradient_penalty_at_real_samples_and_on_latent_codes():
 
 def test_wgan_and_gan_terms():
     real, fake = torch.tensor([1.0, 3.0]), torch.tensor([-1.0, 0.0])
-    assert losses.dftnet_critic(real, fake, torch.tensor(0.5)).item() == pytest.approx(-0.5 - 2.0 + 10 * 0.5)
+    assert losses.wgan_critic_loss(real, fake, torch.tensor(0.5)).item() == pytest.approx(-0.5 - 2.0 + 10 * 0.5)
     assert losses.leed_latent_critic(real, fake, torch.tensor(0.0), gp_weight=1).item() == pytest.approx(-2.5)
     assert losses.eggan_image_critic(real, fake, torch.tensor(1.0), gp_weight=2).item() == pytest.approx(-0.5)
-    assert losses.dftnet_generator_adversarial(fake).item() == pytest.approx(0.5)
+    assert losses.wgan_generator_loss(fake).item() == pytest.approx(0.5)
     assert losses.leed_latent_generator(fake).item() == pytest.approx(0.5)
     assert losses.eggan_image_generator(fake).item() == pytest.approx(0.5)
     zero = torch.zeros(4)
@@ -166,11 +166,16 @@ def test_exprgan_pixel_and_identity_by_hand():
     assert value.item() == pytest.approx(expected)
 
 
-def test_dftnet_terms_by_hand():
+def test_dftnet_eq_7_and_8_by_hand_on_ganimations_code_scale():
     predicted, aus = torch.tensor([[0.5, 0.0], [1.0, 1.0]]), torch.tensor([[0.0, 0.0], [1.0, 0.0]])
-    assert losses.dftnet_au_conditional(predicted, aus).item() == pytest.approx((0.25 + 1.0) / 2)
+    # Eq. 7 as written: sum over AUs, mean over images = (0.25 + 1.0) / 2; the code's scale divides it by
+    # the number of AUs (its MSE's mean) and again by the batch size: / (2 AUs * 2 images)
+    as_written = ((0.5 - 0.0) ** 2 + 0.0 ** 2 + 0.0 ** 2 + (1.0 - 0.0) ** 2) / 2
+    assert losses.au_regression_loss(predicted, aus).item() == pytest.approx(as_written / (2 * 2))
     source, cycled = torch.zeros(2, 3, 2, 2), torch.full((2, 3, 2, 2), -0.5)
-    assert losses.dftnet_cycle(source, cycled).item() == pytest.approx(0.5)
+    assert losses.cycle_loss(source, cycled).item() == pytest.approx(0.5)  # Eq. 8: mean |-0.5|
+    with pytest.raises(ValueError, match="same shape"):
+        losses.au_regression_loss(predicted, aus[:, :1])
     attention = torch.tensor([[[[0.2, 0.6]]]])
     assert losses.dftnet_attention(attention).item() == pytest.approx(-0.4)
 

@@ -27,7 +27,13 @@ Eq. 2 (flow decoder Phi, A = F(c))  facelib/models/dftnet.py: DFTNetGenerator.fo
 Eq. 3 (aligned image X_a)           facelib/models/dftnet.py: DFTNetGenerator.forward
 Eq. 4 (texture decoder B = T(c))    facelib/models/dftnet.py: DFTNetGenerator.forward
 Eq. 5 (final image)                 facelib/models/ganimation.py: compose
-Eq. 6-10 (losses)                   facelib/losses.py: dftnet_*; facelib/train/dftnet.py
+Eq. 6 (adversarial, WGAN-GP)        facelib/train/gan.py: GANTask.adversarial_terms,
+                                    generator_adversarial_loss (facelib/losses.py: wgan_*)
+Eq. 7 (AU regression)               facelib/losses.py: au_regression_loss (GANimation's code's scale)
+Eq. 8 (cycle)                       facelib/losses.py: cycle_loss
+Eq. 6-8 (where they are summed)     facelib/train/ganimation.py: GANimationTask.generator_losses
+Eq. 9 (flow TV)                     facelib/losses.py: dftnet_flow_tv
+Eq. 10 (attention)                  facelib/losses.py: dftnet_attention
 Sec. 2.2 (critic)                   facelib/models/ganimation.py: GANimationCritic
 Sec. 3.1 (optimisation)             facelib/train/dftnet.py: DFTNetTask, train_recipe
 ==================================  =========================================================

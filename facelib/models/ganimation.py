@@ -24,8 +24,8 @@ Eq. 1 (composition with A and C)    facelib/models/ganimation.py: compose
 Eq. 2 (image adversarial, WGAN-GP)  facelib/train/ganimation.py: GANimationTask.critic_losses,
                                     generator_losses (facelib/losses.py: gradient_penalty)
 Eq. 3 (attention loss: TV + norm)   facelib/train/ganimation.py: attention_loss
-Eq. 4 (conditional AU loss)         facelib/train/ganimation.py: au_regression_loss
-Eq. 5 (identity / cycle loss)       facelib/train/ganimation.py: GANimationTask.generator_losses
+Eq. 4 (conditional AU loss)         facelib/losses.py: au_regression_loss
+Eq. 5 (identity / cycle loss)       facelib/losses.py: cycle_loss
 Eq. 6 (full generator loss)         facelib/train/ganimation.py: GANimationTask.generator_losses
 Sec. 4.1 (architecture)             facelib/models/ganimation.py: GANimationGenerator,
                                     GANimationCritic; facelib/models/blocks.py

@@ -3,7 +3,8 @@
 Equation numbers are those of the GANimation paper (ECCV 2018, arXiv:1807.09251): DFT-Net's paper
 restates Eq. 2, 4 and 5 as its own Eq. 6, 7 and 8. The settings the paper leaves out follow the
 public code (albertpumarola/GANimation; docs/reference_notes.md):
-lambda_gp 10, lambda_cond 4000 on the MSE divided again by the batch size, lambda_cyc 10 (L1),
+lambda_gp 10, lambda_cond 4000 on the MSE divided again by the batch size
+(:func:`facelib.losses.au_regression_loss`), lambda_cyc 10 (L1, :func:`facelib.losses.cycle_loss`),
 attention lambda 0.1 on mean(A) plus 1e-5 TV, Adam 1e-4 (0.5, 0.999), 5 critic steps per
 generator step, AUs divided by 5, target AUs another sample's AUs plus U(-0.1, 0.1).
 
@@ -18,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from facelib.checkpoint import save_model
 from facelib.conventions import AU_MAX
-from facelib.losses import total_variation
+from facelib.losses import au_regression_loss, cycle_loss, total_variation
 from facelib.metrics import FD_NAME, VERIFICATION_NAME
 from facelib.models.ganimation import (
     PRESET, GANimationConfig, GANimationCritic, GANimationEditor, GANimationGenerator, compose, normalise_aus,
@@ -31,7 +31,7 @@ from facelib.data.synth import expression_region_mask
 from facelib.train.gan import GANTask, diff_augment
 from facelib.train.trainer import Trainer, read_log
 
-__all__ = ["GANimationWeights", "GANimationTask", "au_regression_loss", "attention_loss", "other_sample_aus",
+__all__ = ["GANimationWeights", "GANimationTask", "attention_loss", "other_sample_aus",
            "train_recipe", "train_cpu_recipe", "train_au_editor", "DEFAULT_STEPS", "CPU_STEPS", "CPU_RECIPE",
            "CPU_CONFIG", "CPU_WEIGHTS",
            "BATCH_SIZE"]
@@ -47,18 +47,6 @@ class GANimationWeights:
     attention_tv: float = 1e-5  # lambda_mask_smooth
     target_noise: float = 0.1  # target AUs: another sample's AUs + U(-0.1, 0.1)
     keep: float = 0.0  # CPU recipe: L1 of the change outside the landmarks' expression regions (0: the paper)
-
-
-def au_regression_loss(predicted: torch.Tensor, aus01: torch.Tensor) -> torch.Tensor:
-    """One term of GANimation Eq. 4, ``||D_y(I) - y||_2^2``, as the public code computes it.
-
-    ``[B, 17]`` in [0, 1] units. The code takes ``MSELoss`` (the mean over AUs and images) and
-    divides it again by the batch size; its lambda of 4000 is tuned on that scale.
-    """
-    if predicted.shape != aus01.shape:
-        raise ValueError(f"predicted AUs {list(predicted.shape)} and target AUs {list(aus01.shape)} differ in shape")
-    # GANimation Eq. 4 (code's scale): mean squared error over the batch, / B
-    return F.mse_loss(predicted, aus01) / len(predicted)
 
 
 def attention_loss(attention: torch.Tensor, weights: GANimationWeights) -> torch.Tensor:
@@ -168,7 +156,7 @@ class GANimationTask(GANTask):
         # GANimation Eq. 4 (generator side): the edit must show the target AUs  (DFT-Net Eq. 7)
         au = au_regression_loss(fake_aus, targets)
         # GANimation Eq. 5: identity (cycle) loss, || G(G(I, y_target), y_source) - I ||_1 (mean)  (DFT-Net Eq. 8)
-        cycle = (back["output"] - images).abs().mean()
+        cycle = cycle_loss(images, back["output"])
         extra = self.regularisers(forward, back)
         if batch.get("keep") is not None:
             # departure (CPU recipe): the change outside the expression regions, L1 (mean over the image)
