@@ -201,23 +201,24 @@ class LEEDTask(GANTask):
         # LEED Eq. 14-15: decode the input's code and its neutral face's code (the decoder sees I_N)
         decoded = model.decoder(torch.cat([codes["c_ia"], codes["c_in"]]), torch.cat([neutral, neutral]))
         recon = self.reconstruction(decoded, torch.cat([image, neutral]), torch.cat([neutral, neutral]))
-        # LEED Eq. 1-2: the extractor regresses the latent displacement (the pseudo label is a target only)
-        expression = losses.leed_expression(codes["expression"], (codes["c_rb"] - codes["c_rn"]).detach())
+        # Eq. 2-4 are minimised over X and Q, Eq. 6-8 over I (Eq. 16 lists what trains E): they see E's codes detached
+        c_ia, c_in, c_rb, c_rn = (codes[name].detach() for name in ("c_ia", "c_in", "c_rb", "c_rn"))
+        extracted = model.extractor(c_rb, c_rn)
+        # LEED Eq. 1-2: the extractor regresses the latent displacement, the pseudo label
+        expression = losses.leed_expression(extracted, c_rb - c_rn)
         # LEED Eq. 3: Q reads Delta exp back from the classifier's features F_RB (Eq. 4: with lambda_Q)
-        q = losses.leed_q_loss(codes["expression"], model.q(batch["reference_features"]))
+        q = losses.leed_q_loss(extracted, model.q(batch["reference_features"]))
         # LEED Eq. 6 and 13: interpolate at alpha, near Eq. 5's line and real-looking to the critic
         alpha = batch["alpha"].view(-1, 1)
-        interpolated = model.interpolator(codes["c_in"], alpha * codes["expression"])
-        # departure: Eq. 13's gradient reaches I only. E makes the real codes too, so through E every code
-        # chased the critic's unbounded scores together and X's pseudo labels drifted (measured: docs/leed.md)
-        judged = model.interpolator(codes["c_in"].detach(), (alpha * codes["expression"]).detach())
-        adversarial = self.generator_adversarial_loss(self.modules["critic"](judged))
-        interpolation = losses.leed_interpolation(interpolated, codes["c_in"].detach(), codes["expression"].detach(),
-                                                  batch["alpha"])
+        interpolated = model.interpolator(c_in, alpha * extracted.detach())
+        # departure: Eq. 13's gradient reaches I only (the paper: E and I). E makes the real codes too, so through E
+        # every code chased the critic's unbounded scores together and X's pseudo labels drifted (docs/leed.md)
+        adversarial = self.generator_adversarial_loss(self.modules["critic"](interpolated))
+        interpolation = losses.leed_interpolation(interpolated, c_in, extracted.detach(), batch["alpha"])
         # LEED Eq. 7: the interpolator gives back the input's own code from its own expression
-        identity = losses.leed_identity(model.interpolator(codes["c_in"], codes["input_expression"]),
-                                        codes["c_ia"].detach())
-        # LEED Eq. 9-11: the edit at alpha = 1 (I_B) changes I_N as R_B changes R_N, in S's space
+        identity = losses.leed_identity(model.interpolator(c_in, model.extractor(c_ia, c_in).detach()), c_ia)
+        # LEED Eq. 9-11: the edit at alpha = 1 (I_B) changes I_N as R_B changes R_N, in S's space (E's codes:
+        # Eq. 16 trains E on it; one optimiser, so D, X and I also receive its gradient, a departure)
         edited = model.decoder(model.interpolator(codes["c_in"], codes["expression"]), neutral)
         s_rb, s_rn, s_ib, s_in = model.siamese(torch.cat([batch["reference"], batch["reference_neutral"], edited,
                                                           neutral])).chunk(4)
