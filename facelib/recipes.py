@@ -57,10 +57,11 @@ RECIPES: dict[str, str] = {
     "dftnet": "facelib.train.dftnet:train_recipe",  # DFT-Net (Eq. 1-10): GANimation + flow decoder, emotionet
     "dftnet_no_flow": "facelib.train.dftnet:train_no_flow_recipe",  # DFT-Net's ablation: X_a = X_s
     "dftnet_no_texture": "facelib.train.dftnet:train_no_texture_recipe",  # DFT-Net's ablation: A = 1 (a pure warp)
-    "exprgan": "facelib.train.exprgan:train_recipe",  # ExprGAN (Eq. 3-10), three stages, oulu preset
+    "exprgan": "facelib.train.exprgan:train_recipe",  # ExprGAN (Eq. 3-10), the CPU recipe, oulu preset (shipped)
+    "exprgan_paper": "facelib.train.exprgan:train_paper_recipe",  # ExprGAN, the paper's three stages
     "exprgan_caae": "facelib.train.exprgan:train_caae_recipe",  # ExprGAN Fig. 2's CAAE-style baseline
     "exprgan_no_q": "facelib.train.exprgan:train_no_q_recipe",  # ExprGAN ablation: without Q
-    "exprgan_joint": "facelib.train.exprgan:train_joint_recipe",  # ExprGAN ablation: all losses jointly
+    "exprgan_joint": "facelib.train.exprgan:train_joint_recipe",  # ExprGAN ablation: the paper's losses jointly
     "evaluators": "facelib.train.evaluators:train_recipe",  # expression classifier, AU regressor, identity embedder
     "expression_classifier": "facelib.train.evaluators:train_expression_classifier_recipe",
     "au_regressor": "facelib.train.evaluators:train_au_regressor_recipe",

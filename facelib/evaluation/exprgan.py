@@ -62,7 +62,7 @@ def level_intensities(model: ExprGAN, images: torch.Tensor, regressor: nn.Module
             labels = torch.full((len(images),), k)
             for j, level in enumerate(levels):
                 code = model.level_code(labels, torch.full((len(images),), float(level)))
-                out[k, j] = expression_intensity(regressor(model.decode(identity, code)), name)
+                out[k, j] = expression_intensity(regressor(model.decode(identity, code, images)), name)
     finally:
         model.intensity_order.copy_(saved)
     return out
