@@ -153,7 +153,8 @@ def test_the_editor_edits_levels_neutral_and_references():
 
 
 def test_a_residual_decoder_starts_as_the_source_and_needs_it():
-    model = ExprGAN(ExprGANConfig(**{**TINY.__dict__, "output": "residual"}))
+    model = ExprGAN(ExprGANConfig(**{**TINY.__dict__, "output": "residual", "skips": True}))
+    assert model.skip_channels() == [4, 3]  # G_enc's 8 px map of a 16 px face, then the face itself
     x = images(2, 16)
     code = model.level_code(torch.tensor([0, 4]), torch.tensor([5.0, 2.0]))
     torch.testing.assert_close(model(x, code), x)  # the change's head starts at zero
@@ -161,6 +162,8 @@ def test_a_residual_decoder_starts_as_the_source_and_needs_it():
         model.decode(model.encode(x), code)
     with pytest.raises(ValueError, match="output must be"):
         ExprGANConfig(output="mask")
+    with pytest.raises(ValueError, match="skips need the source"):
+        ExprGANConfig(skips=True)
     from facelib.evaluation.exprgan import synthesise
 
     with pytest.raises(ValueError, match="pass canvases"):

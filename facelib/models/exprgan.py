@@ -77,6 +77,7 @@ class ExprGANConfig:
     latent_critic_hidden: tuple[int, ...] = (64, 32, 16)
     controller: bool = True
     output: str = "image"  # "image": the paper's tanh face; "residual": the source plus a change (CPU recipe)
+    skips: bool = False  # G_dec also sees G_enc's feature maps of the source at each scale (CPU recipe)
 
     def __post_init__(self) -> None:
         self.encoder_channels, self.decoder_channels = tuple(self.encoder_channels), tuple(self.decoder_channels)
@@ -98,11 +99,14 @@ class ExprGANConfig:
         if self.output not in ("image", "residual"):
             raise ValueError(f"output must be 'image' (the paper's face) or 'residual' (the source plus a change), "
                              f"got {self.output!r}")
+        if self.skips and self.output != "residual":
+            raise ValueError("skips need the source at decoding time: use them with output='residual'")
 
     @classmethod
     def cpu(cls) -> "ExprGANConfig":
         """The CPU recipe's networks: the CPU widths, and a decoder that adds a change to its source."""
-        return cls(output="residual")  # departure: G_dec paints a change on the source, not a whole face
+        return cls(output="residual",  # departure: G_dec paints a change on the source, not a whole face
+                   skips=True)  # departure: G_dec sees G_enc's maps of the source, so it can place the change
 
     @property
     def code_size(self) -> int:
@@ -163,10 +167,12 @@ class ExprGAN(nn.Module):
         # controller-learning stage collapsed here within 500 steps to one saturated image for every
         # input, while D_img's loss fell to 0.0007.
         self.decoder_input_norm = nn.BatchNorm2d(first)
-        # Each decoder layer sees the code again, tiled as extra channels (the public code).
+        # Each decoder layer sees the code again, tiled as extra channels (the public code); with
+        # skips also G_enc's map of the source at its scale (the source itself at full size).
+        skip_channels = self.skip_channels() if config.skips else [0] * len(config.encoder_channels)
         self.decoder_layers = nn.ModuleList(
-            conv_norm_act(c_in + code, c_out, 3, norm="batch")
-            for c_in, c_out in zip(config.decoder_channels[:-1], config.decoder_channels[1:]))
+            conv_norm_act(c_in + code + skip, c_out, 3, norm="batch")
+            for c_in, c_out, skip in zip(config.decoder_channels[:-1], config.decoder_channels[1:], skip_channels))
         self.decoder_head = nn.Conv2d(config.decoder_channels[-1] + code, 3, 3, padding=1)
         if config.output == "residual":
             # departure (CPU recipe): the change starts at zero, so the first edits are the source itself
@@ -174,6 +180,19 @@ class ExprGAN(nn.Module):
             nn.init.zeros_(self.decoder_head.bias)
         default_order = torch.arange(config.code_dim).repeat(config.num_classes, 1)
         self.register_buffer("intensity_order", default_order)  # [K, d], saved with the weights
+
+    def skip_channels(self) -> list[int]:
+        """Channels of the source map each decoder layer sees with skips: G_enc's at 8, 16, ... px, then the image."""
+        encoder = self.config.encoder_channels
+        return [encoder[len(encoder) - 2 - i] if len(encoder) - 2 - i >= 0 else 3 for i in range(len(encoder))]
+
+    def source_maps(self, source: Tensor) -> list[Tensor]:
+        """G_enc's feature maps of the source, one per decoder layer (coarsest first), the image last."""
+        maps, h = [], source
+        for layer in list(self.encoder)[:len(self.config.encoder_channels)]:
+            h = layer(h)
+            maps.append(h)  # S/2, S/4, ..., 4 px
+        return maps[-2::-1] + [source]  # 8 px, 16 px, ..., S/2, then S px: the decoder's order
 
     def encode(self, images: Tensor) -> Tensor:
         check_image_shape(images, "images", size=self.config.image_size)
@@ -188,9 +207,14 @@ class ExprGAN(nn.Module):
                              f"({'K*d expression code' if config.controller else 'one-hot label'}), got {list(code.shape)}")
         x = self.decoder_input(torch.cat([identity, code], 1)).view(len(code), -1, 4, 4)  # [B, C0, 4, 4]
         x = F.relu(self.decoder_input_norm(x))
-        for layer in self.decoder_layers:
+        if config.skips and (source is None or source.shape != (len(code), 3, config.image_size, config.image_size)):
+            raise ValueError(f"a decoder with skips reads the source faces: pass source [B, 3, {config.image_size}, "
+                             f"{config.image_size}] with B = {len(code)}, got {None if source is None else list(source.shape)}")
+        maps = self.source_maps(source) if config.skips else [None] * len(self.decoder_layers)
+        for layer, skip in zip(self.decoder_layers, maps):
             x = F.interpolate(x, scale_factor=2, mode="nearest")
-            x = layer(tile_condition(x, code))
+            x = tile_condition(x, code) if skip is None else torch.cat([tile_condition(x, code), skip], 1)
+            x = layer(x)
         painted = torch.tanh(self.decoder_head(tile_condition(x, code)))  # [B, 3, S, S]
         if config.output == "image":
             return painted

@@ -49,6 +49,7 @@ INTENSITY_RHO_FLOOR, INTENSITY_RISE_FLOOR = 0.8, 1.0
 class ExprGANTrainConfig:
     """Eq. 10's weights (refining stage, the paper's Implementation Details) and the schedule."""
 
+    lambda_pixel: float = 1.0  # L_pixel's weight (the paper: 1, the reference of the lambdas)
     lambda_id: float = 1.0  # lambda_1, L_id
     lambda_q: float = 1.0  # lambda_2, L_Q
     lambda_adv_img: float = 0.01  # lambda_3, L_adv^img
@@ -88,6 +89,7 @@ class ExprGANTrainConfig:
             betas=(0.0, 0.99),  # departure: StarGAN v2's Adam betas (paper: 0.5, 0.999)
             ema_decay=0.999,  # departure: the EMA generator is measured and shipped
             augment="colour",  # departure: DiffAugment colour on every input of D_img
+            lambda_pixel=10.0,  # departure: L_pixel weight 10 (paper: 1), StarGAN's reconstruction weight
             region_weight=4.0,  # departure: L_pixel weighs the expression regions 5 times the rest
             lambda_keep=10.0,  # departure: changes outside the expression regions cost L1 (StarGAN's CPU recipe)
             batch_size=32,  # departure: batch 32 (paper: 48), more updates in the CPU budget
@@ -358,7 +360,7 @@ class ExprGANCPUTask(ExprGANTask):
         terms["g_adv_z"] = losses.exprgan_latent_encoder(critic.latent(batch["identity"]))
         terms["tv"] = losses.exprgan_total_variation(generated)
         # ExprGAN Eq. 10: L_pixel + l1 L_id + l2 L_Q + l3 L_adv^img + l4 L_adv^z + l5 L_tv
-        loss = (terms["pixel"] + train.lambda_id * terms["identity"] + train.lambda_adv_img * terms["g_adv_img"]
+        loss = (train.lambda_pixel * terms["pixel"] + train.lambda_id * terms["identity"] + train.lambda_adv_img * terms["g_adv_img"]
                 + train.lambda_adv_z * terms["g_adv_z"] + train.lambda_tv * terms["tv"])
         if train.use_q:
             terms["q"] = self.q_loss(batch["code"], fake_q)
