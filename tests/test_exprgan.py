@@ -158,7 +158,7 @@ def test_a_residual_decoder_starts_as_the_source_and_needs_it():
     x = images(2, 16)
     code = model.level_code(torch.tensor([0, 4]), torch.tensor([5.0, 2.0]))
     torch.testing.assert_close(model(x, code), x)  # the change's head starts at zero
-    with pytest.raises(ValueError, match="adds its change to the source"):
+    with pytest.raises(ValueError, match="reads the source faces"):
         model.decode(model.encode(x), code)
     with pytest.raises(ValueError, match="output must be"):
         ExprGANConfig(output="mask")
