@@ -239,4 +239,4 @@ def test_shipped_exprgan_stores_its_intensity_order_and_edits_neutral_from_all_n
 
     faces = SynthFaces("oulu", "test", size=64).batch([0, 20])["image"]
     neutral = editor.edit(faces, Target(expression="neutral")).output
-    torch.testing.assert_close(neutral, editor.model.decode(editor.model.encode(faces), -torch.ones(len(faces), 30)))
+    torch.testing.assert_close(neutral, editor.model.decode(editor.model.encode(faces), -torch.ones(len(faces), 30), faces))
