@@ -459,5 +459,10 @@ register_editor("dftnet", "facelib.models.dftnet:load_dftnet_editor", paper="DFT
                 # au_pcc: the issue's 0.8, above the shipped GANimation's (tests/test_dftnet.py checks both)
                 floors={"au_pcc": (0.8, None), "identity_verification": (0.95, None),
                         "attention_mean_test": (0.05, 0.95)})
+register_editor("exprgan", "facelib.models.exprgan:load_exprgan_editor",
+                paper="ExprGAN (Ding et al. 2018), Fig. 2-4", accepts=("expression", "reference"),
+                weights=("exprgan", "exprgan_critic"), floors={"expression_accuracy": (0.85, None),
+                                                               "identity_verification": (0.95, None),
+                                                               "intensity_classes_meeting_floor": (5, None)})
 register_editor("optical_flow", "facelib.models.baselines:load_optical_flow_editor",
                 paper="FVAE (Yeh et al. 2016), Table 1 optical-flow row (DIS, standing in for EpicFlow)", accepts=("reference",), weights=())

@@ -61,10 +61,11 @@ RECIPES: dict[str, str] = {
     "leed_paper": "facelib.train.leed:train_paper_recipe",  # LEED as written: D(C), perceptual loss, WGAN-GP x5
     "leed_no_q": "facelib.train.leed:train_no_q_recipe",  # LEED Fig. 3 ablation: without Eq. 3's Q
     "leed_no_s": "facelib.train.leed:train_no_s_recipe",  # LEED Fig. 3 ablation: without Eq. 11's siamese loss
-    "exprgan": "facelib.train.exprgan:train_recipe",  # ExprGAN (Eq. 3-10), three stages, oulu preset
+    "exprgan": "facelib.train.exprgan:train_recipe",  # ExprGAN (Eq. 3-10), the CPU recipe, oulu preset (shipped)
+    "exprgan_paper": "facelib.train.exprgan:train_paper_recipe",  # ExprGAN, the paper's three stages
     "exprgan_caae": "facelib.train.exprgan:train_caae_recipe",  # ExprGAN Fig. 2's CAAE-style baseline
     "exprgan_no_q": "facelib.train.exprgan:train_no_q_recipe",  # ExprGAN ablation: without Q
-    "exprgan_joint": "facelib.train.exprgan:train_joint_recipe",  # ExprGAN ablation: all losses jointly
+    "exprgan_joint": "facelib.train.exprgan:train_joint_recipe",  # ExprGAN ablation: the paper's losses jointly
     "evaluators": "facelib.train.evaluators:train_recipe",  # expression classifier, AU regressor, identity embedder
     "expression_classifier": "facelib.train.evaluators:train_expression_classifier_recipe",
     "au_regressor": "facelib.train.evaluators:train_au_regressor_recipe",

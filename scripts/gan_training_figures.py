@@ -22,7 +22,11 @@ MODELS = {
                 {"expression accuracy (facelib classifier)": 0.85, VERIFICATION_NAME: 0.95}),
     "ganimation": (["AU PCC (facelib AU regressor)", VERIFICATION_NAME],
                    {"AU PCC (facelib AU regressor)": 0.75, VERIFICATION_NAME: 0.95}),
+    "exprgan": (["expression accuracy (facelib classifier)", VERIFICATION_NAME],
+                {"expression accuracy (facelib classifier)": 0.85, VERIFICATION_NAME: 0.95}),
 }
+#: model -> the number of held-out pairs its learning curve measures
+CURVE_PAIRS = {"stargan": 192, "ganimation": 192, "exprgan": 96}
 
 
 def curve_of(spec: str):
@@ -49,7 +53,7 @@ def main() -> None:
     metrics, floors = MODELS[args.model]
     axes = plot_learning_curves(dict(curve_of(spec) for spec in args.run), metrics, floors=floors,
                                 labels={VERIFICATION_NAME: "identity verification"})
-    axes[0, 0].figure.suptitle(f"{args.model}: held-out learning curves (192 test pairs)")
+    axes[0, 0].figure.suptitle(f"{args.model}: held-out learning curves ({CURVE_PAIRS[args.model]} test pairs)")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"gan_curves_{args.model}.png"
     axes[0, 0].figure.savefig(path, dpi=90)

@@ -62,7 +62,7 @@ def level_intensities(model: ExprGAN, images: torch.Tensor, regressor: nn.Module
             labels = torch.full((len(images),), k)
             for j, level in enumerate(levels):
                 code = model.level_code(labels, torch.full((len(images),), float(level)))
-                out[k, j] = expression_intensity(regressor(model.decode(identity, code)), name)
+                out[k, j] = expression_intensity(regressor(model.decode(identity, code, images)), name)
     finally:
         model.intensity_order.copy_(saved)
     return out
@@ -123,13 +123,27 @@ def recognition_network(model: ExprGAN) -> nn.Module:
 
 
 @torch.no_grad()
-def synthesise(model: ExprGAN, per_class: int, seed: int = 0, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fig. 5: ``per_class`` faces of new identities (g ~ U(-1, 1)) per class, codes from Eq. 3: (images, labels)."""
+def synthesise(model: ExprGAN, per_class: int, seed: int = 0, batch_size: int = 256,
+               canvases: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fig. 5: ``per_class`` faces per class, codes from Eq. 3: (images, labels).
+
+    An image decoder (the paper's) paints new identities from g ~ U(-1, 1). A residual decoder
+    (``output="residual"``) has no face without a source: it edits ``canvases`` (faces drawn at
+    random, e.g. training faces) to each class at a random level in [1, d] (its training codes).
+    """
     generator = torch.Generator().manual_seed(seed)
     labels = torch.arange(len(CLASSES)).repeat_interleave(per_class)
+    residual = model.config.output == "residual"
+    if residual and (canvases is None or not len(canvases)):
+        raise ValueError("a residual ExprGAN (output='residual') synthesises by editing faces: pass canvases [N, 3, S, S]")
     images = []
     for start in range(0, len(labels), batch_size):
         part = labels[start:start + batch_size]
+        if residual:
+            source = canvases[torch.randint(len(canvases), (len(part),), generator=generator)]
+            levels = 1 + (model.config.code_dim - 1) * torch.rand(len(part), generator=generator)
+            images.append(model.decode(model.encode(source), model.level_code(part, levels), source))
+            continue
         identity = 2 * torch.rand(len(part), model.config.identity_dim, generator=generator) - 1
         if model.config.controller:
             code = expression_code(part, 2 * torch.rand(len(part), model.config.code_dim, generator=generator) - 1)
@@ -144,7 +158,8 @@ def augmentation_table(model: ExprGAN, train_images: torch.Tensor, train_labels:
                        steps: int = 600, batch_size: int = 64, seed: int = 0, progress: bool = True) -> pd.DataFrame:
     """Table 1: test accuracy of :func:`recognition_network` trained on the real images plus ``n`` synthesised per class.
 
-    Labels are class indices into :data:`CLASSES`. Each row trains a fresh classifier for ``steps``
+    Labels are class indices into :data:`CLASSES`. A residual decoder synthesises by editing the real
+    training images (:func:`synthesise`). Each row trains a fresh classifier for ``steps``
     Adam steps on mini-batches drawn from real and synthesised images together (the same seed).
     """
     from facelib.metrics import classification_accuracy
@@ -152,7 +167,7 @@ def augmentation_table(model: ExprGAN, train_images: torch.Tensor, train_labels:
 
     rows = []
     # one draw of the largest count; each row takes the first `count` faces of every class from it
-    pool, pool_labels = synthesise(model, max(int(count) for count in per_class), seed=seed)
+    pool, pool_labels = synthesise(model, max(int(count) for count in per_class), seed=seed, canvases=train_images)
     rank = torch.cat([torch.arange(int((pool_labels == k).sum())) for k in range(len(CLASSES))]) if len(pool) else pool_labels
     for count in tqdm(per_class, desc="Table 1 rows", disable=not progress):
         chosen = rank < int(count)

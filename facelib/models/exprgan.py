@@ -76,6 +76,8 @@ class ExprGANConfig:
     q_class_hidden: int = 64
     latent_critic_hidden: tuple[int, ...] = (64, 32, 16)
     controller: bool = True
+    output: str = "image"  # "image": the paper's tanh face; "residual": the source plus a change (CPU recipe)
+    skips: bool = False  # G_dec also sees G_enc's feature maps of the source at each scale (CPU recipe)
 
     def __post_init__(self) -> None:
         self.encoder_channels, self.decoder_channels = tuple(self.encoder_channels), tuple(self.decoder_channels)
@@ -94,6 +96,17 @@ class ExprGANConfig:
                              f"got {len(self.decoder_channels)}")
         if self.image_size % 2**len(self.critic_channels):
             raise ValueError(f"image_size {self.image_size} must be divisible by 2**len(critic_channels)")
+        if self.output not in ("image", "residual"):
+            raise ValueError(f"output must be 'image' (the paper's face) or 'residual' (the source plus a change), "
+                             f"got {self.output!r}")
+        if self.skips and self.output != "residual":
+            raise ValueError("skips need the source at decoding time: use them with output='residual'")
+
+    @classmethod
+    def cpu(cls) -> "ExprGANConfig":
+        """The CPU recipe's networks: the CPU widths, and a decoder that adds a change to its source."""
+        return cls(output="residual",  # departure: G_dec paints a change on the source, not a whole face
+                   skips=True)  # departure: G_dec sees G_enc's maps of the source, so it can place the change
 
     @property
     def code_size(self) -> int:
@@ -128,7 +141,10 @@ class ExprGAN(nn.Module):
     """G = (G_enc, G_dec): ``forward(images, code)`` = G_dec(G_enc(x), c) in [-1, 1].
 
     ``encode(images [B, 3, S, S])`` -> g(x) ``[B, identity_dim]`` in (-1, 1) (tanh, the prior's
-    range); ``decode(identity, code [B, code_size])`` -> ``[B, 3, S, S]``. ``intensity_order``
+    range); ``decode(identity, code [B, code_size], source)`` -> ``[B, 3, S, S]`` (``source``, the
+    input faces, is needed with ``output="residual"`` only: the output is then the source plus the
+    decoded change, clamped to [-1, 1]; the change's head starts at zero, so G starts as the
+    identity mapping). ``intensity_order``
     ``[K, d]`` is the order of the d elements of each block from the weakest to the strongest
     expression, read off on training identities after training
     (:func:`facelib.evaluation.exprgan.calibrate_intensity_order`); the paper's Fig. 3 shows its levels in an order it does not say how
@@ -151,19 +167,38 @@ class ExprGAN(nn.Module):
         # controller-learning stage collapsed here within 500 steps to one saturated image for every
         # input, while D_img's loss fell to 0.0007.
         self.decoder_input_norm = nn.BatchNorm2d(first)
-        # Each decoder layer sees the code again, tiled as extra channels (the public code).
+        # Each decoder layer sees the code again, tiled as extra channels (the public code); with
+        # skips also G_enc's map of the source at its scale (the source itself at full size).
+        skip_channels = self.skip_channels() if config.skips else [0] * len(config.encoder_channels)
         self.decoder_layers = nn.ModuleList(
-            conv_norm_act(c_in + code, c_out, 3, norm="batch")
-            for c_in, c_out in zip(config.decoder_channels[:-1], config.decoder_channels[1:]))
+            conv_norm_act(c_in + code + skip, c_out, 3, norm="batch")
+            for c_in, c_out, skip in zip(config.decoder_channels[:-1], config.decoder_channels[1:], skip_channels))
         self.decoder_head = nn.Conv2d(config.decoder_channels[-1] + code, 3, 3, padding=1)
+        if config.output == "residual":
+            # departure (CPU recipe): the change starts at zero, so the first edits are the source itself
+            nn.init.zeros_(self.decoder_head.weight)
+            nn.init.zeros_(self.decoder_head.bias)
         default_order = torch.arange(config.code_dim).repeat(config.num_classes, 1)
         self.register_buffer("intensity_order", default_order)  # [K, d], saved with the weights
+
+    def skip_channels(self) -> list[int]:
+        """Channels of the source map each decoder layer sees with skips: G_enc's at 8, 16, ... px, then the image."""
+        encoder = self.config.encoder_channels
+        return [encoder[len(encoder) - 2 - i] if len(encoder) - 2 - i >= 0 else 3 for i in range(len(encoder))]
+
+    def source_maps(self, source: Tensor) -> list[Tensor]:
+        """G_enc's feature maps of the source, one per decoder layer (coarsest first), the image last."""
+        maps, h = [], source
+        for layer in list(self.encoder)[:len(self.config.encoder_channels)]:
+            h = layer(h)
+            maps.append(h)  # S/2, S/4, ..., 4 px
+        return maps[-2::-1] + [source]  # 8 px, 16 px, ..., S/2, then S px: the decoder's order
 
     def encode(self, images: Tensor) -> Tensor:
         check_image_shape(images, "images", size=self.config.image_size)
         return torch.tanh(self.encoder(images))  # g(x): [B, identity_dim], the U(-1, 1) prior's range
 
-    def decode(self, identity: Tensor, code: Tensor) -> Tensor:
+    def decode(self, identity: Tensor, code: Tensor, source: Tensor | None = None) -> Tensor:
         config = self.config
         if identity.dim() != 2 or identity.shape[1] != config.identity_dim:
             raise ValueError(f"identity codes must be [B, {config.identity_dim}], got {list(identity.shape)}")
@@ -172,13 +207,26 @@ class ExprGAN(nn.Module):
                              f"({'K*d expression code' if config.controller else 'one-hot label'}), got {list(code.shape)}")
         x = self.decoder_input(torch.cat([identity, code], 1)).view(len(code), -1, 4, 4)  # [B, C0, 4, 4]
         x = F.relu(self.decoder_input_norm(x))
-        for layer in self.decoder_layers:
+        if config.skips and (source is None or source.shape != (len(code), 3, config.image_size, config.image_size)):
+            raise ValueError(f"a decoder with skips reads the source faces: pass source [B, 3, {config.image_size}, "
+                             f"{config.image_size}] with B = {len(code)}, got {None if source is None else list(source.shape)}")
+        maps = self.source_maps(source) if config.skips else [None] * len(self.decoder_layers)
+        for layer, skip in zip(self.decoder_layers, maps):
             x = F.interpolate(x, scale_factor=2, mode="nearest")
-            x = layer(tile_condition(x, code))
-        return torch.tanh(self.decoder_head(tile_condition(x, code)))  # [B, 3, S, S]
+            x = tile_condition(x, code) if skip is None else torch.cat([tile_condition(x, code), skip], 1)
+            x = layer(x)
+        painted = torch.tanh(self.decoder_head(tile_condition(x, code)))  # [B, 3, S, S]
+        if config.output == "image":
+            return painted
+        if source is None or source.shape != painted.shape:
+            raise ValueError(f"a residual decoder (output='residual') adds its change to the source faces: pass "
+                             f"source [B, 3, {config.image_size}, {config.image_size}] with B = {len(code)}, got "
+                             f"{None if source is None else list(source.shape)}")
+        # departure (CPU recipe): the source plus a change, so everything the code does not change stays
+        return (source + painted).clamp(-1, 1)
 
     def forward(self, images: Tensor, code: Tensor) -> Tensor:
-        return self.decode(self.encode(images), code)
+        return self.decode(self.encode(images), code, images)
 
     def label_code(self, labels: Tensor) -> Tensor:
         """The baseline's condition: one-hot labels ``[B, K]`` (``controller=False``)."""
@@ -330,7 +378,7 @@ class ExprGANEditor(Editor):
             code = -1 + t[:, None] * (code + 1)  # t = 0: every element -1 (neutral)
         else:
             code = self.expression_codes(target.expressions(batch), t)
-        return EditResult(output=self.model.decode(identity, code), latent=torch.cat([identity, code], 1))
+        return EditResult(output=self.model.decode(identity, code, images), latent=torch.cat([identity, code], 1))
 
 
 def load_exprgan_editor(device="cpu") -> ExprGANEditor:
