@@ -9,10 +9,12 @@ One training step (:class:`LEEDTask`, on :class:`facelib.train.gan.GANTask`):
 
 - the latent critic (Eq. 12) separates the codes of real images E(I) from interpolated codes
   I(C_IN, alpha Delta exp), alpha ~ U(0, 1);
-- E, D, X, Q, I and S minimise together Eq. 14-15 (reconstruction), Eq. 2 + lambda_Q Eq. 3 (the
-  extractor), Eq. 6-8 (the interpolator, with Eq. 13's adversarial term) and lambda_S Eq. 11 (siamese).
+- one step of the other networks on the sum of Eq. 14-15 (E and D: reconstruction), Eq. 2 + lambda_Q
+  Eq. 3 (X and Q, on E's codes detached), Eq. 6-8 (I, on E's codes detached, with Eq. 13's adversarial
+  term) and lambda_S Eq. 11 (E and S; Eq. 16).
 
-The paper alternates E and S on Eq. 16; here one joint step takes both (the same objective).
+The CPU recipe starts with a warm start: for its first 3,000 steps E and D learn Eq. 14-15 alone and the
+critic waits. The paper alternates E and S on Eq. 16; here one joint step takes both (the same objective).
 Recipes: ``leed`` (the CPU recipe, shipped), ``leed_paper`` (the paper's schedule as written: WGAN-GP
 with 5 critic steps, the code-only decoder, perceptual loss alone), and the ablations of Fig. 3,
 ``leed_no_q`` and ``leed_no_s``. Each departure of the CPU recipe is one line of :meth:`LEEDTrainConfig.cpu`.
@@ -150,12 +152,11 @@ class LEEDTask(GANTask):
                 "alpha": torch.rand(len(images), device=images.device)}
 
     def codes(self, batch) -> dict[str, torch.Tensor]:
-        """E of the four faces and X's expression of both expressive faces."""
+        """E of the four faces and X's expression of the reference."""
         model = self.modules["generator"]
         c_ia, c_in, c_rb, c_rn = model.encoder(torch.cat([batch["input"], batch["input_neutral"], batch["reference"],
                                                           batch["reference_neutral"]])).chunk(4)
-        return {"c_ia": c_ia, "c_in": c_in, "c_rb": c_rb, "c_rn": c_rn,
-                "expression": model.extractor(c_rb, c_rn), "input_expression": model.extractor(c_ia, c_in)}
+        return {"c_ia": c_ia, "c_in": c_in, "c_rb": c_rb, "c_rn": c_rn, "expression": model.extractor(c_rb, c_rn)}
 
     def warming_up(self, step: int) -> bool:
         """Whether ``step`` belongs to the autoencoder's warm start (Eq. 14-15 alone; the critic waits)."""
