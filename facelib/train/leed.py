@@ -336,7 +336,8 @@ def train_leed(name: str, config: LEEDConfig, train: LEEDTrainConfig, *, steps: 
     stem = save_model(model, out_dir / name, extra={"dataset": f"SynthFaces({PRESET!r}, 'train') with true neutral renders",
                                                     "learning_curve": curve.to_dict("list")})
     editor = LEEDEditor(model, TrueRenderNeutraliser())
-    metrics = {**measure(editor, n=8 if smoke else 256, seed=seed, split="val" if smoke else "test"),
+    # 768 pairs: on 256 the accuracy moved by +-4 points between samples (seed 0: 82.4 %, seed 1: 79.7 % on 128)
+    metrics = {**measure(editor, n=8 if smoke else 768, seed=seed, split="val" if smoke else "test"),
                "train_seconds": fit.seconds, "generator_updates": task.generator_updates_done(total)}
     return {"checkpoints": {name: stem}, "metrics": {name: metrics}, "preset": PRESET, "steps": total}
 
