@@ -164,13 +164,13 @@ def test_shipped_leed_meets_the_floors_on_a_fresh_held_out_sample():
     if "leed" not in available_pretrained():
         pytest.skip("leed is not shipped yet: python -m facelib train leed --ship")
     editor = facelib.load_editor("leed")
-    table = evaluate(editor, "reference", preset="rafd", split="test", n=128, seed=1, spread=True, progress=False,
+    table = evaluate(editor, "reference", preset="rafd", split="test", n=384, seed=1, spread=True, progress=False,
                      metrics=["expression accuracy (facelib classifier)", "identity verification (facelib embedder)"])
     measured = dict(zip(table.metric, table.value))
     accuracy = measured["expression accuracy (facelib classifier)"]
     identity = measured["identity verification (facelib embedder)"]
     recorded = pretrained_info("leed")["metrics"]
-    assert abs(accuracy - recorded["expression_accuracy"]) <= 0.12, (measured, recorded)
+    assert abs(accuracy - recorded["expression_accuracy"]) <= 0.08, (measured, recorded)  # 384 vs 768 pairs
     assert abs(identity - recorded["identity_verification"]) <= 0.1, (measured, recorded)
     if not editor_info("leed").meets_floors():
         pytest.xfail(f"leed ships below its floors (80 % / 95 %), as recorded: {measured}")
