@@ -45,7 +45,8 @@ def targets_for(editor: Editor, count: int) -> dict[str, Target]:
 
 def test_registry_lists_every_editor_with_its_paper_and_targets():
     table = list_editors()
-    assert list(table.columns) == ["name", "paper", "accepts", "weights_shipped", "meets_floors"]
+    assert list(table.columns) == ["name", "paper", "accepts", "weights_shipped", "meets_floors", "oracle"]
+    assert list(table.loc[table["oracle"], "name"]) == ["leed"]  # needs SynthFaces' render parameters
     assert {"fvae", "fvae_pixel_vae", "average_flow"} <= set(table["name"])
     assert table["weights_shipped"].all(), table  # every registered editor ships its weights
     with pytest.raises(ValueError, match="unknown editor 'stargan_v9'; registered editors are"):

@@ -266,6 +266,7 @@ class Neutraliser:
     """
 
     name = ""
+    label = ""
     oracle = False
 
     def neutral(self, images: Tensor, **known) -> Tensor:
@@ -307,6 +308,7 @@ class EditorNeutraliser(Neutraliser):
             raise ValueError(f"{editor.name} cannot make neutral faces (it accepts {list(editor.accepts)} targets "
                              f"and knows {list(editor.expressions)})")
         self.editor, self.name = editor, editor.name
+        self.label = editor.paper.split(" (")[0]  # "FVAE", "StarGAN": the paper's name of the method
 
     def neutral(self, images: Tensor, **known) -> Tensor:
         return self.editor.edit(images, Target(expression="neutral", intensity=1.0)).output
@@ -350,8 +352,9 @@ class LEEDEditor(Editor):
             raise TypeError(f"neutraliser must be a facelib.models.leed.Neutraliser, got {type(neutraliser).__name__}")
         self.model, self.neutraliser = model.eval(), neutraliser
         self.name = name or ("leed" if neutraliser.name == "true_render" else f"leed_{neutraliser.name}")
-        kind = "oracle: true neutral renders" if neutraliser.oracle else f"neutral faces by {neutraliser.name}"
-        self.paper = f"LEED (Wu & Lu 2020), Fig. 1 ({kind})"
+        made = ("oracle neutral faces (SynthFaces' true renders)" if neutraliser.oracle
+                else f"neutral faces by the shipped {neutraliser.label}")
+        self.paper = f"LEED (Wu & Lu 2020), Fig. 1, {made}"  # as the registry says
         self.image_size = model.config.image_size
         self.expressions = model.config.expressions
 
