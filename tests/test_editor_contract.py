@@ -31,15 +31,19 @@ def faces(size: int, count: int = 3, offset: int = 0) -> dict[str, torch.Tensor]
 
 
 def targets_for(editor: Editor, count: int) -> dict[str, Target]:
-    """One valid target of every kind the editor accepts."""
+    """One valid target of every kind the editor accepts, for the sources ``faces(size, count)``. Each carries
+    the faces' render parameters (``Target.known``): an oracle editor reads them, every other one ignores them."""
+    sources, references = faces(editor.image_size, count), faces(editor.image_size, count, offset=40)
+    known = {"identity": sources["identity"], "yaw": sources["yaw"], "reference_identity": references["identity"],
+             "reference_yaw": references["yaw"]}
     made = {}
     if "expression" in editor.accepts:
         names = [editor.expressions[(i + 1) % len(editor.expressions)] for i in range(count)]
-        made["expression"] = Target(expression=names, intensity=1.0)
+        made["expression"] = Target(expression=names, intensity=1.0, known=known)
     if "aus" in editor.accepts:
-        made["aus"] = Target(aus=torch.stack([expression_aus()["happy"]] * count))
+        made["aus"] = Target(aus=torch.stack([expression_aus()["happy"]] * count), known=known)
     if "reference" in editor.accepts:
-        made["reference"] = Target(reference=faces(editor.image_size, count, offset=40)["image"])
+        made["reference"] = Target(reference=references["image"], known=known)
     return made
 
 
@@ -107,11 +111,12 @@ def test_editing_is_deterministic_and_each_image_is_edited_independently(editor)
 
 
 def _select(target: Target, index: int) -> Target:
+    known = {name: value[index:index + 1] for name, value in target.known.items()}
     if target.kind == "expression":
-        return Target(expression=target.expressions(3)[index], intensity=target.intensity)
+        return Target(expression=target.expressions(3)[index], intensity=target.intensity, known=known)
     if target.kind == "aus":
-        return Target(aus=target.au_targets(3)[index:index + 1])
-    return Target(reference=target.reference[index:index + 1], intensity=target.intensity)
+        return Target(aus=target.au_targets(3)[index:index + 1], known=known)
+    return Target(reference=target.reference[index:index + 1], intensity=target.intensity, known=known)
 
 
 def test_targets_the_editor_does_not_accept_are_refused_naming_what_it_accepts(editor):
