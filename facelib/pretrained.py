@@ -46,6 +46,10 @@ PRETRAINED_CLASSES = {
     "exprgan_caae": "facelib.models.exprgan.ExprGAN",
     "exprgan_no_q": "facelib.models.exprgan.ExprGAN",
     "exprgan_joint": "facelib.models.exprgan.ExprGAN",
+    "dftnet": "facelib.models.dftnet.DFTNetGenerator",
+    "dftnet_no_flow": "facelib.models.dftnet.DFTNetGenerator",
+    "dftnet_no_texture": "facelib.models.dftnet.DFTNetGenerator",
+    "leed": "facelib.models.leed.LEED",
 }
 
 __all__ = [

@@ -12,9 +12,10 @@ test drives an editor by setting a control's ``.value`` and reading the result b
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -209,12 +210,15 @@ class TargetControls:
 
 
 def editor_widget(editor, source: torch.Tensor, references: dict[str, torch.Tensor] | None = None,
-                  source_expression: str | None = None, width: int = 480):
+                  source_expression: str | None = None, width: int = 480,
+                  known: Mapping[str, dict[str, torch.Tensor]] | None = None):
     """One widget for every method, built from ``editor.accepts`` (:class:`TargetControls`).
 
     ``image`` shows source | edited | extras through :func:`edit_png`; setting any control's
     ``.value`` redraws. ``source_expression`` is passed on to expression targets (FVAE's
-    Algorithm 1 uses it; ``None`` = unknown). The box carries ``kind``, ``intensity``,
+    Algorithm 1 uses it; ``None`` = unknown). ``known`` gives SynthFaces' render parameters for
+    *oracle* editors (``Target.known``): ``{"source": {"identity": [1], "yaw": [1]}, <reference
+    name>: {...}}``; other editors ignore it. The box carries ``kind``, ``intensity``,
     ``expression``, ``aus``, ``reference``, ``image`` and ``target()``.
     """
     import ipywidgets as widgets
@@ -222,14 +226,24 @@ def editor_widget(editor, source: torch.Tensor, references: dict[str, torch.Tens
     controls = TargetControls(editor, references, source_expression=source_expression)
     image = widgets.Image(format="png", width=width)
 
+    def target():
+        target = controls.target()
+        if not known or "source" not in known:
+            return target
+        fields = dict(known["source"])
+        reference = known.get(controls.reference.value) if target.reference is not None else None
+        if reference is not None:
+            fields.update(reference_identity=reference["identity"], reference_yaw=reference["yaw"])
+        return dataclasses.replace(target, known=fields)
+
     def redraw(_change=None) -> None:
-        image.value = edit_png(editor, source, controls.target())
+        image.value = edit_png(editor, source, target())
 
     controls.observe(redraw)
     redraw()
     box = widgets.VBox([widgets.HTML(f"<b>{editor.name}</b>: {editor.paper}"), controls.kind, *controls.groups.values(), image])
     box.kind, box.intensity, box.expression, box.aus = controls.kind, controls.intensity, controls.expression, controls.aus
-    box.reference, box.image, box.target = controls.reference, image, controls.target
+    box.reference, box.image, box.target = controls.reference, image, target
     return box
 
 

@@ -23,7 +23,7 @@ from facelib.data.io import to_uint8
 from facelib.editors import Editor, EditResult, Target, list_editors, register_editor
 from facelib.widgets import FacePhoto, LatestOnly, TargetControls, photo_editor, sample_photos
 
-SHIPPED = list(list_editors().query("weights_shipped")["name"])
+SHIPPED = list(list_editors().query("weights_shipped and not oracle")["name"])  # a photo has no render parameters
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

@@ -22,8 +22,12 @@ def editor(request):
 
 
 def test_the_widget_shows_the_controls_of_the_accepted_targets_and_redraws(editor):
-    faces = SynthFaces("multipie", "test", size=editor.image_size).batch([0, 7])["image"]
-    widget = editor_widget(editor, faces[0], references={"test person 2": faces[1]})
+    batch = SynthFaces("multipie", "test", size=editor.image_size).batch([0, 7])
+    faces = batch["image"]
+    # render parameters, read only by oracle editors (LEED's true_render neutraliser)
+    known = {name: {"identity": batch["identity"][[i]], "yaw": batch["yaw"][[i]]}
+             for i, name in enumerate(("source", "test person 2"))}
+    widget = editor_widget(editor, faces[0], references={"test person 2": faces[1]}, known=known)
     assert list(widget.kind.options) == list(editor.accepts)
     assert (widget.intensity.min, widget.intensity.max) == editor.intensity_range
     for kind in editor.accepts:
@@ -35,6 +39,8 @@ def test_the_widget_shows_the_controls_of_the_accepted_targets_and_redraws(edito
         if kind == "aus":
             widget.aus[8].value = 4.0  # AU12, lip corner puller
         expected = edit_png(editor, faces[0], widget.target())
+        if editor_info(editor.name).oracle:
+            assert widget.target().known["identity"] == batch["identity"][0]
         assert widget.image.value == expected and widget.image.value[:8] == b"\x89PNG\r\n\x1a\n"
     for name, group in zip(("expression", "aus", "reference"), widget.children[2:5]):
         assert (group.layout.display != "none") == (name == widget.kind.value or
