@@ -32,6 +32,7 @@ import numbers
 import statistics
 import time
 import warnings
+from collections.abc import Mapping
 from typing import Callable, Sequence
 
 import numpy as np
@@ -446,8 +447,8 @@ def classification_accuracy(model: torch.nn.Module, images: torch.Tensor, labels
     return float((logits.argmax(1) == labels).double().mean())
 
 
-def expression_accuracy(classifier: Callable[[], torch.nn.Module], real: torch.Tensor, generated: torch.Tensor,
-                        real_labels: torch.Tensor, generated_labels: torch.Tensor, *, test: torch.Tensor,
+def expression_accuracy(classifier: Callable[[], torch.nn.Module], real: torch.Tensor,
+                        generated: torch.Tensor | Mapping[str, torch.Tensor], real_labels: torch.Tensor, generated_labels: torch.Tensor, *, test: torch.Tensor,
                         test_labels: torch.Tensor, train_fn: Callable[..., torch.nn.Module] | None = None,
                         seed: int = 0, device: str | torch.device = "cpu", **train_kwargs) -> dict[str, float]:
     """LEED Table 2: expression classification accuracy in three settings, R / G / R+G.
@@ -469,19 +470,29 @@ def expression_accuracy(classifier: Callable[[], torch.nn.Module], real: torch.T
     replaces the default :func:`facelib.train.classifier.train_classifier` (Adam, cross-entropy; ``steps``,
     ``batch_size`` and ``lr`` go through ``train_kwargs``). Returns ``{"R", "G", "R+G"}``
     accuracies in [0, 1]; LEED prints them in percent.
+
+    ``generated`` may also map names to images (several editors' edits of the same pairs, all
+    scored against ``generated_labels``): R is then trained once and the result is
+    ``{name: {"R", "G", "R+G"}}``.
     """
+    several = isinstance(generated, Mapping)
+    edits = dict(generated) if several else {"generated": generated}
+    if several and not edits:
+        raise ValueError("generated is an empty mapping; give at least one {name: images}")
     if not callable(classifier) or isinstance(classifier, torch.nn.Module):
         raise TypeError("classifier must be a zero-argument factory returning a fresh torch.nn.Module "
                         "(e.g. lambda: ExpressionClassifier(config)), not a module instance")
     _check_images(real, "real")
-    _check_images(generated, "generated")
+    for name, images in edits.items():
+        _check_images(images, name)
     _check_images(test, "test")
-    for name, images in (("generated", generated), ("test", test)):
+    for name, images in (*edits.items(), ("test", test)):
         if images.shape[1:] != real.shape[1:]:
             raise ValueError(f"{name} images must have the same [C, H, W] as real, got {tuple(images.shape[1:])} "
                              f"and {tuple(real.shape[1:])}")
     real_labels = _check_labels(real_labels, "real_labels", real.shape[0])
-    generated_labels = _check_labels(generated_labels, "generated_labels", generated.shape[0])
+    for name, images in edits.items():
+        generated_labels = _check_labels(generated_labels, f"generated_labels (for {name})", images.shape[0])
     test_labels = _check_labels(test_labels, "test_labels", test.shape[0])
     if train_fn is None:
         from .train.classifier import train_classifier as train_fn
@@ -493,15 +504,19 @@ def expression_accuracy(classifier: Callable[[], torch.nn.Module], real: torch.T
 
     model_r = train_fn(fresh_model(), real, real_labels, seed=seed, device=device, desc="R classifier",
                        **train_kwargs)
-    mixed_images = torch.cat([real, generated])
-    mixed_labels = torch.cat([real_labels, generated_labels])
-    model_rg = train_fn(fresh_model(), mixed_images, mixed_labels, seed=seed, device=device,
-                        desc="R+G classifier", **train_kwargs)
-    return {
-        "R": classification_accuracy(model_r, test, test_labels, device=device),
-        "G": classification_accuracy(model_r, generated, generated_labels, device=device),
-        "R+G": classification_accuracy(model_rg, test, test_labels, device=device),
-    }
+    r_accuracy = classification_accuracy(model_r, test, test_labels, device=device)
+    results = {}
+    for name, images in edits.items():
+        mixed_images = torch.cat([real, images])
+        mixed_labels = torch.cat([real_labels, generated_labels])
+        model_rg = train_fn(fresh_model(), mixed_images, mixed_labels, seed=seed, device=device,
+                            desc=f"R+G classifier ({name})" if several else "R+G classifier", **train_kwargs)
+        results[name] = {
+            "R": r_accuracy,
+            "G": classification_accuracy(model_r, images, generated_labels, device=device),
+            "R+G": classification_accuracy(model_rg, test, test_labels, device=device),
+        }
+    return results if several else results["generated"]
 
 
 # ----------------------------------------------------------------------------------------

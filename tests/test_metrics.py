@@ -369,5 +369,13 @@ def test_expression_accuracy_follows_leed_protocol():
     # training on them (R+G) confuses the classifier on the real test images
     bad = metrics.expression_accuracy(MeanColourClassifier, real, good_edits, labels, wrong_labels, **kwargs)
     assert bad["R"] == 1.0 and bad["G"] == 0.0 and bad["R+G"] < 0.9
+    # several editors' edits at once: R trained once, each editor's figures as if measured alone
+    wrong_edits = coloured(wrong_labels, seed=2)
+    both = metrics.expression_accuracy(MeanColourClassifier, real, {"good": good_edits, "wrong": wrong_edits}, labels,
+                                       labels, **kwargs)
+    assert both["good"] == good
+    assert both["wrong"] == metrics.expression_accuracy(MeanColourClassifier, real, wrong_edits, labels, labels, **kwargs)
+    with pytest.raises(ValueError, match="empty mapping"):
+        metrics.expression_accuracy(MeanColourClassifier, real, {}, labels, labels, **kwargs)
     with pytest.raises(TypeError, match="factory"):
         metrics.expression_accuracy(MeanColourClassifier(), real, good_edits, labels, labels, **kwargs)
