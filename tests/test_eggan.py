@@ -49,7 +49,7 @@ def test_shapes_of_e_g_and_the_critics(config):
 def test_the_cpu_generator_starts_as_the_identity_mapping_and_the_papers_paints_a_face():
     images, aus01 = _inputs(32)
     with torch.no_grad():
-        torch.testing.assert_close(EGGAN(EGGANConfig(**TINY, skips=True, output="residual", tile_aus=True))(images, aus01),
+        torch.testing.assert_close(EGGAN(EGGANConfig(**TINY, skips=True, output="residual", film=True))(images, aus01),
                                    images)
         painted = EGGAN(EGGANConfig(**TINY))(images, aus01)
     assert not torch.allclose(painted, images)
@@ -91,8 +91,8 @@ def _tiny_task(train: EGGANTrainConfig, config: EGGANConfig) -> tuple[EGGANTask,
 @pytest.mark.parametrize("recipe", ["paper", "cpu"])
 def test_one_step_of_eq_7_trains_every_part(recipe):
     cpu = recipe == "cpu"
-    config = EGGANConfig(**TINY, skips=cpu, output="residual" if cpu else "image", tile_aus=cpu)
-    train = dataclasses.replace(EGGANTrainConfig.cpu(), warmup_steps=0) if cpu else EGGANTrainConfig()
+    config = EGGANConfig(**TINY, skips=cpu, output="residual" if cpu else "image", film=cpu)
+    train = dataclasses.replace(EGGANTrainConfig.cpu(), warmup_steps=0, translator_steps=0) if cpu else EGGANTrainConfig()
     task, batch = _tiny_task(train, config)
     if cpu:  # trained: no longer the zero start of the change head
         torch.nn.init.normal_(task.modules["generator"].generator_head.weight, std=0.01)
@@ -107,13 +107,28 @@ def test_one_step_of_eq_7_trains_every_part(recipe):
     critics.zero_grad()
     terms = task.generator_losses(batch, 0)
     for name in ("latent_adversarial", "adversarial", "expression", "identity", "perceptual", "reconstruction"):
-        assert math.isfinite(float(terms[name])), name
+        assert math.isfinite(float(terms[name].detach())), name
     assert ("target" in terms) == cpu
     terms["loss"].backward()
     model = task.modules["generator"]
     for part in ("encoder_convs", "encoder_fc", "generator_fc", "generator_blocks", "generator_head"):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in getattr(model, part).parameters()), part
+    if cpu:  # FiLM: the AUs' scale and shift of G's instance norms learn
+        assert all(block.film.weight.grad.abs().sum() > 0 for block in model.generator_blocks)
     assert all(p.grad is None for p in task.identity_classifier.parameters())  # C_id is frozen (Sec. 3.3)
+
+
+def test_the_cpu_recipes_warm_starts_train_c_exp_then_e_and_g_alone():
+    config = EGGANConfig(**TINY, skips=True, output="residual", film=True)
+    train = dataclasses.replace(EGGANTrainConfig.cpu(), warmup_steps=2, translator_steps=3)
+    task, batch = _tiny_task(train, config)
+    warm = task.warmup_losses(batch, 0)
+    assert set(warm) == {"loss"} and warm["loss"].requires_grad  # Eq. 3 on real faces, C_exp alone
+    assert [task.translating(step) for step in range(6)] == [False, False, True, True, True, False]
+    assert not task.critic_losses(batch, 2)["loss"].requires_grad  # the critics' step is skipped
+    assert set(task.generator_losses(batch, 2)) == {"loss", "perceptual", "reconstruction", "target"}
+    assert "adversarial" in task.generator_losses(batch, 5)
+    assert not task.updates_generator(1) and task.updates_generator(2)
 
 
 def test_c_exp_has_its_own_learning_rate_and_both_decay_over_the_second_half():

@@ -23,7 +23,8 @@ from facelib.conventions import AU_CODES, AU_MAX, EXPRESSIONS
 from facelib.editors import Editor, Target
 from facelib.metrics import au_mse_pcc
 
-__all__ = ["Table1Pairs", "table1_pairs", "table1", "interpolation", "single_au_control", "SINGLE_AUS", "ALPHAS"]
+__all__ = ["Table1Pairs", "table1_pairs", "table1", "interpolation", "interpolation_progress", "single_au_control", "SINGLE_AUS",
+           "ALPHAS"]
 
 PRESET = "rafd"
 #: The AUs of the single-AU sweep: smile (AU12), brow lowerer (AU4), blink (AU45).
@@ -73,8 +74,11 @@ def _target(editor: Editor, pairs: Table1Pairs, index: torch.Tensor) -> Target:
     known = {"identity": pairs.source_identity[index], "yaw": pairs.source_yaw[index]}
     if "aus" in editor.accepts:
         return Target(aus=pairs.target_aus[index], known=known)
+    sources = [EXPRESSIONS[int(k)] for k in pairs.source_emotion[index]]
+    # the source's expression where the editor knows every one (FVAE's Algorithm 1 uses it), else unknown
+    known_sources = sources if set(sources) <= set(editor.expressions) else None
     return Target(expression=[EXPRESSIONS[int(k)] for k in pairs.target_emotion[index]],
-                  source_expression=[EXPRESSIONS[int(k)] for k in pairs.source_emotion[index]], known=known)
+                  source_expression=known_sources, known=known)
 
 
 @torch.no_grad()
@@ -170,3 +174,23 @@ def single_au_control(editors: dict[str, Editor], sources: dict[str, torch.Tenso
             summary.append({"method": name, "AU": au, "slope": float(slope), "intercept": float(intercept),
                             "leakage at 5": rows[-1]["leakage"]})
     return pd.DataFrame(rows), pd.DataFrame(summary)
+
+
+@torch.no_grad()
+def interpolation_progress(editor: Editor, sources: torch.Tensor, target_aus: torch.Tensor, alphas=ALPHAS,
+                           regressor: torch.nn.Module | None = None) -> pd.DataFrame:
+    """How far along Eq. 8's line the edits are, as the AU regressor reads them: for each alpha, the mean over
+    faces of ``<r(edit) - r(source), u_t - u_i> / |u_t - u_i|^2`` (0 at the source's AUs, 1 at the target's,
+    u_i read by the same regressor), and the mean AU error against the requested ``u_i + alpha (u_t - u_i)``."""
+    from facelib.checkpoint import load_pretrained
+
+    regressor = (regressor or load_pretrained("au_regressor")).eval()
+    start = regressor(sources).clamp(0, AU_MAX)
+    direction = target_aus.to(start) - start
+    rows = []
+    for alpha in alphas:
+        measured = regressor(editor.edit(sources, Target(aus=target_aus, intensity=float(alpha))).output).clamp(0, AU_MAX)
+        progress = ((measured - start) * direction).sum(1) / direction.square().sum(1).clamp_min(1e-6)
+        rows.append({"alpha": float(alpha), "progress": float(progress.mean()),
+                     "AU MAE vs requested": float((measured - (start + alpha * direction)).abs().mean())})
+    return pd.DataFrame(rows)

@@ -70,7 +70,8 @@ class EGGANConfig:
     skips: G's blocks also see E's maps of the source at their size (a departure: the CPU recipe).
     output: ``"image"`` (the paper: G paints the face) or ``"residual"`` (the source plus a change
         whose head starts at zero, so G starts as the identity mapping: the CPU recipe).
-    tile_aus: the AUs enter every block of G as constant maps (the CPU recipe), not only with the code.
+    tile_aus: the AUs enter every block of G as constant maps, not only with the code.
+    film: the AUs scale and shift every instance norm of G (the CPU recipe: FiLM, conditional instance norm).
     """
 
     image_size: int = 64
@@ -85,6 +86,7 @@ class EGGANConfig:
     skips: bool = False
     output: str = "image"
     tile_aus: bool = False
+    film: bool = False
 
     def __post_init__(self) -> None:
         self.encoder_channels, self.generator_channels = tuple(self.encoder_channels), tuple(self.generator_channels)
@@ -112,7 +114,7 @@ class EGGANConfig:
         if self.output not in ("image", "residual"):
             raise ValueError(f"EGGANConfig.output must be 'image' (the paper) or 'residual' (the source plus a "
                              f"change), got {self.output!r}")
-        for name in ("skips", "tile_aus"):
+        for name in ("skips", "tile_aus", "film"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"EGGANConfig.{name} must be True or False, got {getattr(self, name)!r}")
 
@@ -126,7 +128,7 @@ class EGGANConfig:
         """The shipped CPU recipe's networks: the paper's, with each departure on its own line."""
         return cls(skips=True,  # departure: G's blocks see E's maps of the source (E is skip-connected to G)
                    output="residual",  # departure: G paints a change on the source, starting at zero
-                   tile_aus=True)  # departure: the AUs reach every block of G, not only the first
+                   film=True)  # departure: the AUs scale and shift every instance norm of G, not only enter at its input
 
     @classmethod
     def paper(cls) -> "EGGANConfig":
@@ -145,19 +147,36 @@ def _conv_in_prelu(in_channels: int, out_channels: int, kernel: int, stride: int
 
 class UpResidualBlock(nn.Module):
     """G's block (Sec. 4.1): nearest up-sampling x2, then ``PReLU(x + IN(conv(PReLU(IN(conv(x))))))`` with a
-    1x1 projection of the shortcut: ``[B, C_in, H, W] -> [B, C_out, 2H, 2W]``."""
+    1x1 projection of the shortcut: ``[B, C_in, H, W] -> [B, C_out, 2H, 2W]``.
 
-    def __init__(self, in_channels: int, out_channels: int):
+    ``condition_dim`` > 0 (the CPU recipe): each instance norm is followed by a scale and shift computed from
+    the condition (FiLM, Perez et al. 2018; conditional instance norm), starting at the identity (1, 0).
+    Instance norm removes a constant map per channel, so AUs tiled as constant maps barely reach past it.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, condition_dim: int = 0):
         super().__init__()
-        self.body = nn.Sequential(_conv_in_prelu(in_channels, out_channels, 3),
-                                  nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-                                  nn.InstanceNorm2d(out_channels, affine=True))
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.norm1, self.act1 = nn.InstanceNorm2d(out_channels, affine=True), nn.PReLU(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.norm2 = nn.InstanceNorm2d(out_channels, affine=True)
         self.shortcut = nn.Conv2d(in_channels, out_channels, 1, bias=False)
         self.activation = nn.PReLU(out_channels)
+        self.film = nn.Linear(condition_dim, 4 * out_channels) if condition_dim else None
+        if self.film is not None:
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, condition: Tensor | None = None) -> Tensor:
         x = F.interpolate(x, scale_factor=2, mode="nearest")
-        return self.activation(self.shortcut(x) + self.body(x))  # [B, C_out, 2H, 2W]
+        h1, h2 = self.norm1(self.conv1(x)), None
+        if self.film is not None:
+            scale1, shift1, scale2, shift2 = self.film(condition)[:, :, None, None].chunk(4, 1)
+            h1 = h1 * (1 + scale1) + shift1
+        h2 = self.norm2(self.conv2(self.act1(h1)))
+        if self.film is not None:
+            h2 = h2 * (1 + scale2) + shift2
+        return self.activation(self.shortcut(x) + h2)  # [B, C_out, 2H, 2W]
 
 
 class EGGAN(nn.Module):
@@ -188,7 +207,7 @@ class EGGAN(nn.Module):
         skips = self.skip_channels() if config.skips else [0] * len(config.encoder_channels)
         aus = config.num_aus if config.tile_aus else 0
         self.generator_blocks = nn.ModuleList(
-            UpResidualBlock(c_in + aus + skip, c_out)
+            UpResidualBlock(c_in + aus + skip, c_out, config.num_aus if config.film else 0)
             for c_in, c_out, skip in zip(config.generator_channels[:-1], config.generator_channels[1:], skips))
         last = config.generator_channels[-1] + (3 if config.skips else 0)
         self.generator_head = nn.Conv2d(last, 3, 3, padding=1)
@@ -235,7 +254,7 @@ class EGGAN(nn.Module):
                 x = tile_condition(x, aus01)
             if skip is not None:
                 x = torch.cat([x, skip], 1)
-            x = block(x)  # [B, C_out, 2s, 2s]
+            x = block(x, aus01)  # [B, C_out, 2s, 2s]
         if config.skips:
             x = torch.cat([x, source], 1)
         painted = torch.tanh(self.generator_head(x))  # [B, 3, S, S]
