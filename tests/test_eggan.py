@@ -198,3 +198,36 @@ def test_shipped_eggan_meets_the_floors_on_a_fresh_held_out_sample():
                      f"measured again: {measured}")
     assert pcc >= 0.8 and identity >= 0.95, measured
     assert recorded["train_seconds"] <= 2 * 3600, recorded
+
+
+def test_the_notebooks_measurements_shapes_and_errors():
+    """facelib.evaluation.eggan on an untrained 64x64 EGGAN: Table 1's layout, Fig. 3, the single-AU sweep."""
+    from facelib.evaluation.eggan import (
+        ALPHAS, interpolation, interpolation_progress, single_au_control, table1, table1_pairs,
+    )
+
+    torch.manual_seed(0)
+    from facelib.checkpoint import load_pretrained
+
+    editor = EGGANEditor(EGGAN(EGGANConfig.cpu()).eval(), load_pretrained("au_regressor"))
+    pairs = table1_pairs(n=8, seed=0)
+    assert pairs.count == 8 and pairs.target_aus.shape == (8, 17)
+    test_people = set(SynthFaces("rafd", "test", size=64).identities)
+    assert set(pairs.source_identity.tolist()) <= test_people  # sources: test people; targets: training faces
+    table = table1({"eggan": editor}, pairs, progress=False)
+    assert list(table.columns.get_level_values(0).unique()) == ["eggan", "Real"]
+    assert list(table.index)[-1] == "Avg" and len(table) == 18 and table.attrs["n"] == {"eggan": 8, "Real": 8}
+    assert table.loc["Avg", ("Real", "PCC")] > 0.8  # the instrument reads the real targets' AUs
+    sources = pairs.source[:2]
+    assert interpolation(editor, sources, pairs.target_aus[:2]).shape == (2 * len(ALPHAS), 3, 64, 64)
+    progress = interpolation_progress(editor, sources, pairs.target_aus[:2])
+    assert list(progress.columns) == ["alpha", "progress", "AU MAE vs requested"] and len(progress) == len(ALPHAS)
+    faces = SynthFaces("rafd", "test", size=64).batch(range(0, 16, 8))
+    curves, summary = single_au_control({"eggan": editor}, faces, aus=("AU12",), values=(0.0, 5.0))
+    assert len(curves) == 4 and set(summary["method"]) == {"eggan", "true render"}
+    true_slope = summary.set_index("method").loc["true render", "slope"]
+    assert true_slope > 0.5  # the renderer's smile reads as a smile
+    with pytest.raises(TypeError, match="non-empty dict"):
+        table1({}, pairs)
+    with pytest.raises(ValueError, match="unknown AU 'AU3'"):
+        single_au_control({"eggan": editor}, faces, aus=("AU3",))

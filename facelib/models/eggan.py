@@ -15,9 +15,8 @@ the source's AUs u_i and the target's is the straight line of Eq. 8, with alpha 
 - :class:`EGGANClassifier` - the architecture C_exp and C_id share (Sec. 3.3: "the same architecture").
 - :class:`EGGANEditor` - the model behind :class:`facelib.editors.Editor`.
 
-Paper: Tang, Shao, Chen, Wang, "Expression Conditional GAN for Facial Expression-to-Expression
-Translation" / "EGGAN: Fine-grained expression manipulation via structured latent space", ICME 2020
-(docs/reference_notes.md). Settings the paper leaves out follow its public code (junshutang/EGGAN).
+Paper: Tang, Shao, Ma, "Fine-Grained Expression Manipulation via Structured Latent Space", IEEE ICME 2020,
+arXiv:2004.09769 (docs/reference_notes.md). Settings the paper leaves out follow its public code (junshutang/EGGAN).
 
 Where the paper is computed (file: function):
 
