@@ -459,6 +459,10 @@ register_editor("dftnet", "facelib.models.dftnet:load_dftnet_editor", paper="DFT
                 # au_pcc: the issue's 0.8, above the shipped GANimation's (tests/test_dftnet.py checks both)
                 floors={"au_pcc": (0.8, None), "identity_verification": (0.95, None),
                         "attention_mean_test": (0.05, 0.95)})
+register_editor("eggan", "facelib.models.eggan:load_eggan_editor", paper="EGGAN (Tang et al. 2020), Eq. 8",
+                accepts=("aus", "expression", "reference"), weights=("eggan", "au_regressor"),
+                floors={"au_pcc": (0.8, None), "identity_verification": (0.95, None),
+                        "train_seconds": (None, 2 * 3600)})
 register_editor("exprgan", "facelib.models.exprgan:load_exprgan_editor",
                 paper="ExprGAN (Ding et al. 2018), Fig. 2-4", accepts=("expression", "reference"),
                 weights=("exprgan", "exprgan_critic"), floors={"expression_accuracy": (0.85, None),

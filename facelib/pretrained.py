@@ -50,6 +50,9 @@ PRETRAINED_CLASSES = {
     "dftnet_no_flow": "facelib.models.dftnet.DFTNetGenerator",
     "dftnet_no_texture": "facelib.models.dftnet.DFTNetGenerator",
     "leed": "facelib.models.leed.LEED",
+    "eggan": "facelib.models.eggan.EGGAN",
+    "eggan_paper": "facelib.models.eggan.EGGAN",
+    "eggan_regressor_labels": "facelib.models.eggan.EGGAN",
 }
 
 __all__ = [

@@ -61,6 +61,9 @@ RECIPES: dict[str, str] = {
     "leed_paper": "facelib.train.leed:train_paper_recipe",  # LEED as written: D(C), perceptual loss, WGAN-GP x5
     "leed_no_q": "facelib.train.leed:train_no_q_recipe",  # LEED Fig. 3 ablation: without Eq. 3's Q
     "leed_no_s": "facelib.train.leed:train_no_s_recipe",  # LEED Fig. 3 ablation: without Eq. 11's siamese loss
+    "eggan": "facelib.train.eggan:train_recipe",  # EGGAN (Eq. 1-7), the CPU recipe, rafd's 17 AUs (shipped)
+    "eggan_paper": "facelib.train.eggan:train_paper_recipe",  # EGGAN as written: G paints the face, WGAN-GP
+    "eggan_regressor_labels": "facelib.train.eggan:train_regressor_labels_recipe",  # EGGAN on the AU regressor's labels
     "exprgan": "facelib.train.exprgan:train_recipe",  # ExprGAN (Eq. 3-10), the CPU recipe, oulu preset (shipped)
     "exprgan_paper": "facelib.train.exprgan:train_paper_recipe",  # ExprGAN, the paper's three stages
     "exprgan_caae": "facelib.train.exprgan:train_caae_recipe",  # ExprGAN Fig. 2's CAAE-style baseline

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from facelib.models.dftnet import DFTNetConfig, DFTNetGenerator
+from facelib.models.eggan import EGGAN, EGGANClassifier, EGGANConfig, EGGANCritics
 from facelib.models.evaluators import AURegressor, ExpressionClassifier, IdentityEmbedder, PerceptualFeatures
 from facelib.models.exprgan import ExprGAN, ExprGANConfig, ExprGANCritic
 from facelib.models.fvae import FVAE, ConfidenceNet, FVAEConfig, PixelVAE
@@ -47,6 +48,9 @@ def forward_passes():
                             latent_critic_hidden=(8, 4))
     aus = torch.rand(2, 17)
     leed = LEEDConfig(image_size=16, channels=(4, 8), code_dim=8, latent_channels=2)
+    eggan = EGGANConfig(image_size=16, encoder_channels=(4, 8), latent_dim=8, generator_channels=(8, 4, 4),
+                        latent_critic_hidden=(8, 4), critic_channels=(4, 8), classifier_channels=(4, 8), skips=True,
+                        output="residual", film=True)
     return [
         ("FVAE", FVAE(fvae), (x32, x32)),
         ("PixelVAE", PixelVAE(fvae), (x32, x32)),
@@ -61,6 +65,9 @@ def forward_passes():
         ("LEEDEncoder", LEEDEncoder(leed), (x16,)),
         ("LEEDDecoder", LEEDDecoder(leed), (torch.zeros(2, 8), x16)),
         ("SiameseNetwork", SiameseNetwork(leed), (x16,)),
+        ("EGGAN", EGGAN(eggan), (x16, aus)),
+        ("EGGANCritics", EGGANCritics(eggan), (x16,)),
+        ("EGGANClassifier", EGGANClassifier(eggan, outputs=5), (x16,)),
         ("ExpressionClassifier.forward", ExpressionClassifier(), (x64,)),
         ("AURegressor.forward", AURegressor(), (x64,)),
         ("IdentityEmbedder.forward", IdentityEmbedder(), (x64,)),

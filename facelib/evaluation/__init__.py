@@ -6,6 +6,8 @@
   SynthFaces' ground truth.
 - :mod:`facelib.evaluation.exprgan`: ExprGAN's Fig. 3 measured (levels against AU-regressor intensity),
   Table 1 (synthesised faces as training data) and Fig. 7 (retrieval precision).
+- :mod:`facelib.evaluation.eggan`: EGGAN's Table 1 (per-AU MSE and PCC, the paper's protocol), Fig. 3
+  (interpolation along Eq. 8) and a single-AU control test.
 - :mod:`facelib.evaluation.real`: an editor's edits of real photos, measured with the real-photo instruments.
 - :mod:`facelib.evaluation.evaluators`: the SynthFaces evaluators' own held-out figures.
 - :mod:`facelib.evaluation.curves`: :class:`LearningCurve`, a fixed held-out sample measured while a model trains.
