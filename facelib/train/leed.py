@@ -78,7 +78,7 @@ class LEEDTrainConfig:
             lambda_pixel=10.0,  # departure: an L1 reconstruction beside the perceptual loss
             change_weight=4.0,  # departure: the L1 weighs 5x where the face differs from its neutral face
             identities=150,  # departure: 100 more people rendered like rafd's (test identities stay rafd's)
-            autoencoder_steps=3000,  # departure: E and D first learn to reconstruct alone (a warm start)
+            autoencoder_steps=4000,  # departure: E and D first learn to reconstruct alone (a warm start)
             objective="non-saturating", r1_weight=1.0,  # departure: bounded scores (WGAN's grew to +-300 on codes)
             lambda_adv=0.1, lambda_s=0.1,  # departure: at 1 they pulled the codes off the decoder's (measured)
         )
@@ -308,7 +308,7 @@ def reconstruction_accuracy(editor: LEEDEditor, batch: dict, classifier) -> floa
 
 CURVE_METRICS = ("expression accuracy (facelib classifier)", VERIFICATION_NAME)
 CURVE_PAIRS, CURVE_EVERY = 192, 250
-CPU_STEPS = 5_000  # 3,000 of them the autoencoder's warm start
+CPU_STEPS = 8_000  # 4,000 of them the autoencoder's warm start
 PAPER_STEPS = 4_000
 SMOKE_STEPS = 6
 
