@@ -13,8 +13,9 @@ One training step (:class:`LEEDTask`, on :class:`facelib.train.gan.GANTask`):
   Eq. 3 (X and Q, on E's codes detached), Eq. 6-8 (I, on E's codes detached, with Eq. 13's adversarial
   term) and lambda_S Eq. 11 (E and S; Eq. 16).
 
-The CPU recipe starts with a warm start: for its first 3,000 steps E and D learn Eq. 14-15 alone and the
-critic waits. The paper alternates E and S on Eq. 16; here one joint step takes both (the same objective).
+The CPU recipe starts with a warm start: for its first 4,000 of 8,000 steps E and D learn Eq. 14-15 alone and
+the critic waits; the learning rates then fall linearly to 0 over the other 4,000 (GANTask's second-half
+decay). The paper alternates E and S on Eq. 16; here one joint step takes both (the same objective).
 Recipes: ``leed`` (the CPU recipe, shipped), ``leed_paper`` (the paper's schedule as written: WGAN-GP
 with 5 critic steps, the code-only decoder, perceptual loss alone), and the ablations of Fig. 3,
 ``leed_no_q`` and ``leed_no_s``. Each departure of the CPU recipe is one line of :meth:`LEEDTrainConfig.cpu`.
@@ -78,7 +79,7 @@ class LEEDTrainConfig:
             lambda_pixel=10.0,  # departure: an L1 reconstruction beside the perceptual loss
             change_weight=4.0,  # departure: the L1 weighs 5x where the face differs from its neutral face
             identities=150,  # departure: 100 more people rendered like rafd's (test identities stay rafd's)
-            autoencoder_steps=3000,  # departure: E and D first learn to reconstruct alone (a warm start)
+            autoencoder_steps=4000,  # departure: E and D first learn Eq. 14-15 alone (a warm start; V6: 3,000 of 5,000)
             objective="non-saturating", r1_weight=1.0,  # departure: bounded scores (WGAN's grew to +-300 on codes)
             lambda_adv=0.1, lambda_s=0.1,  # departure: at 1 they pulled the codes off the decoder's (measured)
         )
@@ -308,7 +309,7 @@ def reconstruction_accuracy(editor: LEEDEditor, batch: dict, classifier) -> floa
 
 CURVE_METRICS = ("expression accuracy (facelib classifier)", VERIFICATION_NAME)
 CURVE_PAIRS, CURVE_EVERY = 192, 250
-CPU_STEPS = 5_000  # 3,000 of them the autoencoder's warm start
+CPU_STEPS = 8_000  # 4,000 of them the autoencoder's warm start
 PAPER_STEPS = 4_000
 SMOKE_STEPS = 6
 
