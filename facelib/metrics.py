@@ -319,11 +319,17 @@ def frechet_distance_gaussians(mu_a, cov_a, mu_b, cov_b, eps: float = 1e-6) -> f
             singular = not np.isfinite(root).all()
         except linalg.LinAlgWarning:  # singular product, e.g. fewer samples than feature dimensions
             singular = True
-    if singular:
+
+    def imaginary(root) -> bool:  # an imaginary part beyond round-off
+        return np.iscomplexobj(root) and not np.allclose(root.imag, 0, atol=1e-3 * max(1.0, np.abs(root).max()))
+
+    # a near-singular product can also show up as round-off in an imaginary part (rank-deficient
+    # covariances of few samples): both get the eps * I offset
+    if singular or imaginary(root):
         offset = eps * np.eye(dim)
         root = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
     if np.iscomplexobj(root):
-        if not np.allclose(root.imag, 0, atol=1e-3 * max(1.0, np.abs(root).max())):
+        if imaginary(root):
             raise ValueError(f"matrix square root has a large imaginary part ({np.abs(root.imag).max():.3g}); "
                              "the covariances are not positive semi-definite")
         root = root.real

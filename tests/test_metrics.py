@@ -152,6 +152,24 @@ def test_frechet_distance_closed_form_gaussians():
     assert metrics.frechet_distance_gaussians(mu_a, np.diag(var_a), mu_b, np.diag(var_b)) == pytest.approx(expected)
 
 
+def test_frechet_distance_of_rank_deficient_covariances_takes_the_offset_not_an_error():
+    # 10 samples in 64 dimensions: sqrtm of this product returns round-off as an imaginary part of
+    # 0.006 (seed 1, found by search), which used to raise; it now gets pytorch-fid's eps * I offset
+    from scipy import linalg
+
+    rng = np.random.default_rng(1)
+    rng.normal(size=(2, 6, 32))  # the search drew these first
+    a, b = rng.normal(size=(10, 64)), rng.normal(size=(10, 64)) * 0.5 + 0.2
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    plain = linalg.sqrtm(cov_a @ cov_b)
+    assert np.iscomplexobj(plain) and np.abs(plain.imag).max() > 1e-3 * max(1.0, np.abs(plain).max())
+    offset = 1e-6 * np.eye(64)
+    root = linalg.sqrtm((cov_a + offset) @ (cov_b + offset)).real
+    expected = ((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root)
+    assert metrics.frechet_distance_gaussians(mu_a, cov_a, mu_b, cov_b) == pytest.approx(expected, rel=1e-6)
+
+
 def test_frechet_distance_from_samples_of_isotropic_gaussians():
     generator = torch.Generator().manual_seed(0)
     dim, s_a, s_b = 4, 1.0, 2.0

@@ -69,6 +69,29 @@ def test_bradley_terry_luce_choices_of_three_recover_strengths_and_order():
     assert fitted["a"] / fitted["d"] == pytest.approx(4.0, rel=0.25)
 
 
+def test_bradley_terry_prior_gives_finite_strengths_where_the_mle_does_not_exist():
+    # "a" is never beaten and "c" never wins: the MLE puts all the strength on "a" and none on "c"
+    choices = [(("a", "b"), "a")] * 3 + [(("b", "c"), "b")] * 3 + [(("a", "c"), "a")]
+    mle = bradley_terry(choices)
+    assert mle["a"] > 0.999 and mle["c"] < 1e-6
+    fitted = bradley_terry(choices, prior=1.0)
+    assert fitted.sum() == pytest.approx(1.0) and "\x00ghost" not in fitted.index
+    assert fitted["a"] > fitted["b"] > fitted["c"] > 0.01 and fitted["a"] < 0.9
+    # by hand: the ghost is one more player with one virtual win and one virtual loss against each
+    ghost = [((m, "g"), w) for m in "abc" for w in (m, "g")]
+    by_hand = bradley_terry(choices + ghost).drop("g")
+    assert fitted.to_dict() == pytest.approx((by_hand / by_hand.sum()).to_dict(), rel=1e-6)
+    # where the MLE exists, a prior of 0 is the MLE itself, and a small one moves it a little
+    choices, weights = [], []
+    for i, j in itertools.permutations(STRENGTHS, 2):
+        choices.append(((i, j), i))
+        weights.append(1000 * STRENGTHS[i] / (STRENGTHS[i] + STRENGTHS[j]))
+    assert bradley_terry(choices, weights, prior=0.0).to_dict() == pytest.approx(STRENGTHS, rel=1e-6)
+    assert bradley_terry(choices, weights, prior=1.0).to_dict() == pytest.approx(STRENGTHS, rel=0.05)
+    with pytest.raises(ValueError, match="prior must be a finite number >= 0"):
+        bradley_terry(choices, weights, prior=-1.0)
+
+
 def test_bradley_terry_refuses_bad_choices():
     with pytest.raises(ValueError, match="one or more"):
         bradley_terry([])

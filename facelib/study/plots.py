@@ -36,7 +36,8 @@ def plot_ranking(ranking: pd.DataFrame, title: str, ax=None):
 
     ax = ax if ax is not None else plt.subplots(figsize=(6.4, 2.8))[1]
     rows = ranking.iloc[::-1].reset_index(drop=True)
-    errors = [rows["strength"] - rows["ci_low"], rows["ci_high"] - rows["strength"]]
+    # a percentile interval need not contain the point estimate: a bar end inside the interval draws no whisker
+    errors = [(rows["strength"] - rows["ci_low"]).clip(lower=0), (rows["ci_high"] - rows["strength"]).clip(lower=0)]
     ax.barh(range(len(rows)), rows["strength"], xerr=errors, capsize=4, color="tab:blue", alpha=0.7)
     ax.set_yticks(range(len(rows)), rows["method"])
     ax.set_xlabel("Bradley-Terry strength (chance of being picked among all)")
