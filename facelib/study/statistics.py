@@ -165,15 +165,12 @@ def bradley_terry(choices: Sequence[tuple[Sequence[str], str]], weights: Sequenc
                          f"{len(choices)} choices, {len(weights)} weights")
     if not (isinstance(prior, (int, float)) and math.isfinite(prior) and prior >= 0):
         raise ValueError(f"bradley_terry: prior must be a finite number >= 0 (virtual wins and losses), got {prior!r}")
-    if prior > 0:
-        shown_labels = sorted({label for shown, _ in choices for label in shown})
-        ghost = _GHOST
-        virtual = [((label, ghost), picked) for label in shown_labels for picked in (label, ghost)]
-        fitted = bradley_terry(list(choices) + virtual, np.concatenate([weights, np.full(len(virtual), float(prior))]),
-                               iterations=iterations, tolerance=tolerance)
-        fitted = fitted.drop(ghost)
-        return fitted / fitted.sum()
     labels = sorted({label for shown, _ in choices for label in shown})
+    if prior > 0:  # fit with the ghost's virtual pairs, then drop it
+        virtual = [((label, _GHOST), picked) for label in labels for picked in (label, _GHOST)]
+        fitted = bradley_terry(list(choices) + virtual, np.concatenate([weights, np.full(len(virtual), float(prior))]),
+                               iterations=iterations, tolerance=tolerance).drop(_GHOST)
+        return fitted / fitted.sum()
     index = {label: i for i, label in enumerate(labels)}
     sets = np.zeros((len(choices), len(labels)))
     wins = np.zeros(len(labels))
